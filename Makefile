@@ -1,0 +1,69 @@
+# Voxmesh — the two commands are `make run` and `make test`; everything else is
+# what they are made of. Each target sets up what it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTO_FILES := $(wildcard protos/voxmesh/v1/*.proto)
+PROTO_STAMP := voxmesh/v1/.generated-stamp
+export HF_HUB_OFFLINE := 1
+
+.PHONY: help install protos run migrate sample-data test test-only lint fmt bench clean
+
+help:
+	@echo "make run          set up and run the platform on embedded defaults"
+	@echo "make test         set up, lint, and run the test suite"
+	@echo "make sample-data  load demo users, projects, jobs and settings (ARGS=--clear resets)"
+	@echo "make lint | fmt | protos | bench | clean"
+
+# --- setup -----------------------------------------------------------------
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP) $(PROTO_STAMP)
+
+# Generated code is not committed: it is written here from protos/ at setup,
+# so it can never drift from the API it is generated from.
+$(PROTO_STAMP): $(STAMP) $(PROTO_FILES)
+	rm -f voxmesh/v1/*_pb2*.py voxmesh/v1/*_pb2*.pyi
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_FILES)
+	touch $@
+
+protos: $(PROTO_STAMP)
+
+# --- the platform ----------------------------------------------------------
+run: install
+	$(BIN)/voxmesh-control serve
+
+migrate: install
+	$(BIN)/voxmesh-control migrate
+
+sample-data: install
+	$(BIN)/voxmesh-control sample-data $(ARGS)
+
+# --- quality ---------------------------------------------------------------
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	cd protos && ../$(BIN)/buf lint
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint test-only
+
+test-only: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m tests.bench.control_bench
+
+clean:
+	rm -rf $(VENV) *.egg-info voxmesh/v1/*_pb2*.py voxmesh/v1/*_pb2*.pyi $(PROTO_STAMP) .test-output

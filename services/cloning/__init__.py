@@ -1,0 +1,1 @@
+"""The cloning modality service (arrives with its own issue)."""

@@ -1,0 +1,1 @@
+"""The dubbing modality service (arrives with its own issue)."""

@@ -1,0 +1,1 @@
+"""The stories modality service (arrives with its own issue)."""

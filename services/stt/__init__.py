@@ -1,0 +1,1 @@
+"""The stt modality service (arrives with its own issue)."""

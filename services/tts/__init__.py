@@ -1,0 +1,1 @@
+"""The tts modality service (arrives with its own issue)."""
