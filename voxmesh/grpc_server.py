@@ -1,0 +1,128 @@
+"""What every Voxmesh gRPC server has: health, reflection, and one interceptor that turns
+`ApiError` into gRPC statuses and can refuse callers before the servicer runs.
+
+Servicers follow grpc's asyncio examples: `async def` for unary RPCs and async generators
+(`yield`) for streaming ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from voxmesh.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+Guard = Callable[[str, grpc.aio.ServicerContext], Awaitable[None]]
+"""Runs before an RPC of a guarded service (method name, context); raises ApiError to refuse."""
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
+    await context.abort(err.code, err.message, trailing_metadata=err.trailing_metadata())
+
+
+async def _abort_internal(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    ref = uuid.uuid4().hex[:12]
+    log.exception("unexpected error in %s (ref %s)", method, ref, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error (reference {ref}); the server log has details"
+    )
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the handlers of every RPC whose full method name starts with `prefix`.
+
+    Before the call it runs `guard` (authentication and access rules live there); during the
+    call it maps `ApiError` to its status and code, and any other exception to INTERNAL with a
+    reference id that is also logged, so no Python traceback ever reaches a client.
+    """
+
+    def __init__(self, guard: Guard | None = None, prefix: str = "/voxmesh.") -> None:
+        self._guard = guard
+        self._prefix = prefix
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        return self._wrap(handler, method)
+
+    def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler:
+        guard = self._guard
+
+        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    if guard is not None:
+                        await guard(method, context)
+                    return await behavior(request, context)
+                except ApiError as err:
+                    await _abort(context, err)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort_internal(context, method, exc)
+
+            return call
+
+        def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    if guard is not None:
+                        await guard(method, context)
+                    async for response in behavior(request, context):
+                        yield response
+                except ApiError as err:
+                    await _abort(context, err)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort_internal(context, method, exc)
+
+            return call
+
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+
+
+def add_operator_services(server: grpc.aio.Server, service_names: Iterable[str]) -> Any:
+    """Register grpc.health.v1 (overall and per service) and server reflection, so operators can
+    `grpcurl -plaintext HOST:PORT list` and load balancers can probe health."""
+    names = list(service_names)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    return health_servicer
+
+
+async def set_serving(health_servicer: Any, service_names: Iterable[str], serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ["", *service_names]:
+        await health_servicer.set(name, status)
