@@ -1,0 +1,202 @@
+"""Test helpers: typed clients bound to a token, users per role, and rows made directly in
+the database (so a test of one RPC does not depend on the rules of another)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from sqlalchemy import text
+
+from control import accounts
+from control.api.convert import params_to_json
+from control.app import ControlApp
+from control.db.models import File, Job, JobResult, JobStatus, JobType, Project, Setting, UserRole
+from voxmesh.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    projects_pb2_grpc,
+    results_pb2_grpc,
+    settings_pb2_grpc,
+    users_pb2_grpc,
+)
+
+
+class _Bound:
+    """A stub whose calls all carry the same metadata."""
+
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("metadata", self._metadata)
+            return method(request, **kwargs)
+
+        return call
+
+
+class Client:
+    """All six services, as one caller (token or none)."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str | None = None) -> None:
+        md = (("authorization", f"Bearer {token}"),) if token else ()
+        self.auth = _Bound(auth_pb2_grpc.AuthServiceStub(channel), md)
+        self.users = _Bound(users_pb2_grpc.UserServiceStub(channel), md)
+        self.projects = _Bound(projects_pb2_grpc.ProjectServiceStub(channel), md)
+        self.jobs = _Bound(jobs_pb2_grpc.JobServiceStub(channel), md)
+        self.results = _Bound(results_pb2_grpc.JobResultServiceStub(channel), md)
+        self.settings = _Bound(settings_pb2_grpc.SettingsServiceStub(channel), md)
+
+
+@dataclass
+class Caller:
+    user_id: uuid.UUID
+    username: str
+    password: str
+    role: UserRole
+    access: str = ""
+    refresh: str = ""
+    client: Client = field(init=False)
+
+
+class Harness:
+    def __init__(self, app: ControlApp, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.target = f"127.0.0.1:{port}"
+        self.channel = grpc.aio.insecure_channel(self.target)
+        self.anonymous = Client(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def client(self, token: str | None) -> Client:
+        return Client(self.channel, token)
+
+    # --- users ----------------------------------------------------------------------
+    async def user(self, role: UserRole, *, login: bool = True, name: str = "") -> Caller:
+        username = name or f"{role.value.lower()}_{uuid.uuid4().hex[:8]}"
+        password = f"pw-{uuid.uuid4().hex}"
+        async with self.app.sessions() as session:
+            user = await accounts.create_user(
+                session, username=username, password=password, role=role
+            )
+            await session.commit()
+        caller = Caller(user.id, username, password, role)
+        if login:
+            await self.login(caller)
+        else:
+            caller.client = self.anonymous
+        return caller
+
+    async def login(self, caller: Caller) -> Caller:
+        response = await self.anonymous.auth.Login(
+            auth_pb2.LoginRequest(username=caller.username, password=caller.password)
+        )
+        caller.access = response.tokens.access_token
+        caller.refresh = response.tokens.refresh_token
+        caller.client = self.client(caller.access)
+        return caller
+
+    # --- rows -----------------------------------------------------------------------
+    async def project(self, owner: uuid.UUID, name: str = "") -> uuid.UUID:
+        async with self.app.sessions() as session:
+            row = Project(name=name or f"project {uuid.uuid4().hex[:8]}", owner_id=owner)
+            session.add(row)
+            await session.commit()
+            return row.id
+
+    async def file(self, owner: uuid.UUID, data: bytes = b"RIFF....WAVE") -> uuid.UUID:
+        async with self.app.sessions() as session:
+            row = File(
+                owner_id=owner,
+                filename="input.wav",
+                content_type="audio/wav",
+                size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+            session.add(row)
+            await session.commit()
+            return row.id
+
+    async def job(
+        self,
+        project_id: uuid.UUID,
+        created_by: uuid.UUID,
+        *,
+        status: JobStatus = JobStatus.PENDING,
+        text_: str = "Hello from a test.",
+        title: str = "",
+    ) -> uuid.UUID:
+        async with self.app.sessions() as session:
+            row = Job(
+                project_id=project_id,
+                created_by=created_by,
+                type=JobType.TTS,
+                status=status,
+                title=title,
+                params=params_to_json(jobs_pb2.TtsParams(text=text_)),
+                progress=100 if status is JobStatus.COMPLETED else 0,
+            )
+            session.add(row)
+            await session.commit()
+            return row.id
+
+    async def result(self, job_id: uuid.UUID, meta: dict[str, Any] | None = None) -> None:
+        async with self.app.sessions() as session:
+            session.add(
+                JobResult(
+                    job_id=job_id,
+                    logs="worker: done\n",
+                    meta=meta or {"duration_seconds": 1.5},
+                    finished_at=datetime.now(UTC),
+                )
+            )
+            await session.commit()
+
+    async def setting(self, key: str, value: Any, user_id: uuid.UUID | None = None) -> None:
+        async with self.app.sessions() as session:
+            session.add(Setting(key=key, value=value, user_id=user_id))
+            await session.commit()
+
+    async def fingerprint(self) -> dict[str, str]:
+        """A digest of every row of every table: equal before and after means nothing changed."""
+        tables = [
+            "users",
+            "profiles",
+            "refresh_tokens",
+            "projects",
+            "files",
+            "jobs",
+            "job_results",
+            "settings",
+        ]
+        out = {}
+        async with self.app.engine.connect() as conn:
+            for table in tables:
+                digest = await conn.scalar(
+                    text(
+                        f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+                    )  # noqa: S608
+                )
+                out[table] = str(digest)
+        return out
+
+
+async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
+    """Await a call that must fail; return its error."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err
+    raise AssertionError("the call succeeded but was expected to fail")

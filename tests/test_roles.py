@@ -1,0 +1,309 @@
+"""Every RPC called as every role, and without a valid token.
+
+EXPECTED is written here, independently of the `(voxmesh.v1.access)` options in the protos: the
+test fails if an RPC is added without updating it, if a rule in the protos changes, or if the
+guard lets the wrong caller through. Each allowed call is a real, valid request on objects the
+caller owns, and must succeed; each refused call must be UNAUTHENTICATED (no valid token) or
+PERMISSION_DENIED (role too low).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2, struct_pb2
+
+from control.db.models import JobStatus, UserRole
+from control.server import SERVICES
+from tests.harness import Caller, Client, Harness
+from voxmesh.v1 import (
+    auth_pb2,
+    jobs_pb2,
+    projects_pb2,
+    results_pb2,
+    settings_pb2,
+    users_pb2,
+)
+
+PUBLIC, VIEWER, EDITOR, ADMIN = "public", "viewer", "editor", "admin"
+RANK = {PUBLIC: 0, VIEWER: 1, EDITOR: 2, ADMIN: 3}
+
+EXPECTED = {
+    "AuthService/Login": PUBLIC,
+    "AuthService/RefreshToken": PUBLIC,
+    "AuthService/VerifyToken": PUBLIC,
+    "AuthService/Logout": PUBLIC,
+    "UserService/CreateUser": ADMIN,
+    "UserService/GetUser": ADMIN,
+    "UserService/ListUsers": ADMIN,
+    "UserService/UpdateUser": ADMIN,
+    "UserService/DeleteUser": ADMIN,
+    "UserService/GetCurrentUser": VIEWER,
+    "UserService/UpdateCurrentUser": VIEWER,
+    "UserService/ChangePassword": VIEWER,
+    "ProjectService/CreateProject": EDITOR,
+    "ProjectService/GetProject": VIEWER,
+    "ProjectService/ListProjects": VIEWER,
+    "ProjectService/UpdateProject": EDITOR,
+    "ProjectService/DeleteProject": EDITOR,
+    "JobService/CreateJob": EDITOR,
+    "JobService/GetJob": VIEWER,
+    "JobService/ListJobs": VIEWER,
+    "JobService/UpdateJob": EDITOR,
+    "JobService/DeleteJob": EDITOR,
+    "JobResultService/GetJobResult": VIEWER,
+    "JobResultService/ListJobResults": VIEWER,
+    "SettingsService/ListSettings": VIEWER,
+    "SettingsService/SetSetting": EDITOR,
+    "SettingsService/DeleteSetting": EDITOR,
+    "SettingsService/GetEffectiveSettings": VIEWER,
+}
+
+Call = Callable[[Harness, Caller, Client], Awaitable[Any]]
+
+
+async def _owned_project(h: Harness, who: Caller) -> str:
+    return str(await h.project(who.user_id))
+
+
+async def _owned_job(h: Harness, who: Caller, status: JobStatus = JobStatus.PENDING) -> str:
+    return str(await h.job(await h.project(who.user_id), who.user_id, status=status))
+
+
+def mask(*paths: str) -> field_mask_pb2.FieldMask:
+    return field_mask_pb2.FieldMask(paths=list(paths))
+
+
+async def login(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.auth.Login(auth_pb2.LoginRequest(username=who.username, password=who.password))
+
+
+async def refresh(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=who.refresh))
+
+
+async def verify(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.auth.VerifyToken(auth_pb2.VerifyTokenRequest(token=who.access))
+
+
+async def logout(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.auth.Logout(auth_pb2.LogoutRequest(refresh_token=who.refresh))
+
+
+async def create_user(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.users.CreateUser(
+        users_pb2.CreateUserRequest(
+            username=f"new_{who.username}",
+            password="a-long-password",
+            role=users_pb2.USER_ROLE_VIEWER,
+        )
+    )
+
+
+async def get_user(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.users.GetUser(users_pb2.GetUserRequest(user_id=str(who.user_id)))
+
+
+async def list_users(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.users.ListUsers(users_pb2.ListUsersRequest())
+
+
+async def update_user(h: Harness, who: Caller, c: Client) -> Any:
+    target = await h.user(UserRole.VIEWER, login=False)
+    return await c.users.UpdateUser(
+        users_pb2.UpdateUserRequest(
+            user_id=str(target.user_id), update_mask=mask("display_name"), display_name="Renamed"
+        )
+    )
+
+
+async def delete_user(h: Harness, who: Caller, c: Client) -> Any:
+    target = await h.user(UserRole.VIEWER, login=False)
+    return await c.users.DeleteUser(users_pb2.DeleteUserRequest(user_id=str(target.user_id)))
+
+
+async def get_current_user(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.users.GetCurrentUser(users_pb2.GetCurrentUserRequest())
+
+
+async def update_current_user(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.users.UpdateCurrentUser(
+        users_pb2.UpdateCurrentUserRequest(update_mask=mask("bio"), bio="Hello")
+    )
+
+
+async def change_password(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.users.ChangePassword(
+        users_pb2.ChangePasswordRequest(
+            current_password=who.password, new_password="brand-new-pass"
+        )
+    )
+
+
+async def create_project(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.projects.CreateProject(projects_pb2.CreateProjectRequest(name="Mine"))
+
+
+async def get_project(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.projects.GetProject(
+        projects_pb2.GetProjectRequest(project_id=await _owned_project(h, who))
+    )
+
+
+async def list_projects(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.projects.ListProjects(projects_pb2.ListProjectsRequest())
+
+
+async def update_project(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.projects.UpdateProject(
+        projects_pb2.UpdateProjectRequest(
+            project_id=await _owned_project(h, who), update_mask=mask("name"), name="Renamed"
+        )
+    )
+
+
+async def delete_project(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.projects.DeleteProject(
+        projects_pb2.DeleteProjectRequest(project_id=await _owned_project(h, who))
+    )
+
+
+async def create_job(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(
+            project_id=await _owned_project(h, who), tts=jobs_pb2.TtsParams(text="Hello.")
+        )
+    )
+
+
+async def get_job(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=await _owned_job(h, who)))
+
+
+async def list_jobs(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.jobs.ListJobs(jobs_pb2.ListJobsRequest())
+
+
+async def update_job(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.jobs.UpdateJob(
+        jobs_pb2.UpdateJobRequest(
+            job_id=await _owned_job(h, who), update_mask=mask("title"), title="New title"
+        )
+    )
+
+
+async def delete_job(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=await _owned_job(h, who)))
+
+
+async def get_job_result(h: Harness, who: Caller, c: Client) -> Any:
+    job_id = await _owned_job(h, who, JobStatus.COMPLETED)
+    await h.result(__import__("uuid").UUID(job_id))
+    return await c.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job_id))
+
+
+async def list_job_results(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.results.ListJobResults(results_pb2.ListJobResultsRequest())
+
+
+async def list_settings(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.settings.ListSettings(
+        settings_pb2.ListSettingsRequest(scope=settings_pb2.SETTING_SCOPE_GLOBAL)
+    )
+
+
+async def set_setting(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.settings.SetSetting(
+        settings_pb2.SetSettingRequest(
+            key="preferred_voice",
+            value=struct_pb2.Value(string_value="en_US-joe-medium"),
+            scope=settings_pb2.SETTING_SCOPE_USER,
+        )
+    )
+
+
+async def delete_setting(h: Harness, who: Caller, c: Client) -> Any:
+    await h.setting("enable_notifications", False, who.user_id)
+    return await c.settings.DeleteSetting(
+        settings_pb2.DeleteSettingRequest(
+            key="enable_notifications", scope=settings_pb2.SETTING_SCOPE_USER
+        )
+    )
+
+
+async def get_effective_settings(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.settings.GetEffectiveSettings(settings_pb2.GetEffectiveSettingsRequest())
+
+
+CALLS: dict[str, Call] = {
+    "AuthService/Login": login,
+    "AuthService/RefreshToken": refresh,
+    "AuthService/VerifyToken": verify,
+    "AuthService/Logout": logout,
+    "UserService/CreateUser": create_user,
+    "UserService/GetUser": get_user,
+    "UserService/ListUsers": list_users,
+    "UserService/UpdateUser": update_user,
+    "UserService/DeleteUser": delete_user,
+    "UserService/GetCurrentUser": get_current_user,
+    "UserService/UpdateCurrentUser": update_current_user,
+    "UserService/ChangePassword": change_password,
+    "ProjectService/CreateProject": create_project,
+    "ProjectService/GetProject": get_project,
+    "ProjectService/ListProjects": list_projects,
+    "ProjectService/UpdateProject": update_project,
+    "ProjectService/DeleteProject": delete_project,
+    "JobService/CreateJob": create_job,
+    "JobService/GetJob": get_job,
+    "JobService/ListJobs": list_jobs,
+    "JobService/UpdateJob": update_job,
+    "JobService/DeleteJob": delete_job,
+    "JobResultService/GetJobResult": get_job_result,
+    "JobResultService/ListJobResults": list_job_results,
+    "SettingsService/ListSettings": list_settings,
+    "SettingsService/SetSetting": set_setting,
+    "SettingsService/DeleteSetting": delete_setting,
+    "SettingsService/GetEffectiveSettings": get_effective_settings,
+}
+
+
+def test_every_served_rpc_has_an_expected_rule() -> None:
+    served = {
+        f"{descriptor.name}/{method.name}"
+        for descriptor, _, _ in SERVICES
+        for method in descriptor.methods
+    }
+    assert served == set(EXPECTED), "update EXPECTED and CALLS for new or removed RPCs"
+    assert set(CALLS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("rpc", sorted(EXPECTED))
+async def test_rpc_as_every_caller(harness: Harness, rpc: str) -> None:
+    rule, call = EXPECTED[rpc], CALLS[rpc]
+    outcomes: dict[str, str] = {}
+    # Without a token, and with a token that is not one of ours.
+    for label, token in [("anonymous", None), ("forged token", "not.a.jwt")]:
+        caller = await harness.user(UserRole.VIEWER)  # credentials for the public RPCs
+        try:
+            await call(harness, caller, harness.client(token))
+            outcomes[label] = "OK"
+        except grpc.aio.AioRpcError as err:
+            outcomes[label] = err.code().name
+    for role in (UserRole.VIEWER, UserRole.EDITOR, UserRole.ADMIN):
+        caller = await harness.user(role)
+        try:
+            await call(harness, caller, caller.client)
+            outcomes[role.value.lower()] = "OK"
+        except grpc.aio.AioRpcError as err:
+            outcomes[role.value.lower()] = f"{err.code().name}: {err.details()}"
+
+    expected: dict[str, str] = {}
+    for label in ("anonymous", "forged token"):
+        expected[label] = "OK" if rule == PUBLIC else "UNAUTHENTICATED"
+    for role in ("viewer", "editor", "admin"):
+        expected[role] = "OK" if RANK[role] >= RANK[rule] else "PERMISSION_DENIED"
+    got = {k: v.split(":")[0] for k, v in outcomes.items()}
+    assert got == expected, f"{rpc}: {outcomes}"
