@@ -15,9 +15,8 @@ import logging
 import sys
 
 from control.config import ControlSettings
-from control.db import migrate
 from control.db.models import UserRole
-from control.server import ConfigurationError, database_url, serve
+from control.server import ConfigurationError, prepare_database, serve
 from voxmesh.errors import ApiError
 
 
@@ -98,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                 settings.host = args.host
             asyncio.run(serve(settings))
             return
-        url, _pg = database_url(settings)
-        migrate.upgrade(url)
+        url, _pg = prepare_database(settings)
         if args.command == "sample-data":
             asyncio.run(_sample_data(settings, url, args.clear))
         elif args.command == "create-user":

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import grpc
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from control.api.auth import AuthService
 from control.api.jobs import JobService
@@ -25,7 +27,7 @@ from control.auth.rules import method_rules
 from control.auth.tokens import MIN_SECRET_LENGTH, TokenService
 from control.config import ControlSettings
 from control.db import embedded, migrate
-from control.db.session import create_engine, create_sessionmaker
+from control.db.session import create_engine, create_sessionmaker, normalize_url
 from voxmesh.grpc_server import GuardInterceptor, add_operator_services, set_serving
 from voxmesh.v1 import (
     auth_pb2,
@@ -128,14 +130,26 @@ def database_url(settings: ControlSettings) -> tuple[str, embedded.EmbeddedPostg
     return pg.ensure_database(), pg
 
 
+def prepare_database(settings: ControlSettings) -> tuple[str, embedded.EmbeddedPostgres | None]:
+    """The database URL, with the embedded server started if needed and migrations applied.
+    An unreachable database is a ConfigurationError that says where it looked."""
+    url, pg = database_url(settings)
+    try:
+        migrate.upgrade(url)
+    except OperationalError as e:
+        where = make_url(normalize_url(url)).render_as_string(hide_password=True)
+        raise ConfigurationError(f"cannot reach PostgreSQL at {where}: {e.orig}") from None
+    return url, pg
+
+
 async def check_database(app: ControlApp) -> None:
     async with app.engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
 
 
 async def serve(settings: ControlSettings) -> None:
-    url, _pg = database_url(settings)
-    await asyncio.to_thread(migrate.upgrade, url)
+    jwt_secret(settings)  # configuration errors first, before touching any database
+    url, _pg = await asyncio.to_thread(prepare_database, settings)
     app = build_app(settings, url)
     await check_database(app)
     server, port = await create_server(app, settings.host, settings.port)

@@ -47,7 +47,7 @@ def _job(
     values = {"id": jid, "project_id": project, "created_by": owner, "type": "TTS", **cols}
     names = ", ".join(values)
     marks = ", ".join(["%s"] * len(values))
-    conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", list(values.values()))  # noqa: S608
+    conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", list(values.values()))
     return jid
 
 

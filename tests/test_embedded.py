@@ -1,0 +1,120 @@
+"""`voxmesh-control serve` as a real process on the embedded PostgreSQL: it starts with no
+DATABASE_URL, keeps its data across restarts, stops cleanly on SIGTERM, and refuses to start
+against an external database without a signing secret."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from voxmesh.v1 import auth_pb2, auth_pb2_grpc, projects_pb2, projects_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("VOXMESH_") and k != "DATABASE_URL"
+    }
+    return {**env, "VOXMESH_DATA_DIR": str(data_dir), **extra}
+
+
+def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "control", "serve", "--port", str(port)],
+        env=_env(data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"server exited early:\n{proc.stdout.read() if proc.stdout else ''}"
+            )
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc
+        except grpc.RpcError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server did not become healthy in 60 s")
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _login(port: int, password: str) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = auth_pb2_grpc.AuthServiceStub(channel).Login(
+            auth_pb2.LoginRequest(username="alice", password=password), timeout=10
+        )
+        return reply.tokens.access_token
+
+
+def test_embedded_database_survives_restarts(tmp_path: Path) -> None:
+    password = "alice-password"
+    subprocess.run(
+        [sys.executable, "-m", "control", "create-user", "alice", "--role", "admin"],
+        env=_env(tmp_path), input=password + "\n", text=True, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    assert (tmp_path / "pgdata" / "PG_VERSION").read_text().strip() == "18"
+    port = _free_port()
+    proc = _start(tmp_path, port)
+    try:
+        token = _login(port, password)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            projects_pb2_grpc.ProjectServiceStub(channel).CreateProject(
+                projects_pb2.CreateProjectRequest(name="Kept across restarts"),
+                metadata=(("authorization", f"Bearer {token}"),), timeout=10,
+            )  # fmt: skip
+    finally:
+        log = _stop(proc)
+    assert "embedded database" in log and "shutting down" in log
+
+    proc = _start(tmp_path, port)
+    try:
+        token = _login(port, password)  # the same generated secret and the same data
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            listed = projects_pb2_grpc.ProjectServiceStub(channel).ListProjects(
+                projects_pb2.ListProjectsRequest(),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+        assert [p.name for p in listed.projects] == ["Kept across restarts"]
+    finally:
+        _stop(proc)
+
+
+def test_external_database_needs_a_secret(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "control", "serve"],
+        env=_env(tmp_path, DATABASE_URL="postgresql://nobody@127.0.0.1:1/voxmesh"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "VOXMESH_AUTH__JWT_SECRET is not set" in result.stderr
