@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PROTO_FILES := $(wildcard protos/voxmesh/v1/*.proto)
 PROTO_STAMP := voxmesh/v1/.generated-stamp
 export HF_HUB_OFFLINE := 1
+export GRPC_VERBOSITY ?= ERROR
 
 .PHONY: help install protos run migrate sample-data test test-only lint fmt bench clean
 

@@ -82,7 +82,7 @@ async def create_user(
         id=user_id or uuid.uuid4(),
         username=username,
         email=check_email(email),
-        password_hash=passwords.hash_password(password),
+        password_hash=await passwords.hash_password_async(password),
         is_active=True,
         profile=Profile(role=role, display_name=check_display_name(display_name)),
     )

@@ -106,7 +106,7 @@ async def create_server(
     Started but not awaited: the caller owns its lifetime (`await server.stop(grace)`)."""
     rules = method_rules(descriptor for descriptor, _, _ in SERVICES)
     server = grpc.aio.server(
-        interceptors=[GuardInterceptor(AuthGuard(rules, app.tokens, app.sessions))],
+        interceptors=[GuardInterceptor(AuthGuard(rules, app.tokens, app.engine))],
         options=[
             ("grpc.max_receive_message_length", app.settings.max_message_bytes),
             ("grpc.max_send_message_length", app.settings.max_message_bytes),

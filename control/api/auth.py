@@ -58,13 +58,15 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             raise Unauthenticated(WRONG_CREDENTIALS)
         async with self.app.sessions() as session:
             user = await accounts.find_by_username(session, request.username.strip())
-            ok = passwords.verify_password(user.password_hash if user else None, request.password)
+            ok = await passwords.verify_password_async(
+                user.password_hash if user else None, request.password
+            )
             if user is None or not ok:
                 raise Unauthenticated(WRONG_CREDENTIALS)
             if not user.is_active:
                 raise Unauthenticated("this account has been deactivated; ask an admin")
             if passwords.needs_rehash(user.password_hash):
-                user.password_hash = passwords.hash_password(request.password)
+                user.password_hash = await passwords.hash_password_async(request.password)
             user.last_login_at = datetime.now(UTC)
             pair = await self._issue_pair(session, user.id, uuid.uuid4())
             await session.commit()

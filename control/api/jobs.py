@@ -106,7 +106,6 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             )
             session.add(job)
             await session.commit()
-            await session.refresh(job)
             return jobs_pb2.CreateJobResponse(job=job_to_pb(job))
 
     async def GetJob(
@@ -179,7 +178,6 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             if title is not None:
                 job.title = title
             await session.commit()
-            await session.refresh(job)
             return jobs_pb2.UpdateJobResponse(job=job_to_pb(job))
 
     async def DeleteJob(

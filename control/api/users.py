@@ -101,10 +101,9 @@ class UserService(users_pb2_grpc.UserServiceServicer):
             if deactivate:
                 await accounts.revoke_tokens(session, user_id=user.id)
             if "password" in paths:
-                user.password_hash = passwords.hash_password(request.password)
+                user.password_hash = await passwords.hash_password_async(request.password)
                 await accounts.revoke_tokens(session, user_id=user.id)
             await session.commit()
-            await session.refresh(user)
             return users_pb2.UpdateUserResponse(user=user_to_pb(user))
 
     async def DeleteUser(
@@ -148,7 +147,6 @@ class UserService(users_pb2_grpc.UserServiceServicer):
             user = await _get_user(session, principal.current().user_id)
             _apply_profile_fields(user, paths, request)
             await session.commit()
-            await session.refresh(user)
             return users_pb2.UpdateCurrentUserResponse(user=user_to_pb(user))
 
     async def ChangePassword(
@@ -163,9 +161,11 @@ class UserService(users_pb2_grpc.UserServiceServicer):
             )
         async with self.app.sessions() as session:
             user = await _get_user(session, principal.current().user_id)
-            if not passwords.verify_password(user.password_hash, request.current_password):
+            if not await passwords.verify_password_async(
+                user.password_hash, request.current_password
+            ):
                 raise InvalidArgument("current_password is wrong", field="current_password")
-            user.password_hash = passwords.hash_password(request.new_password)
+            user.password_hash = await passwords.hash_password_async(request.new_password)
             await accounts.revoke_tokens(session, user_id=user.id)
             await session.commit()
         return users_pb2.ChangePasswordResponse()

@@ -11,13 +11,13 @@ objects are loaded.
 from __future__ import annotations
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from control import accounts
 from control.auth import principal as principal_ctx
 from control.auth.rules import AccessLevel, level_name, role_satisfies
 from control.auth.tokens import TokenError, TokenKind, TokenService
-from control.db.models import User
+from control.db.models import Profile, RefreshToken, User
 from voxmesh.errors import PermissionDenied, Unauthenticated
 from voxmesh.v1 import access_pb2
 
@@ -38,11 +38,11 @@ class AuthGuard:
         self,
         rules: dict[str, AccessLevel],
         tokens: TokenService,
-        sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
     ) -> None:
         self._rules = rules
         self._tokens = tokens
-        self._sessions = sessions
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def __call__(self, method: str, context: grpc.aio.ServicerContext) -> None:
         principal_ctx.set_current(None)
@@ -60,16 +60,28 @@ class AuthGuard:
             claims = self._tokens.decode(token, TokenKind.ACCESS)
         except TokenError as e:
             raise Unauthenticated(str(e)) from e
-        async with self._sessions() as session:
-            user = await session.get(User, claims.user_id)
-            if user is None or not user.is_active:
-                raise Unauthenticated("this account no longer exists or has been deactivated")
-            if claims.family_id and await accounts.family_revoked(session, claims.family_id):
-                raise Unauthenticated("this session has been signed out; sign in again")
-        role = user.profile.role
+        # One round trip, outside any transaction: is the user active, what is their role now,
+        # and has this sign-in been revoked.
+        revoked = (
+            exists()
+            .where(RefreshToken.family_id == claims.family_id, RefreshToken.revoked_at.is_not(None))
+            .correlate(None)
+        )
+        stmt = (
+            select(User.username, User.is_active, Profile.role, revoked)
+            .join(Profile, Profile.user_id == User.id)
+            .where(User.id == claims.user_id)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).one_or_none()
+        if row is None or not row.is_active:
+            raise Unauthenticated("this account no longer exists or has been deactivated")
+        username, _, role, signed_out = row
+        if signed_out:
+            raise Unauthenticated("this session has been signed out; sign in again")
         if not role_satisfies(role, level):
             raise PermissionDenied(
                 f"{method.rsplit('/', 1)[-1]} needs the {level_name(level)} role or higher; "
                 f"you are {role.value.lower()}"
             )
-        principal_ctx.set_current(principal_ctx.Principal(user.id, user.username, role))
+        principal_ctx.set_current(principal_ctx.Principal(claims.user_id, username, role))
