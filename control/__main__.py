@@ -29,7 +29,7 @@ def _sessions(url: str):  # type: ignore[no-untyped-def]
 
 async def _sample_data(settings: ControlSettings, url: str, reset: bool) -> None:
     from control import sample_data
-    from control.blobs import LocalBlobStore
+    from voxmesh.blobs import LocalBlobStore
 
     engine, sessions = _sessions(url)
     try:

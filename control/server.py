@@ -28,7 +28,9 @@ from control.auth.tokens import MIN_SECRET_LENGTH, TokenService
 from control.config import ControlSettings
 from control.db import embedded, migrate
 from control.db.session import create_engine, create_sessionmaker, normalize_url
+from control.dispatch.runtime import MeshRuntime
 from voxmesh.grpc_server import GuardInterceptor, add_operator_services, set_serving
+from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -130,6 +132,18 @@ def database_url(settings: ControlSettings) -> tuple[str, embedded.EmbeddedPostg
     return pg.ensure_database(), pg
 
 
+def prepare_nats(settings: ControlSettings) -> tuple[str, EmbeddedNats | None]:
+    """NATS_URL, or the embedded nats-server (JetStream store in `<data_dir>/nats`)."""
+    if settings.nats_url:
+        return settings.nats_url, None
+    server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
+    try:
+        server.start()
+    except RuntimeError as e:
+        raise ConfigurationError(str(e)) from None
+    return server.url, server
+
+
 def prepare_database(settings: ControlSettings) -> tuple[str, embedded.EmbeddedPostgres | None]:
     """The database URL, with the embedded server started if needed and migrations applied.
     An unreachable database is a ConfigurationError that says where it looked."""
@@ -152,12 +166,15 @@ async def serve(settings: ControlSettings) -> None:
     url, _pg = await asyncio.to_thread(prepare_database, settings)
     app = build_app(settings, url)
     await check_database(app)
+    nats_url, nats_server = prepare_nats(settings)
+    app.mesh = await MeshRuntime.start(nats_url, app.engine, app.sessions, settings.mesh)
     server, port = await create_server(app, settings.host, settings.port)
     log.info(
-        "Voxmesh control plane listening on %s:%d (%s database)",
+        "Voxmesh control plane listening on %s:%d (%s database, NATS at %s)",
         settings.host,
         port,
         "embedded" if settings.embedded else "external",
+        nats_url,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -169,4 +186,7 @@ async def serve(settings: ControlSettings) -> None:
         settings.shutdown_grace_seconds,
     )
     await server.stop(settings.shutdown_grace_seconds)
+    await app.mesh.stop()
     await app.engine.dispose()
+    if nats_server is not None:
+        nats_server.stop()

@@ -9,6 +9,7 @@ CREATEDB).
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,11 +19,13 @@ import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
-from control.config import AuthSettings, ControlSettings
+from control.config import AuthSettings, ControlSettings, MeshSettings
 from control.db import migrate
 from control.db.embedded import EmbeddedPostgres
+from control.dispatch.runtime import MeshRuntime
 from control.server import build_app, create_server
 from tests.harness import Harness
+from voxmesh.nats_embedded import EmbeddedNats
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TEMPLATE = "voxmesh_template"
@@ -97,14 +100,36 @@ def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Con
     )
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
-async def harness(database_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    app = build_app(make_settings(tmp_path, database_url), database_url)
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A real nats-server with JetStream of this test's own (a few ms to start)."""
+    server = EmbeddedNats(tmp_path / "nats", port=free_port()).start()
+    yield server
+    server.stop()
+
+
+TEST_MESH = MeshSettings(ack_wait_seconds=2.0, max_deliver=3, dispatch_poll_seconds=0.2)
+
+
+@pytest.fixture
+async def harness(
+    database_url: str, tmp_path: Path, nats_server: EmbeddedNats
+) -> AsyncIterator[Harness]:
+    """The control plane as `make run` runs it: PostgreSQL, NATS, dispatch, gRPC."""
+    app = build_app(make_settings(tmp_path, database_url, mesh=TEST_MESH), database_url)
+    app.mesh = await MeshRuntime.start(nats_server.url, app.engine, app.sessions, TEST_MESH)
     server, port = await create_server(app, "127.0.0.1", 0)
-    h = Harness(app, port)
+    h = Harness(app, port, nats_server)
     try:
         yield h
     finally:
         await h.close()
         await server.stop(None)
+        await app.mesh.stop()
         await app.engine.dispose()

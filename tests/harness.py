@@ -70,9 +70,10 @@ class Caller:
 
 
 class Harness:
-    def __init__(self, app: ControlApp, port: int) -> None:
+    def __init__(self, app: ControlApp, port: int, nats: Any = None) -> None:
         self.app = app
         self.port = port
+        self.nats = nats
         self.target = f"127.0.0.1:{port}"
         self.channel = grpc.aio.insecure_channel(self.target)
         self.anonymous = Client(self.channel)
@@ -147,6 +148,7 @@ class Harness:
                 title=title,
                 params=params_to_json(jobs_pb2.TtsParams(text=text_)),
                 progress=100 if status is JobStatus.COMPLETED else 0,
+                run=1,
             )
             session.add(row)
             await session.commit()
@@ -180,6 +182,10 @@ class Harness:
             "jobs",
             "job_results",
             "settings",
+            "outbox",
+            "job_events",
+            "uploads",
+            "upload_chunks",
         ]
         out = {}
         async with self.app.engine.connect() as conn:

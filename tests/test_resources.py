@@ -108,7 +108,7 @@ async def test_create_job_of_each_type_stores_pending_with_defaults(harness: Har
     assert jobs["ai_stories"].ai_stories.language == "pt"  # the global default_language
     assert jobs["ai_stories"].ai_stories.target_words == 400
     fetched = (await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=jobs["tts"].id))).job
-    assert fetched == jobs["tts"]
+    assert fetched.tts == jobs["tts"].tts and fetched.create_time == jobs["tts"].create_time
 
 
 async def test_text_limit_comes_from_settings(harness: Harness) -> None:

@@ -9,6 +9,8 @@ PERMISSION_DENIED (role too low).
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from control.db.models import JobStatus, UserRole
+from control.db.models import Job, JobStatus, UserRole
 from control.server import SERVICES
 from tests.harness import Caller, Client, Harness
 from voxmesh.v1 import (
@@ -54,6 +56,11 @@ EXPECTED = {
     "JobService/ListJobs": VIEWER,
     "JobService/UpdateJob": EDITOR,
     "JobService/DeleteJob": EDITOR,
+    "JobService/StartJob": EDITOR,
+    "JobService/CancelJob": EDITOR,
+    "JobService/RetryJob": EDITOR,
+    "JobService/WatchJob": VIEWER,
+    "JobService/WatchJobs": VIEWER,
     "JobResultService/GetJobResult": VIEWER,
     "JobResultService/ListJobResults": VIEWER,
     "SettingsService/ListSettings": VIEWER,
@@ -199,9 +206,49 @@ async def delete_job(h: Harness, who: Caller, c: Client) -> Any:
     return await c.jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=await _owned_job(h, who)))
 
 
+async def start_job(h: Harness, who: Caller, c: Client) -> Any:
+    job_id = await _owned_job(h, who)
+    async with h.app.sessions() as session:  # a job whose creator has auto_start_jobs=false
+        job = await session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        job.awaiting_start = True
+        await session.commit()
+    return await c.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=job_id))
+
+
+async def cancel_job(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=await _owned_job(h, who)))
+
+
+async def retry_job(h: Harness, who: Caller, c: Client) -> Any:
+    job_id = await _owned_job(h, who, JobStatus.FAILED)
+    return await c.jobs.RetryJob(jobs_pb2.RetryJobRequest(job_id=job_id))
+
+
+async def _first_message(call: Any) -> Any:
+    """A stream is allowed if it opens: errors arrive at the first read, before any event."""
+    try:
+        return await asyncio.wait_for(call.read(), 1.0)
+    except TimeoutError:
+        return None
+    finally:
+        call.cancel()
+
+
+async def watch_job(h: Harness, who: Caller, c: Client) -> Any:
+    return await _first_message(
+        c.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=await _owned_job(h, who)))
+    )
+
+
+async def watch_jobs(h: Harness, who: Caller, c: Client) -> Any:
+    project = await _owned_project(h, who)
+    return await _first_message(c.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(project_id=project)))
+
+
 async def get_job_result(h: Harness, who: Caller, c: Client) -> Any:
     job_id = await _owned_job(h, who, JobStatus.COMPLETED)
-    await h.result(__import__("uuid").UUID(job_id))
+    await h.result(uuid.UUID(job_id))
     return await c.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job_id))
 
 
@@ -261,6 +308,11 @@ CALLS: dict[str, Call] = {
     "JobService/ListJobs": list_jobs,
     "JobService/UpdateJob": update_job,
     "JobService/DeleteJob": delete_job,
+    "JobService/StartJob": start_job,
+    "JobService/CancelJob": cancel_job,
+    "JobService/RetryJob": retry_job,
+    "JobService/WatchJob": watch_job,
+    "JobService/WatchJobs": watch_jobs,
     "JobResultService/GetJobResult": get_job_result,
     "JobResultService/ListJobResults": list_job_results,
     "SettingsService/ListSettings": list_settings,

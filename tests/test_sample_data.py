@@ -11,9 +11,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from control import sample_data
-from control.blobs import LocalBlobStore
 from control.db.models import Job, JobResult, Project, Setting, User
 from tests.harness import Harness
+from voxmesh.blobs import LocalBlobStore
 from voxmesh.v1 import auth_pb2, jobs_pb2, results_pb2, settings_pb2
 
 EXPECTED = {"users": 4, "projects": 4, "jobs": 15, "results": 5, "settings": 6}

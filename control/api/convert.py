@@ -9,7 +9,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from control.db import models
 from control.job_params import PREFIX as PARAMS_FIELD
-from voxmesh.v1 import jobs_pb2, projects_pb2, results_pb2, users_pb2
+from voxmesh.v1 import jobs_pb2, projects_pb2, users_pb2
 
 # Job params are stored as JSON of the type's params message; its oneof field is named by PREFIX.
 TYPE_OF_PARAMS_FIELD = {field: job_type for job_type, field in PARAMS_FIELD.items()}
@@ -98,6 +98,8 @@ def job_to_pb(job: models.Job) -> jobs_pb2.Job:
         update_time=ts(job.updated_at),
         start_time=ts(job.started_at),
         finish_time=ts(job.finished_at),
+        last_event_seq=job.last_event_seq,
+        awaiting_start=job.awaiting_start,
     )
     field = PARAMS_FIELD[job.type]
     json_format.ParseDict(job.params, getattr(out, field), ignore_unknown_fields=True)
@@ -106,16 +108,16 @@ def job_to_pb(job: models.Job) -> jobs_pb2.Job:
     return out
 
 
-def result_to_pb(result: models.JobResult) -> results_pb2.JobResult:
+def result_to_pb(result: models.JobResult) -> jobs_pb2.JobResult:
     meta = struct_pb2.Struct()
     meta.update(result.meta)
-    return results_pb2.JobResult(
+    return jobs_pb2.JobResult(
         job_id=str(result.job_id),
         job_type=job_type_to_pb(result.job.type),
         project_id=str(result.job.project_id),
         result_url=result.result_url,
         files=[
-            results_pb2.ResultFile(
+            jobs_pb2.ResultFile(
                 file_id=str(f.get("file_id", "")),
                 name=str(f.get("name", "")),
                 content_type=str(f.get("content_type", "")),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import job_params, settings_catalog
@@ -24,11 +26,19 @@ from control.api.validate import enum_field, mask_paths, required_uuid, text_fie
 from control.app import ControlApp
 from control.auth import policy, principal
 from control.auth.principal import Principal
-from control.db.models import File, Job, JobStatus, Project
-from voxmesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from control.db.models import File, Job, JobEvent, JobResult, JobStatus, Project
+from control.dispatch.journal import TERMINAL, Journal
+from voxmesh.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from voxmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 TYPE_NAMES = ", ".join(sorted(TYPE_OF_PARAMS_FIELD))
+WATCH_RESYNC_SECONDS = 2.0
 
 
 async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = False) -> Job:
@@ -41,13 +51,17 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fals
     return job
 
 
-async def _defaults(session: AsyncSession, user_id: uuid.UUID) -> job_params.UserDefaults:
+async def _defaults(
+    session: AsyncSession, user_id: uuid.UUID
+) -> tuple[job_params.UserDefaults, bool]:
+    """The creator's defaults for job parameters, and whether their jobs start at once."""
     values = await settings_catalog.resolve(session, user_id)
-    return job_params.UserDefaults(
+    defaults = job_params.UserDefaults(
         preferred_voice=str(values["preferred_voice"][0]),
         default_language=str(values["default_language"][0]),
         max_text_length=int(values["max_text_length"][0]),
     )
+    return defaults, bool(values["auto_start_jobs"][0])
 
 
 async def _check_file(
@@ -68,6 +82,21 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, app: ControlApp) -> None:
         self.app = app
 
+    async def _published(self, journal: Journal) -> None:
+        """After commit: watchers hear of the change and the dispatcher wakes."""
+        if self.app.mesh is not None:
+            await self.app.mesh.publish(journal)
+            self.app.mesh.wake()
+
+    async def _editable(
+        self, session: AsyncSession, job_id: uuid.UUID, action: str
+    ) -> tuple[Job, Project]:
+        job = await get_job(session, job_id, lock=True)
+        project = await session.get(Project, job.project_id)
+        assert project is not None
+        policy.require_job_editor(principal.current(), job, project, action)
+        return job, project
+
     async def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CreateJobResponse:
@@ -84,9 +113,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         async with self.app.sessions() as session:
             project = await get_project(session, project_id)
             policy.require_project_owner(who, project, "create jobs in it")
-            params = job_params.normalize(
-                job_type, getattr(request, which), await _defaults(session, who.user_id)
-            )
+            defaults, auto_start = await _defaults(session, who.user_id)
+            params = job_params.normalize(job_type, getattr(request, which), defaults)
             input_file = await _check_file(session, who, request.input_file_id, "input_file_id")
             if which == "voice_cloning":
                 await _check_file(
@@ -96,6 +124,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     "voice_cloning.source_file_id",
                 )
             job = Job(
+                id=uuid.uuid4(),
                 project_id=project.id,
                 created_by=who.user_id,
                 type=job_type,
@@ -103,10 +132,21 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 title=title,
                 params=params_to_json(params),
                 input_file_id=input_file,
+                progress=0,
+                attempts=0,
+                run=0,
+                last_event_seq=0,
             )
             session.add(job)
+            journal = Journal()
+            if auto_start:
+                journal.queue(session, job)
+            else:
+                job.awaiting_start = True
+                journal.changed[job.id] = job
             await session.commit()
-            return jobs_pb2.CreateJobResponse(job=job_to_pb(job))
+        await self._published(journal)
+        return jobs_pb2.CreateJobResponse(job=job_to_pb(job))
 
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
@@ -147,10 +187,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         paths = mask_paths(request.update_mask, {"title", "params"})
         title = text_field(request.title, "title", max_len=200) if "title" in paths else None
         async with self.app.sessions() as session:
-            job = await get_job(session, job_id, lock=True)
-            project = await session.get(Project, job.project_id)
-            assert project is not None
-            policy.require_job_editor(who, job, project, "change it")
+            job, _ = await self._editable(session, job_id, "change it")
             if "params" in paths:
                 which = request.WhichOneof("params")
                 expected = PARAMS_FIELD[job.type]
@@ -164,9 +201,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                         f"parameters can only change while the job is PENDING; it is "
                         f"{job.status.value} (RetryJob re-queues a finished job)"
                     )
-                params = job_params.normalize(
-                    job.type, getattr(request, which), await _defaults(session, job.created_by)
-                )
+                if job.queued_at is not None:
+                    raise FailedPrecondition(
+                        "the job is already queued for a worker; cancel it and create a new one"
+                    )
+                defaults, _ = await _defaults(session, job.created_by)
+                params = job_params.normalize(job.type, getattr(request, which), defaults)
                 if which == "voice_cloning":
                     await _check_file(
                         session,
@@ -185,12 +225,145 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.DeleteJobResponse:
         job_id = required_uuid(request.job_id, "job_id")
         async with self.app.sessions() as session:
-            job = await get_job(session, job_id, lock=True)
-            project = await session.get(Project, job.project_id)
-            assert project is not None
-            policy.require_job_editor(principal.current(), job, project, "delete it")
+            job, _ = await self._editable(session, job_id, "delete it")
             if job.status is JobStatus.RUNNING:
                 raise FailedPrecondition("the job is RUNNING; cancel it before deleting it")
+            queued_run = job.run if job.queued_at is not None else None
             await session.delete(job)
             await session.commit()
+        if queued_run is not None and self.app.mesh is not None:
+            await self.app.mesh.request_cancel(str(job_id), queued_run)  # the worker skips it
         return jobs_pb2.DeleteJobResponse()
+
+    async def StartJob(
+        self, request: jobs_pb2.StartJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.StartJobResponse:
+        job_id = required_uuid(request.job_id, "job_id")
+        journal = Journal()
+        async with self.app.sessions() as session:
+            job, _ = await self._editable(session, job_id, "start it")
+            if job.status is not JobStatus.PENDING or not job.awaiting_start:
+                raise FailedPrecondition(
+                    f"only a PENDING job waiting for StartJob can be started; this one is "
+                    f"{job.status.value}{' and already queued' if job.status is JobStatus.PENDING else ''}"
+                )
+            journal.queue(session, job)
+            await session.commit()
+        await self._published(journal)
+        return jobs_pb2.StartJobResponse(job=job_to_pb(job))
+
+    async def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.CancelJobResponse:
+        job_id = required_uuid(request.job_id, "job_id")
+        journal = Journal()
+        async with self.app.sessions() as session:
+            job, _ = await self._editable(session, job_id, "cancel it")
+            if job.status not in (JobStatus.PENDING, JobStatus.RUNNING):
+                raise FailedPrecondition(
+                    f"the job is {job.status.value}; only PENDING or RUNNING jobs can be cancelled"
+                )
+            journal.log(session, job, f"cancelled by {principal.current().username}")
+            await journal.finish(session, job, JobStatus.CANCELLED, error="cancelled")
+            await session.commit()
+        await self._published(journal)  # marks the run cancelled in KV: the worker stops
+        return jobs_pb2.CancelJobResponse(job=job_to_pb(job))
+
+    async def RetryJob(
+        self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RetryJobResponse:
+        job_id = required_uuid(request.job_id, "job_id")
+        journal = Journal()
+        async with self.app.sessions() as session:
+            job, _ = await self._editable(session, job_id, "retry it")
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise FailedPrecondition(
+                    f"the job is {job.status.value}; only FAILED or CANCELLED jobs can be retried"
+                )
+            await session.execute(delete(JobResult).where(JobResult.job_id == job.id))
+            journal.queue(session, job)
+            journal.log(session, job, f"retried by {principal.current().username} as run {job.run}")
+            journal.status(session, job, JobStatus.PENDING)
+            await session.commit()
+        await self._published(journal)
+        return jobs_pb2.RetryJobResponse(job=job_to_pb(job))
+
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
+        job_id = required_uuid(request.job_id, "job_id")
+        if request.after_seq < 0:
+            raise InvalidArgument(
+                "after_seq must be 0 or a seq already received", field="after_seq"
+            )
+        if self.app.mesh is None:
+            raise Unavailable("job events are not available: this server runs without NATS")
+        with self.app.mesh.broadcaster.watch_job(str(job_id)) as live:
+            async with self.app.sessions() as session:
+                job = await get_job(session, job_id)
+                if request.after_seq > job.last_event_seq:
+                    raise InvalidArgument(
+                        f"after_seq {request.after_seq} is beyond the job's last event "
+                        f"({job.last_event_seq})", field="after_seq",
+                    )  # fmt: skip
+                snapshot = job_to_pb(job)
+            yield jobs_pb2.WatchJobResponse(
+                job_id=snapshot.id, seq=job.last_event_seq, time=snapshot.update_time,
+                snapshot=snapshot,
+            )  # fmt: skip
+            last = request.after_seq
+            async for old in self._replay(job_id, last):
+                yield old
+                last = old.seq
+            if job.status in TERMINAL and last >= job.last_event_seq:
+                return
+            while True:
+                event: jobs_pb2.WatchJobResponse | None
+                try:
+                    event = await asyncio.wait_for(live.get(), WATCH_RESYNC_SECONDS)
+                except TimeoutError:
+                    event = None  # quiet: check the log in case a live message was lost
+                if event is not None and event.seq <= last:
+                    continue
+                if event is None or event.seq > last + 1:
+                    async for missed in self._replay(job_id, last):
+                        yield missed
+                        last = missed.seq
+                        if missed.WhichOneof("event") == "result":
+                            return
+                    continue
+                yield event
+                last = event.seq
+                if event.WhichOneof("event") == "result":
+                    return
+
+    async def _replay(
+        self, job_id: uuid.UUID, after: int
+    ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
+        async with self.app.sessions() as session:
+            payloads = list(
+                await session.scalars(
+                    select(JobEvent.payload)
+                    .where(JobEvent.job_id == job_id, JobEvent.seq > after)
+                    .order_by(JobEvent.seq)
+                )
+            )
+        for payload in payloads:
+            yield jobs_pb2.WatchJobResponse.FromString(payload)
+
+    async def WatchJobs(
+        self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.WatchJobsResponse]:
+        project_id = uuid_field(request.project_id, "project_id", required=False)
+        if project_id is None and not principal.current().is_admin:
+            raise PermissionDenied("name a project_id; watching every job is for admins")
+        if self.app.mesh is None:
+            raise Unavailable("job events are not available: this server runs without NATS")
+        if project_id is not None:
+            async with self.app.sessions() as session:
+                await get_project(session, project_id)
+        with self.app.mesh.broadcaster.watch_project(
+            str(project_id) if project_id else None
+        ) as live:
+            while True:
+                yield jobs_pb2.WatchJobsResponse(job=await live.get())

@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -198,6 +199,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress_range"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        CheckConstraint("run >= 0", name="run_non_negative"),
         CheckConstraint("jsonb_typeof(params) = 'object'", name="params_object"),
         Index("ix_jobs_created_at_id", text("created_at DESC"), text("id DESC")),
         Index("ix_jobs_project_id_created_at", "project_id", text("created_at DESC")),
@@ -216,7 +218,9 @@ class Job(Base):
     status: Mapped[JobStatus] = mapped_column(
         _pg_enum(JobStatus, "job_status"), nullable=False, server_default=JobStatus.PENDING.value
     )
-    progress: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="0")
+    progress: Mapped[int] = mapped_column(
+        SmallInteger, nullable=False, default=0, server_default="0"
+    )
     title: Mapped[str] = mapped_column(String(200), nullable=False, server_default="")
     params: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
@@ -224,7 +228,20 @@ class Job(Base):
     input_file_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("files.id", ondelete="RESTRICT"), index=True
     )
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    """How many times a worker has started the job (crash redeliveries included)."""
+    run: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    """The current run: 1 when first queued, +1 per RetryJob. Events of older runs are ignored."""
+    awaiting_start: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    """A PENDING job that waits for StartJob (its creator has auto_start_jobs=false)."""
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the current run was published to NATS; a queued job holds an admission slot."""
+    last_event_seq: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    """The seq of the job's latest persisted event."""
     error: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
@@ -280,3 +297,75 @@ class Setting(Base):
     )
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
+
+
+class OutboxEntry(Base):
+    """A job run to publish to NATS, written in the same transaction as the job change, so a
+    NATS outage delays dispatch but never loses it. Published rows keep their time."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    run: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobEvent(Base):
+    """Every event of a job, in order: the log WatchJob replays from."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (CheckConstraint("seq > 0", name="seq_positive"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    payload: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    """The serialized voxmesh.v1.WatchJobResponse, exactly as watchers receive it."""
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Upload(Base):
+    """A resumable upload in progress: chunks arrive at offsets, then FinishUpload checks the
+    sha256 and stores the file content-addressed."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        CheckConstraint("size_bytes > 0", name="size_positive"),
+        CheckConstraint("received_bytes BETWEEN 0 AND size_bytes", name="received_range"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    content_type: Mapped[str] = mapped_column(String(127), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    received_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    file_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("files.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class UploadChunk(Base):
+    """The bytes of an upload, kept in PostgreSQL so any control-plane replica can take the
+    next chunk. Deleted when the upload finishes."""
+
+    __tablename__ = "upload_chunks"
+
+    upload_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True
+    )
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

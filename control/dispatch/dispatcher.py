@@ -1,0 +1,143 @@
+"""Outbox -> JetStream, with admission: a job's run is published when its creator has fewer
+than max_concurrent_jobs jobs queued or running; the rest wait PENDING and go as slots free."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from google.protobuf import struct_pb2
+from nats.js import JetStreamContext
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from control import settings_catalog
+from control.api.convert import PARAMS_FIELD, job_type_to_pb
+from control.db.models import File, Job, JobStatus, OutboxEntry
+from voxmesh import mesh
+from voxmesh.v1 import worker_pb2
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+def stored_file(row: File) -> worker_pb2.StoredFile:
+    return worker_pb2.StoredFile(
+        file_id=str(row.id), sha256=row.sha256, size_bytes=row.size_bytes,
+        content_type=row.content_type, filename=row.filename,
+    )  # fmt: skip
+
+
+async def build_dispatch(session: AsyncSession, job: Job) -> worker_pb2.JobDispatch:
+    params = struct_pb2.Struct()
+    params.update(job.params)
+    dispatch = worker_pb2.JobDispatch(
+        job_id=str(job.id), type=job_type_to_pb(job.type), attempt=job.run,
+        params=params, created_by=str(job.created_by),
+    )  # fmt: skip
+    if job.input_file_id is not None:
+        row = await session.get(File, job.input_file_id)
+        if row is not None:
+            dispatch.input_file.CopyFrom(stored_file(row))
+    source = job.params.get("source_file_id") if PARAMS_FIELD[job.type] == "voice_cloning" else None
+    if source:
+        row = await session.get(File, uuid.UUID(source))
+        if row is not None:
+            dispatch.files["source_file_id"].CopyFrom(stored_file(row))
+    return dispatch
+
+
+class Dispatcher:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, poll: float
+    ) -> None:
+        self._sessions = sessions
+        self._js = js
+        self._poll = poll
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                published = await self.dispatch_once()
+                backoff = 0.5
+                if published:  # there may be more: go again without waiting
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS or PostgreSQL unreachable: keep the rows, try later
+                log.warning("dispatch paused (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+
+    async def dispatch_once(self) -> int:
+        """Publish what may start now; return how many were published."""
+        published = 0
+        async with self._sessions() as session:
+            rows = list(
+                await session.scalars(
+                    select(OutboxEntry)
+                    .where(OutboxEntry.published_at.is_(None))
+                    .order_by(OutboxEntry.id)
+                    .limit(BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not rows:
+                return 0
+            jobs = {
+                j.id: j
+                for j in await session.scalars(
+                    select(Job).where(Job.id.in_([r.job_id for r in rows])).with_for_update()
+                )
+            }
+            active: dict[uuid.UUID, int] = defaultdict(int)
+            for user, count in await session.execute(
+                select(Job.created_by, func.count())
+                .where(
+                    or_(
+                        Job.status == JobStatus.RUNNING,
+                        (Job.status == JobStatus.PENDING) & Job.queued_at.is_not(None),
+                    )
+                )
+                .group_by(Job.created_by)
+            ):
+                active[user] = count
+            limits: dict[uuid.UUID, int] = {}
+            now = datetime.now(UTC)
+            try:
+                for row in rows:
+                    job = jobs.get(row.job_id)
+                    if job is None or job.status is not JobStatus.PENDING or job.run != row.run:
+                        row.published_at = now  # superseded (cancelled, retried, deleted)
+                        continue
+                    user = job.created_by
+                    if user not in limits:
+                        values = await settings_catalog.resolve(session, user)
+                        limits[user] = int(values["max_concurrent_jobs"][0])
+                    if active[user] >= limits[user]:
+                        continue  # waits for a slot
+                    dispatch = await build_dispatch(session, job)
+                    await self._js.publish(
+                        mesh.jobs_subject(PARAMS_FIELD[job.type]),
+                        dispatch.SerializeToString(),
+                        headers={"Nats-Msg-Id": mesh.msg_id(str(job.id), row.run)},
+                    )
+                    row.published_at = job.queued_at = datetime.now(UTC)
+                    active[user] += 1
+                    published += 1
+            finally:
+                await session.commit()  # what was published is marked, even if NATS failed midway
+        return published

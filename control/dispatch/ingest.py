@@ -1,0 +1,193 @@
+"""WorkerEvents -> PostgreSQL -> watchers. Events are applied in stream order, each in its own
+transaction with the job row locked; events of an older run, or for a finished job, are
+dropped, so a duplicate or late completion never stores a second result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from google.protobuf import json_format
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from control.db.models import File, Job, JobStatus
+from control.dispatch.journal import TERMINAL, Journal
+from voxmesh import mesh
+from voxmesh.v1 import jobs_pb2, worker_pb2
+
+log = logging.getLogger(__name__)
+
+
+async def apply_event(
+    session: AsyncSession, journal: Journal, event: worker_pb2.WorkerEvent
+) -> Job | None:
+    """Apply one worker event to its job; returns the job if anything changed."""
+    try:
+        job_id = uuid.UUID(event.job_id)
+    except ValueError:
+        return None
+    job = await session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or event.attempt != job.run or job.status in TERMINAL:
+        return None
+    kind = event.WhichOneof("event")
+    if kind == "started":
+        job.started_at = job.started_at or datetime.now(UTC)
+        job.attempts += 1
+        journal.log(
+            session,
+            job,
+            f"worker {event.worker_id} started run {job.run} (delivery {event.delivery})",
+        )
+        journal.status(session, job, JobStatus.RUNNING)
+    elif job.status is not JobStatus.RUNNING:
+        return None  # nothing but a start moves a job to RUNNING
+    elif kind == "progress":
+        percent = max(0, min(100, event.progress.percent))
+        if percent < job.progress:  # a redelivered run starting over: keep the bar where it was
+            return None
+        job.progress = percent
+        journal.record(
+            session,
+            job,
+            progress=jobs_pb2.JobProgress(
+                percent=percent,
+                stage=event.progress.stage[:200],
+                message=event.progress.message[:2000],
+            ),
+        )
+    elif kind == "log":
+        journal.log(session, job, event.log.line)
+    elif kind == "completed":
+        files = []
+        for stored in event.completed.files:
+            row = File(
+                owner_id=job.created_by,
+                filename=stored.filename[:255] or "output",
+                content_type=stored.content_type[:127] or "application/octet-stream",
+                size_bytes=stored.size_bytes,
+                sha256=stored.sha256,
+            )
+            session.add(row)
+            await session.flush()
+            files.append({"file_id": str(row.id), "name": row.filename,
+                          "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
+        meta = json_format.MessageToDict(event.completed.meta)
+        result_url = event.completed.result_url or (
+            f"voxmesh://files/{files[0]['file_id']}" if files else ""
+        )
+        await journal.finish(
+            session, job, JobStatus.COMPLETED, files=files, meta=meta, result_url=result_url
+        )
+    elif kind == "failed":
+        await journal.finish(session, job, JobStatus.FAILED, error=event.failed.reason[:2000])
+    elif kind == "cancelled":
+        await journal.finish(session, job, JobStatus.CANCELLED, error="cancelled")
+    else:
+        return None
+    return job
+
+
+class EventIngester:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        nc: NATS,
+        js: JetStreamContext,
+        kv: KeyValue,
+        on_finished: Callable[[], None],
+    ) -> None:
+        self._sessions = sessions
+        self._nc = nc
+        self._js = js
+        self._kv = kv
+        self._on_finished = on_finished
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            event = worker_pb2.WorkerEvent.FromString(msg.data)
+        except Exception:
+            log.warning("dropping an unreadable worker event on %s", msg.subject)
+            await msg.term()
+            return
+        journal = Journal()
+        async with self._sessions() as session:
+            await apply_event(session, journal, event)
+            await session.commit()
+        await finalize(journal, self._nc, self._kv)
+        if journal.finished:
+            self._on_finished()  # a slot freed: the dispatcher may start a waiting job
+        await msg.ack()
+
+    async def run(self) -> None:
+        sub = await self._js.pull_subscribe_bind(
+            durable=mesh.EVENTS_CONSUMER, stream=mesh.EVENTS_STREAM
+        )
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=1)
+            except (NatsTimeout, TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event fetch failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    await self._handle(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("could not apply a worker event; it will be redelivered")
+                    await msg.nak(delay=1)
+
+
+async def finalize(journal: Journal, nc: NATS | None, kv: KeyValue | None) -> None:
+    """After commit: tell workers a run is over, and publish the events."""
+    if kv is not None:
+        for job in journal.finished:
+            value = mesh.CANCEL if job.status is JobStatus.CANCELLED else mesh.DONE
+            try:
+                await kv.put(f"{job.id}.{job.run}", value)
+            except Exception as exc:  # the worker will find out from its own checkpoint or ack
+                log.warning("could not mark %s.%s %s in KV: %s", job.id, job.run, value, exc)
+    await journal.publish(nc)
+
+
+async def fail_exhausted(
+    sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, advisory: bytes
+) -> Job | None:
+    """A run JetStream stopped delivering (max_deliver reached, e.g. its workers crashed):
+    mark the job FAILED with the reason."""
+    info = json.loads(advisory)
+    raw = await js.get_msg(mesh.JOBS_STREAM, int(info["stream_seq"]))
+    dispatch = worker_pb2.JobDispatch.FromString(raw.data or b"")
+    journal = Journal()
+    async with sessions() as session:
+        job = await session.scalar(
+            select(Job).where(Job.id == uuid.UUID(dispatch.job_id)).with_for_update()
+        )
+        if job is None or job.run != dispatch.attempt or job.status in TERMINAL:
+            return None
+        await journal.finish(
+            session, job, JobStatus.FAILED,
+            error=f"gave up after {info.get('deliveries', '?')} deliveries: the worker stopped "
+                  "responding each time (crashed, killed or lost its connection)",
+        )  # fmt: skip
+        await session.commit()
+    await js.delete_msg(mesh.JOBS_STREAM, int(info["stream_seq"]))
+    return job
+
+
+ExhaustedHandler = Callable[[bytes], Awaitable[Job | None]]

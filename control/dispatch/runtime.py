@@ -1,0 +1,118 @@
+"""Starts and stops the control plane's part of the mesh: the NATS connection, JetStream
+objects, broadcaster (every replica), and dispatcher + event ingester (the leader only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from control.config import MeshSettings
+from control.dispatch.broadcast import Broadcaster
+from control.dispatch.dispatcher import Dispatcher
+from control.dispatch.ingest import EventIngester, fail_exhausted, finalize
+from control.dispatch.journal import Journal
+from voxmesh import mesh
+from voxmesh.blobs import NatsBlobStore
+
+log = logging.getLogger(__name__)
+LEADER_LOCK = 0x766F786D657368  # "voxmesh"
+
+
+class MeshRuntime:
+    def __init__(self) -> None:
+        self.nc: NATS
+        self.js: JetStreamContext
+        self.kv: KeyValue
+        self.blobs: NatsBlobStore
+        self.broadcaster = Broadcaster()
+        self.dispatcher: Dispatcher | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._leader_conn: AsyncConnection | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        url: str,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: MeshSettings,
+    ) -> MeshRuntime:
+        self = cls()
+        self.nc = await mesh.connect(url, "voxmesh-control")
+        self.js = self.nc.jetstream()
+        await mesh.ensure(
+            self.js,
+            mesh.MeshConfig(
+                ack_wait_seconds=settings.ack_wait_seconds, max_deliver=settings.max_deliver
+            ),
+        )
+        self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
+        self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
+        await self.broadcaster.start(self.nc)
+        self.dispatcher = Dispatcher(sessions, self.js, settings.dispatch_poll_seconds)
+        self._tasks.append(asyncio.create_task(self._lead(engine, sessions), name="mesh-leader"))
+        return self
+
+    async def _lead(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+        """Wait to hold the leader lock, then run the dispatcher and the event ingester."""
+        assert self.dispatcher is not None
+        while True:
+            conn = await engine.connect()
+            got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK})
+            await conn.commit()
+            if got:
+                self._leader_conn = conn
+                break
+            await conn.close()
+            await asyncio.sleep(2)
+        log.info("this control plane leads dispatch and event ingestion")
+        ingester = EventIngester(sessions, self.nc, self.js, self.kv, self.dispatcher.wake)
+
+        async def exhausted(msg: Msg) -> None:
+            try:
+                if await fail_exhausted(sessions, self.js, msg.data):
+                    assert self.dispatcher is not None
+                    self.dispatcher.wake()
+            except Exception:
+                log.exception("could not handle a max-deliveries advisory")
+
+        await self.nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{mesh.JOBS_STREAM}.*", cb=exhausted
+        )
+        await asyncio.gather(self.dispatcher.run(), ingester.run())
+
+    def wake(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    async def publish(self, journal: Journal) -> None:
+        """After an RPC's commit: KV marks for finished runs, then the events."""
+        await finalize(journal, self.nc, self.kv)
+        if journal.finished:
+            self.wake()
+
+    async def request_cancel(self, job_id: str, run: int) -> None:
+        await self.kv.put(f"{job_id}.{run}", mesh.CANCEL)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._leader_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._leader_conn.close()
+        with contextlib.suppress(Exception):
+            await (
+                self.nc.close()
+            )  # nothing to drain: unacked events are redelivered to the next leader

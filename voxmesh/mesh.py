@@ -1,0 +1,146 @@
+"""The NATS side of the mesh, shared by the control plane and every worker: names of streams,
+subjects, consumers and buckets, and their idempotent creation.
+
+    VOXMESH_JOBS    work queue   voxmesh.jobs.<type>       one JobDispatch per attempt
+    VOXMESH_EVENTS  limits       voxmesh.events.<job_id>   WorkerEvents from workers
+    voxmesh.updates.<job_id>     core NATS                 persisted events, fanned out to watchers
+    voxmesh_job_control  KV      <job_id> -> cancel|done   what workers check at checkpoints
+    voxmesh_files   object store <sha256>                  inputs and outputs, content-addressed
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+JOBS_STREAM = "VOXMESH_JOBS"
+EVENTS_STREAM = "VOXMESH_EVENTS"
+EVENTS_CONSUMER = "control-events"
+CONTROL_BUCKET = "voxmesh_job_control"
+FILES_BUCKET = "voxmesh_files"
+JOB_TYPES = ("stt", "tts", "voice_cloning", "dubbing", "ai_stories")
+
+CANCEL = b"cancel"
+DONE = b"done"
+
+
+def jobs_subject(job_type: str) -> str:
+    return f"voxmesh.jobs.{job_type}"
+
+
+def events_subject(job_id: str) -> str:
+    return f"voxmesh.events.{job_id}"
+
+
+def updates_subject(job_id: str) -> str:
+    return f"voxmesh.updates.{job_id}"
+
+
+def worker_consumer(job_type: str) -> str:
+    return f"worker-{job_type}"
+
+
+def msg_id(job_id: str, attempt: int) -> str:
+    """The dispatch's Nats-Msg-Id: JetStream drops a second publish of the same attempt."""
+    return f"{job_id}.{attempt}"
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    ack_wait_seconds: float = 30.0
+    """How long a worker may go without a heartbeat before its job is redelivered."""
+    max_deliver: int = 3
+    """Deliveries of one attempt (first run + redeliveries after crashes or transient errors)."""
+    duplicate_window_seconds: float = 120.0
+    """How long JetStream remembers dispatch ids to drop duplicates."""
+    events_max_age_seconds: float = 7 * 24 * 3600
+    """How long raw worker events stay in NATS (they are persisted in PostgreSQL at once)."""
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return max(0.1, self.ack_wait_seconds / 4)
+
+
+async def connect(url: str, name: str) -> NATS:
+    """A connection that reconnects forever (a NATS outage delays work; it loses nothing)."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        drain_timeout=5,
+    )
+
+
+async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
+async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
+    """Create or update every stream, consumer and bucket; safe to call from every process."""
+    await _stream(
+        js,
+        api.StreamConfig(
+            name=JOBS_STREAM,
+            subjects=["voxmesh.jobs.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=config.duplicate_window_seconds,
+        ),
+    )
+    await _stream(
+        js,
+        api.StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=["voxmesh.events.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=config.events_max_age_seconds,
+            duplicate_window=config.duplicate_window_seconds,
+        ),
+    )
+    for job_type in JOB_TYPES:
+        await js.add_consumer(
+            JOBS_STREAM,
+            api.ConsumerConfig(
+                durable_name=worker_consumer(job_type),
+                filter_subject=jobs_subject(job_type),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=config.ack_wait_seconds,
+                max_deliver=config.max_deliver,
+                max_ack_pending=10_000,
+                deliver_policy=api.DeliverPolicy.ALL,
+            ),
+        )
+    await js.add_consumer(
+        EVENTS_STREAM,
+        api.ConsumerConfig(
+            durable_name=EVENTS_CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=30,
+            max_deliver=-1,
+            max_ack_pending=10_000,
+            deliver_policy=api.DeliverPolicy.ALL,
+        ),
+    )
+    try:
+        await js.key_value(CONTROL_BUCKET)
+    except (NotFoundError, BadRequestError):
+        await js.create_key_value(
+            api.KeyValueConfig(bucket=CONTROL_BUCKET, history=1, ttl=30 * 24 * 3600)
+        )
+    try:
+        await js.object_store(FILES_BUCKET)
+    except (NotFoundError, BadRequestError):
+        await js.create_object_store(FILES_BUCKET)

@@ -1,0 +1,245 @@
+"""The worker runtime every modality service runs; a service supplies only its handler.
+
+    async def handle(ctx: JobContext) -> Outcome: ...
+    await Worker("tts", handle, nats_url=...).run()
+
+The runtime pulls from the modality's durable consumer (explicit ack), heartbeats with
+`in_progress()` while the handler works, reports progress and logs as WorkerEvents, checks for
+cancellation at the handler's checkpoints, stores outputs in the shared blob store, and reports
+the result. A `JobFailed` is final (`term`); any other exception is retried with backoff
+(`nak(delay)`) until the last delivery, which reports FAILED with the reason. A crash stops the
+heartbeat, so JetStream redelivers the run to another worker after ack_wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import KeyNotFoundError
+
+from voxmesh import mesh
+from voxmesh.blobs import NatsBlobStore
+from voxmesh.v1 import jobs_pb2, worker_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class JobFailed(Exception):
+    """The input can never succeed (corrupt file, unsupported language): fail without retry."""
+
+
+class JobCancelled(Exception):
+    """Raised by `JobContext.checkpoint()` once the job has been cancelled."""
+
+
+@dataclass
+class Output:
+    """One file a handler produced."""
+
+    name: str
+    data: bytes
+    content_type: str
+
+
+@dataclass
+class Outcome:
+    """What a handler returns: its files and per-type facts for the result meta."""
+
+    files: list[Output] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class JobContext:
+    """What a handler sees of its job: parameters, inputs, and ways to report."""
+
+    def __init__(self, worker: Worker, msg: Msg, dispatch: worker_pb2.JobDispatch) -> None:
+        self._worker = worker
+        self._msg = msg
+        self.dispatch = dispatch
+        self.job_id = dispatch.job_id
+        self.run = dispatch.attempt
+        self.delivery = msg.metadata.num_delivered or 1
+        self.params: dict[str, Any] = json_format.MessageToDict(dispatch.params)
+        self._cancel_checked = 0.0
+        self._last_percent = -1
+
+    async def progress(self, percent: float, stage: str, message: str = "") -> None:
+        """Report progress (0-100, never lower than before); also a cancellation checkpoint."""
+        value = max(self._last_percent, min(100, int(percent)))
+        self._last_percent = value
+        await self._worker.emit(
+            self, progress=jobs_pb2.JobProgress(percent=value, stage=stage, message=message)
+        )
+        await self.checkpoint()
+
+    async def log(self, line: str) -> None:
+        await self._worker.emit(self, log=jobs_pb2.JobLogLine(line=line))
+
+    async def checkpoint(self) -> None:
+        """Raise JobCancelled if the job was cancelled (checked at most every 0.2 s)."""
+        now = time.monotonic()
+        if now - self._cancel_checked < 0.2:
+            return
+        self._cancel_checked = now
+        if await self._worker.run_state(self.job_id, self.run) == mesh.CANCEL:
+            raise JobCancelled()
+
+    async def input_bytes(self) -> bytes:
+        """The job's input file."""
+        if not self.dispatch.HasField("input_file"):
+            raise JobFailed("this job has no input file")
+        return await self.file_bytes(self.dispatch.input_file)
+
+    async def file_bytes(self, stored: worker_pb2.StoredFile) -> bytes:
+        try:
+            return await self._worker.blobs.get(stored.sha256)
+        except FileNotFoundError:
+            raise JobFailed(
+                f"input file {stored.filename or stored.file_id} is missing from storage"
+            ) from None
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound model code in a thread; the heartbeat goes on meanwhile."""
+        return await asyncio.to_thread(fn, *args)
+
+
+Handler = Callable[[JobContext], Awaitable[Outcome]]
+
+
+def retry_delay(delivery: int) -> float:
+    """Backoff before redelivering after a transient failure: 1 s, 4 s, 16 s, ... (max 60 s)."""
+    return float(min(60, 4 ** (delivery - 1)))
+
+
+class Worker:
+    def __init__(
+        self,
+        job_type: str,
+        handler: Handler,
+        *,
+        nats_url: str,
+        config: mesh.MeshConfig | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if job_type not in mesh.JOB_TYPES:
+            raise ValueError(f"unknown job type {job_type!r}")
+        self.job_type = job_type
+        self.handler = handler
+        self.nats_url = nats_url
+        self.config = config or mesh.MeshConfig()
+        self.worker_id = worker_id or f"{job_type}@{socket.gethostname()}:{os.getpid()}"
+        self._seq = 0
+        self.ready = asyncio.Event()
+
+    async def run_state(self, job_id: str, run: int) -> bytes | None:
+        try:
+            entry = await self.kv.get(f"{job_id}.{run}")
+            return entry.value
+        except KeyNotFoundError:
+            return None
+
+    async def emit(self, ctx: JobContext, **event: Any) -> None:
+        self._seq += 1
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(datetime.now(UTC))
+        message = worker_pb2.WorkerEvent(
+            job_id=ctx.job_id, attempt=ctx.run, worker_id=self.worker_id, time=stamp,
+            local_seq=self._seq, delivery=ctx.delivery, **event,
+        )  # fmt: skip
+        await self.js.publish(
+            mesh.events_subject(ctx.job_id),
+            message.SerializeToString(),
+            headers={
+                "Nats-Msg-Id": f"{ctx.job_id}.{ctx.run}.{ctx.delivery}.{self.worker_id}.{self._seq}"
+            },
+        )
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        self.nc = await mesh.connect(self.nats_url, self.worker_id)
+        self.js = self.nc.jetstream()
+        await mesh.ensure(self.js, self.config)
+        self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
+        self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
+        sub = await self.js.pull_subscribe_bind(
+            durable=mesh.worker_consumer(self.job_type), stream=mesh.JOBS_STREAM
+        )
+        self.ready.set()
+        log.info("worker %s pulling %s jobs", self.worker_id, self.job_type)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(1, timeout=1)
+                except (NatsTimeout, TimeoutError):
+                    continue
+                for msg in msgs:
+                    await self._process(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            dispatch = worker_pb2.JobDispatch.FromString(msg.data)
+        except Exception:
+            log.error("unreadable dispatch on %s; terminating it", msg.subject)
+            await msg.term()
+            return
+        ctx = JobContext(self, msg, dispatch)
+        if await self.run_state(ctx.job_id, ctx.run) is not None:
+            await msg.ack()  # cancelled or finished while it waited
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            await self.emit(ctx, started=worker_pb2.WorkerStarted())
+            outcome = await self.handler(ctx)
+            stored = []
+            for output in outcome.files:
+                digest = await self.blobs.put(output.data)
+                stored.append(worker_pb2.StoredFile(
+                    sha256=digest, size_bytes=len(output.data),
+                    content_type=output.content_type, filename=output.name,
+                ))  # fmt: skip
+            meta = struct_pb2.Struct()
+            meta.update(outcome.meta)
+            await self.emit(ctx, completed=worker_pb2.WorkerCompleted(files=stored, meta=meta))
+            await msg.ack()
+        except JobCancelled:
+            await self.emit(ctx, cancelled=worker_pb2.WorkerCancelled())
+            await msg.ack()
+        except JobFailed as e:
+            await self.emit(ctx, failed=worker_pb2.WorkerFailed(reason=str(e) or "the job failed"))
+            await msg.term()
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            log.exception("job %s run %s delivery %s failed", ctx.job_id, ctx.run, ctx.delivery)
+            if ctx.delivery >= self.config.max_deliver:
+                await self.emit(ctx, failed=worker_pb2.WorkerFailed(
+                    reason=f"failed {ctx.delivery} times; last error: {reason}"))  # fmt: skip
+                await msg.term()
+            else:
+                delay = retry_delay(ctx.delivery)
+                await self.emit(ctx, log=jobs_pb2.JobLogLine(
+                    line=f"delivery {ctx.delivery} failed ({reason}); retrying in {delay:g}s"))  # fmt: skip
+                await msg.nak(delay=delay)
+        finally:
+            heartbeat.cancel()
