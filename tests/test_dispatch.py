@@ -1,0 +1,370 @@
+"""Jobs through the whole mesh: real PostgreSQL, real nats-server with JetStream, real workers
+(the shared runtime), the control plane's dispatcher, event ingestion and WatchJob."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+
+from control.api.convert import job_to_pb
+from control.db.models import File, Job, JobEvent, JobResult, JobStatus, OutboxEntry, UserRole
+from control.dispatch.dispatcher import build_dispatch
+from tests.harness import Caller, Harness, rpc_error
+from tests.workers import make_worker
+from voxmesh import mesh
+from voxmesh.v1 import jobs_pb2, results_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+TERMINAL_PB = {
+    jobs_pb2.JOB_STATUS_COMPLETED,
+    jobs_pb2.JOB_STATUS_FAILED,
+    jobs_pb2.JOB_STATUS_CANCELLED,
+}
+
+
+@contextlib.asynccontextmanager
+async def workers(h: Harness, count: int = 1) -> AsyncIterator[list[Any]]:
+    """`count` workers pulling TTS jobs, in this process."""
+    stop = asyncio.Event()
+    started = [make_worker(h.nats.url, worker_id=f"test-worker-{i}") for i in range(count)]
+    tasks = [asyncio.create_task(w.run(stop)) for w in started]
+    await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in started)), 10)
+    try:
+        yield started
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+
+async def setup(h: Harness) -> tuple[Caller, str]:
+    editor = await h.user(UserRole.EDITOR)
+    return editor, str(await h.project(editor.user_id))
+
+
+async def create(editor: Caller, project: str, text: str) -> jobs_pb2.Job:
+    request = jobs_pb2.CreateJobRequest(project_id=project, tts=jobs_pb2.TtsParams(text=text))
+    return (await editor.client.jobs.CreateJob(request)).job
+
+
+async def watch(editor: Caller, job_id: str, after: int = 0, limit: int | None = None,
+                timeout: float = 30) -> list[jobs_pb2.WatchJobResponse]:  # fmt: skip
+    """Read a job's stream to its end (or `limit` events)."""
+    out: list[jobs_pb2.WatchJobResponse] = []
+    call = editor.client.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id, after_seq=after))
+
+    async def read() -> None:
+        async for event in call:
+            out.append(event)
+            if limit is not None and len(out) >= limit:
+                call.cancel()
+                return
+
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(read(), timeout)
+    return out
+
+
+async def wait_for(
+    h: Harness, job_id: str, statuses: set[int], timeout: float = 30
+) -> jobs_pb2.Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with h.app.sessions() as session:
+            job = await session.get(Job, uuid.UUID(job_id))
+            assert job is not None
+            pb = job_to_pb(job)
+        if pb.status in statuses and (pb.status != jobs_pb2.JOB_STATUS_RUNNING or pb.progress > 0):
+            return pb
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not reach {statuses} in {timeout}s (now {pb.status})")
+
+
+async def event_kinds(h: Harness, job_id: str) -> list[str]:
+    async with h.app.sessions() as session:
+        rows = await session.scalars(
+            select(JobEvent.kind).where(JobEvent.job_id == uuid.UUID(job_id)).order_by(JobEvent.seq)
+        )
+        return list(rows)
+
+
+async def test_job_runs_through_the_mesh_with_streamed_progress(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    async with workers(harness):
+        job = await create(editor, project, "steps:4")
+        events = await watch(editor, job.id)
+    assert events[0].WhichOneof("event") == "snapshot"
+    body = events[1:]
+    assert [e.seq for e in body] == list(range(1, len(body) + 1))  # every event, in order
+    statuses = [e.status.status for e in body if e.WhichOneof("event") == "status"]
+    assert statuses == [jobs_pb2.JOB_STATUS_RUNNING, jobs_pb2.JOB_STATUS_COMPLETED]
+    percents = [e.progress.percent for e in body if e.WhichOneof("event") == "progress"]
+    assert percents == [25, 50, 75, 100]
+    assert next(e.progress.stage for e in body if e.WhichOneof("event") == "progress") == "step 1/4"
+    assert body[-1].WhichOneof("event") == "result"  # the stream ends with the result
+    result = body[-1].result
+    assert [f.name for f in result.files] == ["result.txt"] and result.meta["steps"] == "steps:4"
+    assert "did step 4" in result.logs and "COMPLETED" in result.logs
+    got = (await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))).job
+    assert got.status == jobs_pb2.JOB_STATUS_COMPLETED and got.progress == 100
+    assert got.last_event_seq == body[-1].seq and got.attempts == 1
+    # A watcher arriving after the end gets the final state at once, then the stream ends.
+    late = await watch(editor, job.id, after=got.last_event_seq, timeout=5)
+    assert len(late) == 1 and late[0].snapshot.status == jobs_pb2.JOB_STATUS_COMPLETED
+
+
+async def test_result_files_are_in_the_shared_store(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    async with workers(harness):
+        job = await create(editor, project, "steps:1")
+        await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED})
+    async with harness.app.sessions() as session:
+        result = await session.get(JobResult, uuid.UUID(job.id))
+        assert result is not None and len(result.files) == 1
+        row = await session.get(File, uuid.UUID(result.files[0]["file_id"]))
+        assert row is not None and row.owner_id == editor.user_id
+    assert harness.app.mesh is not None
+    data = await harness.app.mesh.blobs.get(row.sha256)
+    assert data.startswith(f"job {job.id} run 1".encode())
+
+
+async def test_reconnecting_watcher_misses_nothing_and_sees_nothing_twice(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    async with workers(harness):
+        job = await create(editor, project, "sleep:1.5")
+        first = await watch(editor, job.id, limit=4)  # snapshot + 3 events, then disconnect
+        last = first[-1].seq
+        rest = await watch(editor, job.id, after=last)
+    assert rest[0].WhichOneof("event") == "snapshot"
+    seqs = [e.seq for e in first[1:]] + [e.seq for e in rest[1:]]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert rest[-1].WhichOneof("event") == "result"
+    assert len(seqs) == len(await event_kinds(harness, job.id))
+
+
+async def test_nats_outage_delays_jobs_but_each_runs_exactly_once(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    harness.nats.kill()
+    jobs = [await create(editor, project, "steps:1") for _ in range(8)]  # NATS is down
+    await asyncio.sleep(1.0)
+    async with harness.app.sessions() as session:
+        unpublished = await session.scalar(
+            select(func.count()).select_from(OutboxEntry).where(OutboxEntry.published_at.is_(None))
+        )
+    assert unpublished == 8  # stored, waiting: nothing lost
+    harness.nats.start()
+    async with workers(harness, count=2):
+        for job in jobs:
+            await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=60)
+        # Publishing the same runs again (as after a crash between publish and commit) is
+        # dropped by JetStream's deduplication: no job runs twice.
+        assert harness.app.mesh is not None
+        for job in jobs:
+            async with harness.app.sessions() as session:
+                row = await session.get(Job, uuid.UUID(job.id))
+                assert row is not None
+                dispatch = await build_dispatch(session, row)
+            ack = await harness.app.mesh.js.publish(
+                mesh.jobs_subject("tts"),
+                dispatch.SerializeToString(),
+                headers={"Nats-Msg-Id": mesh.msg_id(job.id, 1)},
+            )
+            assert ack.duplicate
+        await asyncio.sleep(1.0)
+    for job in jobs:
+        kinds = await event_kinds(harness, job.id)
+        assert kinds.count("result") == 1
+        async with harness.app.sessions() as session:
+            row = await session.get(Job, uuid.UUID(job.id))
+            assert row is not None and row.attempts == 1
+
+
+async def test_cancel_a_running_job(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    async with workers(harness):
+        job = await create(editor, project, "sleep:20")
+        await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_RUNNING})
+        cancelled = (
+            await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+        ).job
+        assert cancelled.status == jobs_pb2.JOB_STATUS_CANCELLED
+        started = time.monotonic()
+        await asyncio.sleep(1.0)
+        stopped_at = len(await event_kinds(harness, job.id))
+        await asyncio.sleep(1.0)
+        assert len(await event_kinds(harness, job.id)) == stopped_at  # the worker stopped
+        assert time.monotonic() - started < 5
+        again = await rpc_error(
+            editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+        )
+        assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # The worker is free again at once.
+        nxt = await create(editor, project, "steps:1")
+        await wait_for(harness, nxt.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=15)
+    events = await watch(editor, job.id, timeout=5)
+    assert events[-1].WhichOneof("event") == "result" and "cancelled by" in events[-1].result.logs
+
+
+async def test_cancel_a_queued_job_before_any_worker_takes_it(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    job = await create(editor, project, "steps:1")
+    await asyncio.sleep(0.5)  # dispatched to NATS, no worker yet
+    await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+    async with workers(harness):
+        await asyncio.sleep(1.5)
+    assert "status" in await event_kinds(harness, job.id)
+    async with harness.app.sessions() as session:
+        row = await session.get(Job, uuid.UUID(job.id))
+        assert row is not None and row.status is JobStatus.CANCELLED and row.attempts == 0
+
+
+async def test_permanent_failure_then_retry(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    async with workers(harness):
+        job = await create(editor, project, "fail-run:1")
+        failed = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_FAILED})
+        assert "failing run 1 on purpose" in failed.error
+        result = await editor.client.results.GetJobResult(
+            results_pb2.GetJobResultRequest(job_id=job.id)
+        )
+        assert "failing run 1 on purpose" in result.result.logs  # the reason in the result logs
+        retried = (await editor.client.jobs.RetryJob(jobs_pb2.RetryJobRequest(job_id=job.id))).job
+        assert retried.status == jobs_pb2.JOB_STATUS_PENDING and retried.progress == 0
+        done = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED})
+        assert done.attempts == 2
+    not_again = await rpc_error(
+        editor.client.jobs.RetryJob(jobs_pb2.RetryJobRequest(job_id=job.id))
+    )
+    assert not_again.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_transient_errors_are_retried_with_backoff_then_give_up(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    async with workers(harness):
+        flaky = await create(editor, project, "flaky")
+        broken = await create(editor, project, "always-broken")
+        done = await wait_for(harness, flaky.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=20)
+        assert done.attempts == 2
+        failed = await wait_for(harness, broken.id, {jobs_pb2.JOB_STATUS_FAILED}, timeout=40)
+    assert "failed 3 times" in failed.error and "still broken" in failed.error
+    logs = (await watch(editor, broken.id, timeout=5))[-1].result.logs
+    assert "retrying in 1s" in logs and "retrying in 4s" in logs
+
+
+async def test_admission_caps_running_jobs_per_user(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    await harness.setting("max_concurrent_jobs", 2, editor.user_id)
+    peak = 0
+    async with workers(harness, count=4):
+        jobs = [await create(editor, project, "sleep:0.6") for _ in range(6)]
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            async with harness.app.sessions() as session:
+                active = await session.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(
+                        (Job.status == JobStatus.RUNNING)
+                        | ((Job.status == JobStatus.PENDING) & Job.queued_at.is_not(None))
+                    )
+                )
+                done = await session.scalar(
+                    select(func.count()).select_from(Job).where(Job.status == JobStatus.COMPLETED)
+                )
+            peak = max(peak, active or 0)
+            if done == len(jobs):
+                break
+            await asyncio.sleep(0.02)
+    assert done == 6 and peak == 2
+
+
+async def test_auto_start_false_waits_for_start_job(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    await harness.setting("auto_start_jobs", False, editor.user_id)
+    async with workers(harness):
+        job = await create(editor, project, "steps:1")
+        assert job.awaiting_start and job.status == jobs_pb2.JOB_STATUS_PENDING
+        await asyncio.sleep(1.0)
+        still = (await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))).job
+        assert still.status == jobs_pb2.JOB_STATUS_PENDING and still.attempts == 0
+        await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=job.id))
+        await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED})
+    twice = await rpc_error(editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=job.id)))
+    assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.slow
+async def test_killed_worker_job_completes_on_another(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "tests.workers", harness.nats.url, "2", "doomed"], env=env, cwd=ROOT
+    )
+    try:
+        job = await create(editor, project, "sleep:3")
+        running = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_RUNNING}, timeout=30)
+        assert running.progress > 0
+        os.kill(doomed.pid, signal.SIGKILL)  # mid-job, no goodbye
+        doomed.wait()
+        async with workers(harness):
+            done = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=30)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+    assert done.attempts == 2
+    kinds = await event_kinds(harness, job.id)
+    assert kinds.count("result") == 1
+    events = await watch(editor, job.id, timeout=5)
+    assert events[-1].result.meta["delivery"] == 2 and len(events[-1].result.files) == 1
+    assert "worker doomed started" in events[-1].result.logs
+
+
+async def test_watch_jobs_streams_a_projects_changes(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    seen: list[jobs_pb2.Job] = []
+    call = editor.client.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(project_id=project))
+
+    async def read() -> None:
+        async for update in call:
+            seen.append(update.job)
+            if update.job.status == jobs_pb2.JOB_STATUS_COMPLETED:
+                return
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)
+    async with workers(harness):
+        job = await create(editor, project, "steps:2")
+        await asyncio.wait_for(reader, 20)
+    call.cancel()
+    assert {j.id for j in seen} == {job.id}
+    assert seen[-1].status == jobs_pb2.JOB_STATUS_COMPLETED and seen[-1].progress == 100
+    assert jobs_pb2.JOB_STATUS_RUNNING in [j.status for j in seen]
+    viewer = await harness.user(UserRole.VIEWER)
+    everything = viewer.client.jobs.WatchJobs(jobs_pb2.WatchJobsRequest())
+    denied = await rpc_error(everything.read())
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_watch_bad_input(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    job = await create(editor, project, "steps:1")
+    for request, code in [
+        (jobs_pb2.WatchJobRequest(job_id="nope"), grpc.StatusCode.INVALID_ARGUMENT),
+        (jobs_pb2.WatchJobRequest(job_id=str(uuid.uuid4())), grpc.StatusCode.NOT_FOUND),
+        (jobs_pb2.WatchJobRequest(job_id=job.id, after_seq=-1), grpc.StatusCode.INVALID_ARGUMENT),
+        (jobs_pb2.WatchJobRequest(job_id=job.id, after_seq=999), grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        err = await rpc_error(editor.client.jobs.WatchJob(request).read())
+        assert err.code() == code, (request, err.details())

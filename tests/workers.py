@@ -1,0 +1,60 @@
+"""A real worker for tests: the shared runtime with a handler whose behaviour the job's TTS text
+chooses. No model: these tests are about the mesh, not speech.
+
+    "steps:N"        N progress steps, then a result file
+    "sleep:S"        progress for S seconds (for cancellation and crashes), then a result
+    "fail"           a permanent failure (JobFailed: no retry)
+    "fail-run:1"     fails permanently on run 1, succeeds on later runs (RetryJob)
+    "flaky"          a transient error on the first delivery, success on the next
+    "always-broken"  a transient error on every delivery
+
+Run as a process (for kill -9 tests): python -m tests.workers NATS_URL [ACK_WAIT]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from voxmesh import mesh
+from voxmesh.worker import JobContext, JobFailed, Outcome, Output, Worker
+
+
+async def behave(ctx: JobContext) -> Outcome:
+    text: str = ctx.params.get("text", "")
+    kind, _, arg = text.partition(":")
+    if kind == "fail":
+        raise JobFailed("this input can never be processed (test)")
+    if kind == "fail-run" and ctx.run <= int(arg):
+        raise JobFailed(f"failing run {ctx.run} on purpose (test)")
+    if kind == "flaky" and ctx.delivery == 1:
+        raise RuntimeError("transient trouble (test)")
+    if kind == "always-broken":
+        raise RuntimeError("still broken (test)")
+    if kind == "sleep":
+        seconds = float(arg)
+        steps = max(1, int(seconds / 0.1))
+        for i in range(steps):
+            await asyncio.sleep(seconds / steps)
+            await ctx.progress(100 * (i + 1) / steps, "sleeping", f"step {i + 1} of {steps}")
+    else:
+        steps = int(arg or 3)
+        for i in range(steps):
+            await ctx.progress(100 * (i + 1) / steps, f"step {i + 1}/{steps}")
+            await ctx.log(f"did step {i + 1}")
+    body = f"job {ctx.job_id} run {ctx.run} delivery {ctx.delivery}\n".encode()
+    return Outcome(
+        files=[Output("result.txt", body, "text/plain")],
+        meta={"steps": text, "delivery": ctx.delivery},
+    )
+
+
+def make_worker(nats_url: str, ack_wait: float = 2.0, worker_id: str | None = None) -> Worker:
+    config = mesh.MeshConfig(ack_wait_seconds=ack_wait, max_deliver=3)
+    return Worker("tts", behave, nats_url=nats_url, config=config, worker_id=worker_id)
+
+
+if __name__ == "__main__":
+    url = sys.argv[1]
+    ack_wait = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
+    asyncio.run(make_worker(url, ack_wait, sys.argv[3] if len(sys.argv) > 3 else None).run())
