@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from control.api.auth import AuthService
+from control.api.files import FileService
 from control.api.jobs import JobService
 from control.api.projects import ProjectService
 from control.api.results import JobResultService
@@ -34,6 +35,8 @@ from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     projects_pb2,
@@ -55,6 +58,7 @@ SERVICES = [
     (projects_pb2.DESCRIPTOR.services_by_name["ProjectService"], projects_pb2_grpc.add_ProjectServiceServicer_to_server, ProjectService),
     (jobs_pb2.DESCRIPTOR.services_by_name["JobService"], jobs_pb2_grpc.add_JobServiceServicer_to_server, JobService),
     (results_pb2.DESCRIPTOR.services_by_name["JobResultService"], results_pb2_grpc.add_JobResultServiceServicer_to_server, JobResultService),
+    (files_pb2.DESCRIPTOR.services_by_name["FileService"], files_pb2_grpc.add_FileServiceServicer_to_server, FileService),
     (settings_pb2.DESCRIPTOR.services_by_name["SettingsService"], settings_pb2_grpc.add_SettingsServiceServicer_to_server, SettingsService),
 ]  # fmt: skip
 SERVICE_NAMES = [descriptor.full_name for descriptor, _, _ in SERVICES]

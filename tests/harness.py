@@ -19,6 +19,7 @@ from control.db.models import File, Job, JobResult, JobStatus, JobType, Project,
 from voxmesh.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    files_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     projects_pb2_grpc,
@@ -55,6 +56,7 @@ class Client:
         self.projects = _Bound(projects_pb2_grpc.ProjectServiceStub(channel), md)
         self.jobs = _Bound(jobs_pb2_grpc.JobServiceStub(channel), md)
         self.results = _Bound(results_pb2_grpc.JobResultServiceStub(channel), md)
+        self.files = _Bound(files_pb2_grpc.FileServiceStub(channel), md)
         self.settings = _Bound(settings_pb2_grpc.SettingsServiceStub(channel), md)
 
 

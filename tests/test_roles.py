@@ -10,6 +10,7 @@ PERMISSION_DENIED (role too low).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,11 +19,13 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from control.db.models import Job, JobStatus, UserRole
+from control.db.models import File, Job, JobStatus, Upload, UploadChunk, UserRole
+from control.sample_data import tone_wav
 from control.server import SERVICES
 from tests.harness import Caller, Client, Harness
 from voxmesh.v1 import (
     auth_pb2,
+    files_pb2,
     jobs_pb2,
     projects_pb2,
     results_pb2,
@@ -63,6 +66,12 @@ EXPECTED = {
     "JobService/WatchJobs": VIEWER,
     "JobResultService/GetJobResult": VIEWER,
     "JobResultService/ListJobResults": VIEWER,
+    "FileService/StartUpload": EDITOR,
+    "FileService/UploadChunk": EDITOR,
+    "FileService/GetUpload": EDITOR,
+    "FileService/FinishUpload": EDITOR,
+    "FileService/GetFile": VIEWER,
+    "FileService/DownloadFile": VIEWER,
     "SettingsService/ListSettings": VIEWER,
     "SettingsService/SetSetting": EDITOR,
     "SettingsService/DeleteSetting": EDITOR,
@@ -256,6 +265,62 @@ async def list_job_results(h: Harness, who: Caller, c: Client) -> Any:
     return await c.results.ListJobResults(results_pb2.ListJobResultsRequest())
 
 
+WAV = tone_wav(seconds=0.1)
+
+
+async def _upload_id(h: Harness, who: Caller, received: bool = False) -> str:
+    async with h.app.sessions() as session:
+        row = Upload(id=uuid.uuid4(), owner_id=who.user_id, filename="a.wav",
+                     content_type="audio/wav", size_bytes=len(WAV), received_bytes=0)  # fmt: skip
+        session.add(row)
+        if received:
+            session.add(UploadChunk(upload_id=row.id, offset=0, data=WAV))
+            row.received_bytes = len(WAV)
+        await session.commit()
+        return str(row.id)
+
+
+async def start_upload(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.files.StartUpload(
+        files_pb2.StartUploadRequest(filename="a.wav", size_bytes=len(WAV))
+    )
+
+
+async def upload_chunk(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.files.UploadChunk(
+        files_pb2.UploadChunkRequest(upload_id=await _upload_id(h, who), offset=0, data=WAV)
+    )
+
+
+async def get_upload(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.files.GetUpload(files_pb2.GetUploadRequest(upload_id=await _upload_id(h, who)))
+
+
+async def finish_upload(h: Harness, who: Caller, c: Client) -> Any:
+    upload_id = await _upload_id(h, who, received=True)
+    sha = hashlib.sha256(WAV).hexdigest()
+    return await c.files.FinishUpload(
+        files_pb2.FinishUploadRequest(upload_id=upload_id, sha256=sha)
+    )
+
+
+async def get_file(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.files.GetFile(files_pb2.GetFileRequest(file_id=str(await h.file(who.user_id))))
+
+
+async def download_file(h: Harness, who: Caller, c: Client) -> Any:
+    assert h.app.mesh is not None
+    digest = await h.app.mesh.blobs.put(WAV)
+    async with h.app.sessions() as session:
+        row = File(owner_id=who.user_id, filename="a.wav", content_type="audio/wav",
+                   size_bytes=len(WAV), sha256=digest)  # fmt: skip
+        session.add(row)
+        await session.commit()
+    return await _first_message(
+        c.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=str(row.id)))
+    )
+
+
 async def list_settings(h: Harness, who: Caller, c: Client) -> Any:
     return await c.settings.ListSettings(
         settings_pb2.ListSettingsRequest(scope=settings_pb2.SETTING_SCOPE_GLOBAL)
@@ -315,6 +380,12 @@ CALLS: dict[str, Call] = {
     "JobService/WatchJobs": watch_jobs,
     "JobResultService/GetJobResult": get_job_result,
     "JobResultService/ListJobResults": list_job_results,
+    "FileService/StartUpload": start_upload,
+    "FileService/UploadChunk": upload_chunk,
+    "FileService/GetUpload": get_upload,
+    "FileService/FinishUpload": finish_upload,
+    "FileService/GetFile": get_file,
+    "FileService/DownloadFile": download_file,
     "SettingsService/ListSettings": list_settings,
     "SettingsService/SetSetting": set_setting,
     "SettingsService/DeleteSetting": delete_setting,

@@ -1,0 +1,200 @@
+"""Resumable uploads into the shared store, limits enforced while receiving, content-checked
+types, streamed downloads of inputs and of job results."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+
+from control.db.models import UserRole
+from control.sample_data import tone_wav
+from tests.harness import Caller, Harness, rpc_error
+from tests.test_dispatch import create, setup, wait_for, workers
+from voxmesh.v1 import files_pb2, jobs_pb2, results_pb2
+
+
+async def download(who: Caller, file_id: str) -> tuple[files_pb2.StoredFileInfo, bytes]:
+    parts = [
+        p
+        async for p in who.client.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=file_id))
+    ]
+    assert parts[0].WhichOneof("part") == "file"
+    return parts[0].file, b"".join(p.data for p in parts[1:])
+
+
+async def upload(
+    who: Caller, data: bytes, name: str = "speech.wav", chunk: int = 64 * 1024
+) -> files_pb2.StoredFileInfo:
+    f = who.client.files
+    started = await f.StartUpload(files_pb2.StartUploadRequest(filename=name, size_bytes=len(data)))
+    for offset in range(0, len(data), chunk):
+        await f.UploadChunk(
+            files_pb2.UploadChunkRequest(
+                upload_id=started.upload_id, offset=offset, data=data[offset : offset + chunk]
+            )
+        )
+    sha = hashlib.sha256(data).hexdigest()
+    return (
+        await f.FinishUpload(files_pb2.FinishUploadRequest(upload_id=started.upload_id, sha256=sha))
+    ).file
+
+
+async def test_resumable_upload_and_download(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    viewer = await harness.user(UserRole.VIEWER)
+    audio = tone_wav(seconds=3.0)  # ~96 KB of real WAV
+    f = editor.client.files
+    started = await f.StartUpload(
+        files_pb2.StartUploadRequest(
+            filename="../../etc/passwd.wav", content_type="audio/x-wav", size_bytes=len(audio)
+        )
+    )
+    assert started.chunk_size_bytes > 0 and started.max_chunk_bytes >= started.chunk_size_bytes
+    chunk = 20_000
+    for offset in range(0, 60_000, chunk):  # part of it, then the connection "breaks"
+        await f.UploadChunk(
+            files_pb2.UploadChunkRequest(
+                upload_id=started.upload_id, offset=offset, data=audio[offset : offset + chunk]
+            )
+        )
+    state = await f.GetUpload(files_pb2.GetUploadRequest(upload_id=started.upload_id))
+    assert state.received_bytes == 60_000 and state.size_bytes == len(audio)
+    # Re-sending a chunk that already arrived is harmless; skipping ahead is refused.
+    again = await f.UploadChunk(
+        files_pb2.UploadChunkRequest(
+            upload_id=started.upload_id, offset=40_000, data=audio[40_000:60_000]
+        )
+    )
+    assert again.received_bytes == 60_000
+    gap = await rpc_error(
+        f.UploadChunk(
+            files_pb2.UploadChunkRequest(
+                upload_id=started.upload_id, offset=80_000, data=audio[80_000:90_000]
+            )
+        )
+    )
+    assert gap.code() == grpc.StatusCode.FAILED_PRECONDITION and "offset 60000" in (
+        gap.details() or ""
+    )
+    early = await rpc_error(
+        f.FinishUpload(files_pb2.FinishUploadRequest(upload_id=started.upload_id, sha256="0" * 64))
+    )
+    assert early.code() == grpc.StatusCode.FAILED_PRECONDITION
+    for offset in range(state.received_bytes, len(audio), chunk):  # resume where it stood
+        await f.UploadChunk(
+            files_pb2.UploadChunkRequest(
+                upload_id=started.upload_id, offset=offset, data=audio[offset : offset + chunk]
+            )
+        )
+    sha = hashlib.sha256(audio).hexdigest()
+    stored = (
+        await f.FinishUpload(files_pb2.FinishUploadRequest(upload_id=started.upload_id, sha256=sha))
+    ).file
+    assert stored.sha256 == sha and stored.size_bytes == len(audio)
+    assert stored.content_type == "audio/wav"  # detected from the content
+    assert stored.filename == "../../etc/passwd.wav"  # kept as a label only; the store uses the sha
+    info, data = await download(viewer, stored.id)
+    assert data == audio and info.id == stored.id
+    # The same content uploaded again is stored once in the content-addressed store.
+    second = await upload(editor, audio)
+    assert second.sha256 == stored.sha256 and second.id != stored.id
+    # An uploaded file is a job input.
+    project = str(await harness.project(editor.user_id))
+    job = await editor.client.jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(
+            project_id=project, input_file_id=stored.id, stt=jobs_pb2.SttParams()
+        )
+    )
+    assert job.job.input_file_id == stored.id
+
+
+async def test_limits_and_types_are_enforced_while_receiving(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    other = await harness.user(UserRole.EDITOR)
+    await harness.setting("max_file_size_mb", 1, editor.user_id)
+    f = editor.client.files
+    before = await harness.fingerprint()
+    too_big = await rpc_error(
+        f.StartUpload(files_pb2.StartUploadRequest(filename="big.wav", size_bytes=2 * 1024 * 1024))
+    )
+    assert too_big.code() == grpc.StatusCode.INVALID_ARGUMENT and "the limit is 1 MB" in (
+        too_big.details() or ""
+    )
+    assert before == await harness.fingerprint()
+
+    wav = tone_wav(seconds=0.5)
+    started = await f.StartUpload(
+        files_pb2.StartUploadRequest(filename="a.wav", size_bytes=len(wav))
+    )
+    text = await rpc_error(
+        f.UploadChunk(
+            files_pb2.UploadChunkRequest(
+                upload_id=started.upload_id, offset=0, data=b"hello, not audio at all"
+            )
+        )
+    )
+    assert text.code() == grpc.StatusCode.INVALID_ARGUMENT and "not an audio or video file" in (
+        text.details() or ""
+    )
+    over = await rpc_error(
+        f.UploadChunk(
+            files_pb2.UploadChunkRequest(upload_id=started.upload_id, offset=0, data=wav + b"extra")
+        )
+    )
+    assert over.code() == grpc.StatusCode.INVALID_ARGUMENT and "declared as" in (
+        over.details() or ""
+    )
+    theirs = await rpc_error(
+        other.client.files.UploadChunk(
+            files_pb2.UploadChunkRequest(upload_id=started.upload_id, offset=0, data=wav)
+        )
+    )
+    assert theirs.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    liar = await f.StartUpload(
+        files_pb2.StartUploadRequest(
+            filename="a.flac", content_type="audio/flac", size_bytes=len(wav)
+        )
+    )
+    mismatch = await rpc_error(
+        f.UploadChunk(files_pb2.UploadChunkRequest(upload_id=liar.upload_id, offset=0, data=wav))
+    )
+    assert mismatch.code() == grpc.StatusCode.INVALID_ARGUMENT and "content is audio/wav" in (
+        mismatch.details() or ""
+    )
+
+    await f.UploadChunk(
+        files_pb2.UploadChunkRequest(upload_id=started.upload_id, offset=0, data=wav)
+    )
+    corrupt = await rpc_error(
+        f.FinishUpload(files_pb2.FinishUploadRequest(upload_id=started.upload_id, sha256="ab" * 32))
+    )
+    assert corrupt.code() == grpc.StatusCode.INVALID_ARGUMENT and "corrupted" in (
+        corrupt.details() or ""
+    )
+    for bad in ("", "xyz"):
+        err = await rpc_error(
+            f.FinishUpload(files_pb2.FinishUploadRequest(upload_id=started.upload_id, sha256=bad))
+        )
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    missing = await rpc_error(
+        editor.client.files.GetFile(
+            files_pb2.GetFileRequest(file_id="6f1d3c2e-8b7a-4e55-9a61-0c5d2b7e9f10")
+        )
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_job_results_are_downloadable(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    async with workers(harness):
+        job = await create(editor, project, "steps:1")
+        await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED})
+    result = (
+        await editor.client.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id))
+    ).result
+    assert result.result_url == f"voxmesh://files/{result.files[0].file_id}"
+    info, data = await download(editor, result.files[0].file_id)
+    assert info.filename == "result.txt" and info.content_type == "text/plain"
+    assert data == f"job {job.id} run 1 delivery 1\n".encode() and info.size_bytes == len(data)
