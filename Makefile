@@ -65,6 +65,7 @@ test-only: install
 
 bench: install
 	$(PY) -m tests.bench.control_bench
+	$(PY) -m tests.bench.mesh_bench
 
 clean:
 	rm -rf $(VENV) *.egg-info voxmesh/v1/*_pb2*.py voxmesh/v1/*_pb2*.pyi $(PROTO_STAMP) .test-output

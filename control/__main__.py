@@ -28,18 +28,34 @@ def _sessions(url: str):  # type: ignore[no-untyped-def]
 
 
 async def _sample_data(settings: ControlSettings, url: str, reset: bool) -> None:
+    """Files go to the shared store in NATS, where workers find them: the running platform's
+    NATS (NATS_URL, or the embedded one if `make run` is up), else a temporary embedded one."""
     from control import sample_data
-    from voxmesh.blobs import LocalBlobStore
+    from voxmesh import mesh
+    from voxmesh.blobs import NatsBlobStore
+    from voxmesh.nats_embedded import EmbeddedNats
 
+    started = None
+    nats_url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+    embedded = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
+    if not settings.nats_url and not embedded.accepting():
+        started = embedded.start()
+    nc = await mesh.connect(nats_url, "voxmesh-sample-data")
     engine, sessions = _sessions(url)
     try:
+        js = nc.jetstream()
+        await mesh.ensure(js, mesh.MeshConfig())
+        blobs = NatsBlobStore(await js.object_store(mesh.FILES_BUCKET))
         async with sessions() as session:
             if reset:
                 await sample_data.clear(session)
-            counts = await sample_data.load(session, LocalBlobStore(settings.data_dir / "blobs"))
+            counts = await sample_data.load(session, blobs)
             await session.commit()
     finally:
         await engine.dispose()
+        await nc.close()
+        if started is not None:
+            started.stop()
     print(("Reset and loaded" if reset else "Loaded") + " sample data: "
           + ", ".join(f"{n} {what}" for what, n in counts.items()))  # fmt: skip
     print(sample_data.credentials_text())

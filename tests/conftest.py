@@ -125,11 +125,12 @@ async def harness(
     app = build_app(make_settings(tmp_path, database_url, mesh=TEST_MESH), database_url)
     app.mesh = await MeshRuntime.start(nats_server.url, app.engine, app.sessions, TEST_MESH)
     server, port = await create_server(app, "127.0.0.1", 0)
-    h = Harness(app, port, nats_server)
+    h = Harness(app, port, nats_server, server)
     try:
         yield h
     finally:
         await h.close()
-        await server.stop(None)
-        await app.mesh.stop()
+        await h.server.stop(None)
+        if app.mesh is not None:
+            await app.mesh.stop()
         await app.engine.dispose()

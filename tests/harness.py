@@ -72,8 +72,9 @@ class Caller:
 
 
 class Harness:
-    def __init__(self, app: ControlApp, port: int, nats: Any = None) -> None:
+    def __init__(self, app: ControlApp, port: int, nats: Any = None, server: Any = None) -> None:
         self.app = app
+        self.server = server
         self.port = port
         self.nats = nats
         self.target = f"127.0.0.1:{port}"
@@ -82,6 +83,14 @@ class Harness:
 
     async def close(self) -> None:
         await self.channel.close()
+
+    async def reconnect(self, port: int) -> None:
+        """Point every client at a restarted server."""
+        await self.channel.close()
+        self.port = port
+        self.target = f"127.0.0.1:{port}"
+        self.channel = grpc.aio.insecure_channel(self.target)
+        self.anonymous = Client(self.channel)
 
     def client(self, token: str | None) -> Client:
         return Client(self.channel, token)

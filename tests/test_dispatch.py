@@ -368,3 +368,33 @@ async def test_watch_bad_input(harness: Harness) -> None:
     ]:
         err = await rpc_error(editor.client.jobs.WatchJob(request).read())
         assert err.code() == code, (request, err.details())
+
+
+async def test_control_plane_restart_watchers_miss_nothing(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The control plane goes away mid-job and comes back; the worker keeps going, and a
+    watcher that reconnects with its last seq gets every event exactly once."""
+    from control.dispatch.runtime import MeshRuntime
+    from control.server import create_server
+    from tests.conftest import TEST_MESH
+
+    editor, project = await setup(harness)
+    app = harness.app
+    async with workers(harness):
+        job = await create(editor, project, "sleep:4")
+        first = await watch(editor, job.id, limit=4)
+        assert app.mesh is not None
+        # Stop the whole control plane: its gRPC server and its NATS side.
+        await harness.server.stop(None)
+        await app.mesh.stop()
+        await asyncio.sleep(1.0)  # the worker goes on; its events wait in JetStream
+        app.mesh = await MeshRuntime.start(harness.nats.url, app.engine, app.sessions, TEST_MESH)
+        harness.server, port = await create_server(app, "127.0.0.1", 0)
+        await harness.reconnect(port)
+        await harness.login(editor)
+        rest = await watch(editor, job.id, after=first[-1].seq)
+    seqs = [e.seq for e in first[1:]] + [e.seq for e in rest[1:]]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert rest[-1].WhichOneof("event") == "result"
+    assert rest[-1].result.meta["delivery"] == 1  # the same worker finished it

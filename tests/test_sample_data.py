@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from control import sample_data
 from control.db.models import Job, JobResult, Project, Setting, User
+from tests.conftest import free_port
 from tests.harness import Harness
 from voxmesh.blobs import LocalBlobStore
 from voxmesh.v1 import auth_pb2, jobs_pb2, results_pb2, settings_pb2
@@ -109,7 +110,8 @@ async def test_clear_resets_only_sample_data(harness: Harness, tmp_path: Path) -
 
 
 def test_command_prints_the_demo_credentials(database_url: str, tmp_path: Path) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url, "VOXMESH_DATA_DIR": str(tmp_path)}
+    env = {**os.environ, "DATABASE_URL": database_url, "VOXMESH_DATA_DIR": str(tmp_path),
+           "VOXMESH_NATS_PORT": str(free_port())}  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-m", "control", "sample-data"],
         env=env,

@@ -33,7 +33,7 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def _accepting(self) -> bool:
+    def accepting(self) -> bool:
         try:
             with socket.create_connection((self.host, self.port), timeout=0.2):
                 return True
@@ -42,7 +42,7 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 20) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        if self._accepting():
+        if self.accepting():
             raise RuntimeError(
                 f"something already listens on {self.host}:{self.port}; set NATS_URL to use it "
                 "or VOXMESH_NATS_PORT to start the embedded server elsewhere"
@@ -54,7 +54,7 @@ class EmbeddedNats:
             stdout=logfile, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
-        while not self._accepting():
+        while not self.accepting():
             if self._proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited; see {self.store_dir / 'nats-server.log'}")
             if time.monotonic() > deadline:

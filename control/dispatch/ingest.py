@@ -28,15 +28,17 @@ from voxmesh.v1 import jobs_pb2, worker_pb2
 log = logging.getLogger(__name__)
 
 
-async def apply_event(
-    session: AsyncSession, journal: Journal, event: worker_pb2.WorkerEvent
-) -> Job | None:
-    """Apply one worker event to its job; returns the job if anything changed."""
+def _job_id(event: worker_pb2.WorkerEvent) -> uuid.UUID | None:
     try:
-        job_id = uuid.UUID(event.job_id)
+        return uuid.UUID(event.job_id)
     except ValueError:
         return None
-    job = await session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+
+
+async def apply_event(
+    session: AsyncSession, journal: Journal, event: worker_pb2.WorkerEvent, job: Job | None
+) -> Job | None:
+    """Apply one worker event to its job (locked by the caller); returns the job if changed."""
     if job is None or event.attempt != job.run or job.status in TERMINAL:
         return None
     kind = event.WhichOneof("event")
@@ -71,6 +73,7 @@ async def apply_event(
         files = []
         for stored in event.completed.files:
             row = File(
+                id=uuid.uuid4(),
                 owner_id=job.created_by,
                 filename=stored.filename[:255] or "output",
                 content_type=stored.content_type[:127] or "application/octet-stream",
@@ -78,7 +81,6 @@ async def apply_event(
                 sha256=stored.sha256,
             )
             session.add(row)
-            await session.flush()
             files.append({"file_id": str(row.id), "name": row.filename,
                           "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
         meta = json_format.MessageToDict(event.completed.meta)
@@ -112,21 +114,47 @@ class EventIngester:
         self._kv = kv
         self._on_finished = on_finished
 
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            event = worker_pb2.WorkerEvent.FromString(msg.data)
-        except Exception:
-            log.warning("dropping an unreadable worker event on %s", msg.subject)
-            await msg.term()
-            return
+    async def _apply(self, pairs: list[tuple[Msg, worker_pb2.WorkerEvent]]) -> None:
+        """Apply events in order in one transaction, then publish, then ack."""
         journal = Journal()
+        ids = {i for _, event in pairs if (i := _job_id(event)) is not None}
         async with self._sessions() as session:
-            await apply_event(session, journal, event)
+            # Lock every job of the batch at once, in a fixed order (no deadlocks).
+            jobs = {
+                job.id: job
+                for job in await session.scalars(
+                    select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
+                )
+            }
+            with session.no_autoflush:  # inserts go out together at commit
+                for _, event in pairs:
+                    job_id = _job_id(event)
+                    await apply_event(session, journal, event, jobs.get(job_id) if job_id else None)
             await session.commit()
         await finalize(journal, self._nc, self._kv)
         if journal.finished:
-            self._on_finished()  # a slot freed: the dispatcher may start a waiting job
-        await msg.ack()
+            self._on_finished()  # slots freed: the dispatcher may start waiting jobs
+        for msg, _ in pairs:
+            await msg.ack()
+
+    async def handle_batch(self, msgs: list[Msg]) -> None:
+        pairs = []
+        for msg in msgs:
+            try:
+                pairs.append((msg, worker_pb2.WorkerEvent.FromString(msg.data)))
+            except Exception:
+                log.warning("dropping an unreadable worker event on %s", msg.subject)
+                await msg.term()
+        try:
+            await self._apply(pairs)  # one transaction for the whole batch
+        except Exception:
+            log.exception("a batch of worker events failed; applying them one by one")
+            for pair in pairs:  # isolate the event that fails; the others still land
+                try:
+                    await self._apply([pair])
+                except Exception:
+                    log.exception("could not apply a worker event; it will be redelivered")
+                    await pair[0].nak(delay=1)
 
     async def run(self) -> None:
         sub = await self._js.pull_subscribe_bind(
@@ -143,25 +171,21 @@ class EventIngester:
                 log.warning("event fetch failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                try:
-                    await self._handle(msg)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("could not apply a worker event; it will be redelivered")
-                    await msg.nak(delay=1)
+            await self.handle_batch(msgs)
 
 
 async def finalize(journal: Journal, nc: NATS | None, kv: KeyValue | None) -> None:
     """After commit: tell workers a run is over, and publish the events."""
-    if kv is not None:
-        for job in journal.finished:
+    if kv is not None and journal.finished:
+
+        async def mark(job: Job) -> None:
             value = mesh.CANCEL if job.status is JobStatus.CANCELLED else mesh.DONE
             try:
                 await kv.put(f"{job.id}.{job.run}", value)
             except Exception as exc:  # the worker will find out from its own checkpoint or ack
                 log.warning("could not mark %s.%s %s in KV: %s", job.id, job.run, value, exc)
+
+        await asyncio.gather(*(mark(job) for job in journal.finished))
     await journal.publish(nc)
 
 

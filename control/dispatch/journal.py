@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 from nats.aio.client import Client as NATS
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control.api.convert import job_status_to_pb, job_to_pb, result_to_pb, ts
@@ -99,7 +99,8 @@ class Journal:
         result_url: str = "",
     ) -> None:
         """End the run: final status, a JobResult whose logs are the job's event log, and the
-        status and result events (the result is always a finished job's last event)."""
+        status and result events (the result is always a finished job's last event). The job
+        must have no result yet (RetryJob deletes the previous run's)."""
         now = datetime.now(UTC)
         job.finished_at = now
         job.queued_at = None
@@ -107,12 +108,13 @@ class Journal:
         if status is JobStatus.COMPLETED:
             job.progress = 100
         self.status(session, job, status, error)
-        await session.execute(delete(JobResult).where(JobResult.job_id == job.id))
-        await session.flush()
-        rows = await session.scalars(
-            select(JobEvent.payload).where(JobEvent.job_id == job.id).order_by(JobEvent.seq)
-        )
-        lines = [_log_line(jobs_pb2.WatchJobResponse.FromString(p)) for p in rows]
+        with session.no_autoflush:  # the log: what is stored, plus what this journal holds
+            rows = await session.execute(
+                select(JobEvent.seq, JobEvent.payload).where(JobEvent.job_id == job.id)
+            )
+        messages = {seq: jobs_pb2.WatchJobResponse.FromString(p) for seq, p in rows}
+        messages.update({m.seq: m for j, m in self.events if j is job})
+        lines = [_log_line(messages[seq]) for seq in sorted(messages)]
         result = JobResult(
             job_id=job.id,
             result_url=result_url,
@@ -123,7 +125,6 @@ class Journal:
         )
         result.job = job
         session.add(result)
-        await session.flush()
         self.record(session, job, result=result_to_pb(result))
         self.finished.append(job)
 

@@ -1,0 +1,231 @@
+"""`make bench` (mesh): jobs through the whole platform against a bare nats-py loop.
+
+One run, this machine: embedded PostgreSQL and nats-server, the control plane in this process,
+two worker processes with a no-op handler. Measured:
+- CreateJob -> handler start latency (p50/p99), sequential jobs;
+- jobs/s end to end (CreateJob by 16 concurrent clients -> COMPLETED in the database);
+- progress fan-out: 100 concurrent WatchJob streams on one job, worker-emit -> watcher latency;
+and, on the same nats-server, a bare nats-py loop doing the least the mesh must do: JetStream
+publish -> pull consumer -> ack (latency and msgs/s), and core NATS fan-out to 100 subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from control.config import AuthSettings, ControlSettings, MeshSettings
+from control.db import migrate
+from control.db.embedded import EmbeddedPostgres
+from control.db.models import Job, JobStatus, UserRole
+from control.dispatch.runtime import MeshRuntime
+from control.server import build_app, create_server
+from tests.bench.control_bench import pct
+from tests.conftest import free_port
+from tests.harness import Harness
+from voxmesh import mesh
+from voxmesh.nats_embedded import EmbeddedNats
+from voxmesh.v1 import jobs_pb2
+from voxmesh.worker import JobContext, Outcome, Worker
+
+ROOT = Path(__file__).resolve().parents[2]
+LATENCY_JOBS = 200
+THROUGHPUT_JOBS = 1000
+CLIENTS = 16
+WATCHERS = 100
+FANOUT_EVENTS = 50
+
+
+async def noop(ctx: JobContext) -> Outcome:
+    """Start time on the worker, then done; or, for "fanout", timestamped progress."""
+    started = time.time()
+    if ctx.params.get("text") == "fanout":
+        for i in range(FANOUT_EVENTS):
+            await ctx.progress(100 * (i + 1) / FANOUT_EVENTS, "fanout", repr(time.time()))
+            await asyncio.sleep(0.02)
+    return Outcome(meta={"started": started})
+
+
+def ms(samples: list[float]) -> str:
+    return f"p50 {statistics.median(samples):7.2f} ms   p99 {pct(samples, 0.99):7.2f} ms"
+
+
+async def bare_nats(url: str) -> tuple[list[float], float, list[float]]:
+    """The floor: JetStream publish -> pull -> ack, and core fan-out, with nats-py alone."""
+    nc = await mesh.connect(url, "bare")
+    js = nc.jetstream()
+    await js.add_stream(name="BARE", subjects=["bare.>"], retention="workqueue")
+    sub = await js.pull_subscribe("bare.jobs", durable="bare", stream="BARE")
+    latencies = []
+    for _ in range(LATENCY_JOBS):
+        start = time.perf_counter()
+        await js.publish("bare.jobs", b"x" * 200, headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        msg = (await sub.fetch(1, timeout=5))[0]
+        await msg.ack()
+        latencies.append((time.perf_counter() - start) * 1000)
+    start = time.perf_counter()
+
+    async def produce() -> None:
+        for _ in range(THROUGHPUT_JOBS // CLIENTS):
+            await js.publish("bare.jobs", b"x" * 200, headers={"Nats-Msg-Id": uuid.uuid4().hex})
+
+    async def consume() -> None:
+        done = 0
+        while done < (THROUGHPUT_JOBS // CLIENTS) * CLIENTS:
+            for msg in await sub.fetch(64, timeout=5):
+                await msg.ack()
+                done += 1
+
+    await asyncio.gather(consume(), *(produce() for _ in range(CLIENTS)))
+    rate = (THROUGHPUT_JOBS // CLIENTS) * CLIENTS / (time.perf_counter() - start)
+    fan: list[float] = []
+
+    async def on_msg(msg: object) -> None:
+        fan.append((time.time() - float(msg.data)) * 1000)  # type: ignore[attr-defined]
+
+    for _ in range(WATCHERS):
+        await nc.subscribe("bare.fanout", cb=on_msg)
+    for _ in range(FANOUT_EVENTS):
+        await nc.publish("bare.fanout", repr(time.time()).encode())
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)
+    await nc.close()
+    return latencies, rate, fan
+
+
+async def wait_done(h: Harness, count: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with h.app.sessions() as session:
+            done = await session.scalar(
+                select(func.count()).select_from(Job).where(Job.status == JobStatus.COMPLETED)
+            )
+        if done == count:
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"only {done} of {count} jobs completed")
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "pgdata", delete_on_exit=True)
+        nats_server = EmbeddedNats(Path(tmp) / "nats", port=free_port()).start()
+        url = pg.ensure_database("bench")
+        migrate.upgrade(url)
+        mesh_settings = MeshSettings(dispatch_poll_seconds=0.5)
+        settings = ControlSettings(
+            data_dir=Path(tmp), database_url=url, mesh=mesh_settings,
+            auth=AuthSettings(jwt_secret=SecretStr("b" * 48)),
+        )  # fmt: skip
+        app = build_app(settings, url)
+        app.mesh = await MeshRuntime.start(nats_server.url, app.engine, app.sessions, mesh_settings)
+        server, port = await create_server(app, "127.0.0.1", 0)
+        h = Harness(app, port, nats_server, server)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "tests.bench.mesh_bench", "worker", nats_server.url], env=env)
+            for _ in range(2)
+        ]  # fmt: skip
+        try:
+            editor = await h.user(UserRole.EDITOR)
+            await h.setting("max_concurrent_jobs", 1000, editor.user_id)
+            project = str(await h.project(editor.user_id))
+            request = jobs_pb2.CreateJobRequest(
+                project_id=project, tts=jobs_pb2.TtsParams(text="noop")
+            )
+            await asyncio.sleep(2)  # workers connected
+            for _ in range(20):
+                await editor.client.jobs.CreateJob(request)
+            await wait_done(h, 20)
+
+            dispatch_ms = []
+            for i in range(LATENCY_JOBS):
+                sent = time.time()
+                job = (await editor.client.jobs.CreateJob(request)).job
+                await wait_done(h, 21 + i)
+                async with h.app.sessions() as session:
+                    from control.db.models import JobResult
+
+                    result = await session.get(JobResult, uuid.UUID(job.id))
+                    assert result is not None
+                    dispatch_ms.append((result.meta["started"] - sent) * 1000)
+
+            already = 20 + LATENCY_JOBS
+            start = time.perf_counter()
+
+            async def client() -> None:
+                for _ in range(THROUGHPUT_JOBS // CLIENTS):
+                    await editor.client.jobs.CreateJob(request)
+
+            await asyncio.gather(*(client() for _ in range(CLIENTS)))
+            total = already + (THROUGHPUT_JOBS // CLIENTS) * CLIENTS
+            await wait_done(h, total)
+            rate = (THROUGHPUT_JOBS // CLIENTS) * CLIENTS / (time.perf_counter() - start)
+
+            fan_job = (await editor.client.jobs.CreateJob(
+                jobs_pb2.CreateJobRequest(project_id=project, tts=jobs_pb2.TtsParams(text="fanout"))
+            )).job  # fmt: skip
+            fan_ms: list[float] = []
+
+            async def watcher() -> None:
+                async for event in editor.client.jobs.WatchJob(
+                    jobs_pb2.WatchJobRequest(job_id=fan_job.id)
+                ):
+                    if event.WhichOneof("event") == "progress":
+                        fan_ms.append((time.time() - float(event.progress.message)) * 1000)
+
+            await asyncio.gather(*(watcher() for _ in range(WATCHERS)))
+            bare_latency, bare_rate, bare_fan = await bare_nats(nats_server.url)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(10)
+            await h.close()
+            await server.stop(None)
+            await app.mesh.stop()
+            await app.engine.dispose()
+            nats_server.stop()
+            pg.stop()
+
+    print(
+        "Voxmesh mesh bench (embedded PostgreSQL + nats-server, 2 worker processes, no-op handler)"
+    )
+    print(f"  {'CreateJob -> worker handler start':<46} {ms(dispatch_ms)}")
+    print(f"  {'bare JetStream publish -> fetch -> ack':<46} {ms(bare_latency)}")
+    print(
+        f"  {'dispatch latency ratio (p50, mesh / bare)':<46} {statistics.median(dispatch_ms) / statistics.median(bare_latency):7.1f}x"
+    )
+    print(
+        f"  {'jobs/s end to end (create -> COMPLETED)':<46} {rate:7.0f} jobs/s ({CLIENTS} clients, {THROUGHPUT_JOBS} jobs)"
+    )
+    print(f"  {'bare JetStream msgs/s (publish + fetch + ack)':<46} {bare_rate:7.0f} msgs/s")
+    print(f"  {'throughput ratio (mesh / bare)':<46} {rate / bare_rate:7.3f}")
+    print(
+        f"  {'progress fan-out to 100 WatchJob streams':<46} {ms(fan_ms)}  ({len(fan_ms)} deliveries)"
+    )
+    print(
+        f"  {'bare core NATS fan-out to 100 subscribers':<46} {ms(bare_fan)}  ({len(bare_fan)} deliveries)"
+    )
+    print(
+        f"  {'fan-out latency ratio (p50, mesh / bare)':<46} {statistics.median(fan_ms) / statistics.median(bare_fan):7.1f}x"
+    )
+    print(f"  goal: >= 200 jobs/s end to end, p99 dispatch < 50 ms -> "
+          f"{'met' if rate >= 200 and pct(dispatch_ms, 0.99) < 50 else 'NOT met'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "worker":
+        asyncio.run(Worker("tts", noop, nats_url=sys.argv[2]).run())
+    else:
+        asyncio.run(main())
