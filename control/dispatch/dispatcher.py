@@ -100,7 +100,10 @@ class Dispatcher:
             jobs = {
                 j.id: j
                 for j in await session.scalars(
-                    select(Job).where(Job.id.in_([r.job_id for r in rows])).with_for_update()
+                    select(Job)
+                    .where(Job.id.in_([r.job_id for r in rows]))
+                    .order_by(Job.id)  # the same lock order as the ingester: no deadlocks
+                    .with_for_update()
                 )
             }
             active: dict[uuid.UUID, int] = defaultdict(int)
@@ -117,27 +120,40 @@ class Dispatcher:
                 active[user] = count
             limits: dict[uuid.UUID, int] = {}
             now = datetime.now(UTC)
-            try:
-                for row in rows:
-                    job = jobs.get(row.job_id)
-                    if job is None or job.status is not JobStatus.PENDING or job.run != row.run:
-                        row.published_at = now  # superseded (cancelled, retried, deleted)
-                        continue
-                    user = job.created_by
-                    if user not in limits:
-                        values = await settings_catalog.resolve(session, user)
-                        limits[user] = int(values["max_concurrent_jobs"][0])
-                    if active[user] >= limits[user]:
-                        continue  # waits for a slot
-                    dispatch = await build_dispatch(session, job)
-                    await self._js.publish(
+            ready: list[tuple[OutboxEntry, Job, worker_pb2.JobDispatch]] = []
+            for row in rows:
+                job = jobs.get(row.job_id)
+                if job is None or job.status is not JobStatus.PENDING or job.run != row.run:
+                    row.published_at = now  # superseded (cancelled, retried, deleted)
+                    continue
+                user = job.created_by
+                if user not in limits:
+                    values = await settings_catalog.resolve(session, user)
+                    limits[user] = int(values["max_concurrent_jobs"][0])
+                if active[user] >= limits[user]:
+                    continue  # waits for a slot
+                ready.append((row, job, await build_dispatch(session, job)))
+                active[user] += 1
+            # Publish the batch concurrently; mark exactly the ones JetStream acknowledged.
+            acks = await asyncio.gather(
+                *(
+                    self._js.publish(
                         mesh.jobs_subject(PARAMS_FIELD[job.type]),
                         dispatch.SerializeToString(),
                         headers={"Nats-Msg-Id": mesh.msg_id(str(job.id), row.run)},
                     )
-                    row.published_at = job.queued_at = datetime.now(UTC)
-                    active[user] += 1
-                    published += 1
-            finally:
-                await session.commit()  # what was published is marked, even if NATS failed midway
+                    for row, job, dispatch in ready
+                ),
+                return_exceptions=True,
+            )
+            failure: BaseException | None = None
+            for (row, job, _), ack in zip(ready, acks, strict=True):
+                if isinstance(ack, BaseException):
+                    failure = failure or ack
+                    continue
+                row.published_at = job.queued_at = datetime.now(UTC)
+                published += 1
+            await session.commit()
+            if failure is not None and not published:
+                raise failure  # NATS is unreachable: back off
         return published
