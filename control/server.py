@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+from nats.errors import Error as NatsError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -171,7 +172,14 @@ async def serve(settings: ControlSettings) -> None:
     app = build_app(settings, url)
     await check_database(app)
     nats_url, nats_server = prepare_nats(settings)
-    app.mesh = await MeshRuntime.start(nats_url, app.engine, app.sessions, settings.mesh)
+    try:
+        app.mesh = await asyncio.wait_for(
+            MeshRuntime.start(nats_url, app.engine, app.sessions, settings.mesh), 20
+        )
+    except (OSError, NatsError, TimeoutError) as e:
+        raise ConfigurationError(
+            f"cannot reach NATS at {nats_url}: {str(e) or 'no answer in 20 s'}"
+        ) from None
     server, port = await create_server(app, settings.host, settings.port)
     log.info(
         "Voxmesh control plane listening on %s:%d (%s database, NATS at %s)",

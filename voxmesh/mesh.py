@@ -69,14 +69,28 @@ class MeshConfig:
 
 
 async def connect(url: str, name: str) -> NATS:
-    """A connection that reconnects forever (a NATS outage delays work; it loses nothing)."""
+    """A connection that reconnects forever (a NATS outage delays work; it loses nothing),
+    logging one line per problem instead of a traceback per retry."""
+
+    async def error(exc: Exception) -> None:
+        log.warning("%s: NATS at %s: %s", name, url, exc or type(exc).__name__)
+
+    async def disconnected() -> None:
+        log.warning("%s: disconnected from NATS; reconnecting", name)
+
+    async def reconnected() -> None:
+        log.info("%s: reconnected to NATS", name)
+
     return await nats.connect(
-        url,
+        url.split(",") if "," in url else url,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
         drain_timeout=5,
+        error_cb=error,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
     )
 
 
