@@ -398,3 +398,36 @@ async def test_control_plane_restart_watchers_miss_nothing(
     assert seqs == list(range(1, len(seqs) + 1))
     assert rest[-1].WhichOneof("event") == "result"
     assert rest[-1].result.meta["delivery"] == 1  # the same worker finished it
+
+
+@pytest.mark.slow
+async def test_run_whose_workers_always_crash_fails_with_the_reason(harness: Harness) -> None:
+    """Every delivery's worker is killed mid-job: after max_deliver (3) JetStream gives up, its
+    advisory reaches the control plane, and the job is FAILED saying why."""
+    editor, project = await setup(harness)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    job = await create(editor, project, "sleep:60")
+    for delivery in (1, 2, 3):
+        doomed = subprocess.Popen(
+            [sys.executable, "-m", "tests.workers", harness.nats.url, "2", f"doomed-{delivery}"],
+            env=env, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                async with harness.app.sessions() as session:
+                    row = await session.get(Job, uuid.UUID(job.id))
+                    assert row is not None
+                    if row.attempts == delivery:
+                        break
+                await asyncio.sleep(0.05)
+            assert row.attempts == delivery, f"delivery {delivery} never started"
+        finally:
+            os.kill(doomed.pid, signal.SIGKILL)
+            doomed.wait()
+    async with workers(harness):  # a healthy worker keeps pulling: JetStream gives up the run
+        failed = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_FAILED}, timeout=30)
+    assert "gave up after 3 deliveries" in failed.error
+    events = await watch(editor, job.id, timeout=5)
+    assert events[-1].WhichOneof("event") == "result"
+    assert "gave up after 3 deliveries" in events[-1].result.logs

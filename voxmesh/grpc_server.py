@@ -28,6 +28,15 @@ async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
     await context.abort(err.code, err.message, trailing_metadata=err.trailing_metadata())
 
 
+async def _translate(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    """End the call with the status `exc` stands for (aborts re-raise untouched)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, ApiError):
+        await _abort(context, exc)
+    await _abort_internal(context, method, exc)
+
+
 async def _abort_internal(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     ref = uuid.uuid4().hex[:12]
     log.exception("unexpected error in %s (ref %s)", method, ref, exc_info=exc)
@@ -68,12 +77,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                     if guard is not None:
                         await guard(method, context)
                     return await behavior(request, context)
-                except ApiError as err:
-                    await _abort(context, err)
-                except grpc.aio.AbortError:
-                    raise
                 except Exception as exc:
-                    await _abort_internal(context, method, exc)
+                    await _translate(context, method, exc)
 
             return call
 
@@ -84,12 +89,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                         await guard(method, context)
                     async for response in behavior(request, context):
                         yield response
-                except ApiError as err:
-                    await _abort(context, err)
-                except grpc.aio.AbortError:
-                    raise
                 except Exception as exc:
-                    await _abort_internal(context, method, exc)
+                    await _translate(context, method, exc)
 
             return call
 

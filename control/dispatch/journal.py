@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import struct_pb2
 from nats.aio.client import Client as NATS
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -139,9 +138,3 @@ class Journal:
             await nc.publish(
                 jobstate_subject(job.project_id, job.id), job_to_pb(job).SerializeToString()
             )
-
-
-def meta_struct(meta: struct_pb2.Struct) -> dict[str, Any]:
-    from google.protobuf import json_format
-
-    return dict(json_format.MessageToDict(meta))
