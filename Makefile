@@ -11,7 +11,7 @@ PROTO_STAMP := voxmesh/v1/.generated-stamp
 export HF_HUB_OFFLINE := 1
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: help install protos run migrate sample-data test test-only lint fmt bench clean
+.PHONY: help install protos run migrate sample-data test test-only test-data lint fmt bench clean
 
 help:
 	@echo "make run          set up and run the platform on embedded defaults"
@@ -23,8 +23,22 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet 'torch==2.13.0'
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps 'openai-whisper==20250625'
+	$(PY) -m pip install --quiet tiktoken more-itertools numba
 	touch $@
+
+# Real recorded speech for the STT tests (LibriVox, public domain, with transcripts), from
+# Debian's pocketsphinx-testdata; installed when this user may, else those tests say so.
+SPEECH := /usr/share/pocketsphinx/test/data/librivox/transcription
+$(SPEECH):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq pocketsphinx-testdata >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq pocketsphinx-testdata)) >/dev/null; \
+	else echo "note: install Debian's pocketsphinx-testdata for the STT quality tests"; fi
+
+test-data: $(SPEECH)
 
 install: $(STAMP) $(PROTO_STAMP)
 
@@ -60,10 +74,10 @@ fmt: install
 
 test: lint test-only
 
-test-only: install
+test-only: install test-data
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: install
+bench: install test-data
 	$(PY) -m tests.bench.control_bench
 	$(PY) -m tests.bench.mesh_bench
 

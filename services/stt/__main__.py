@@ -1,0 +1,38 @@
+"""`python -m services.stt`: run an STT worker. The model loads before the worker pulls jobs
+and stays warm; SIGTERM finishes the job in hand, then stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from services.stt.config import WorkerSettings
+from services.stt.engines import load
+from services.stt.handler import make_handler
+from voxmesh.worker import Worker
+
+log = logging.getLogger("services.stt")
+
+
+async def main() -> None:
+    settings = WorkerSettings()
+    engine = await asyncio.to_thread(
+        load,
+        settings.stt.model,
+        compute_type=settings.stt.compute_type,
+        cpu_threads=settings.stt.cpu_threads,
+    )
+    log.info("loaded STT model %s in %.2f s", engine.name, engine.load_seconds)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Worker("stt", make_handler(settings.stt), nats_url=settings.nats_url).run(stop)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(main())

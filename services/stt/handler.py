@@ -1,0 +1,141 @@
+"""The STT job handler: decode, transcribe with progress from the real decoding position,
+honour cancellation between segments, write the transcript files."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from services.stt import formats
+from services.stt.audio import SAMPLE_RATE, AudioError, decode
+from services.stt.config import SttSettings
+from services.stt.engines import Engine, ModelError, Options, Segment, load
+from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
+
+MIN_SECONDS = 0.1
+
+
+def options_from(params: dict[str, Any], settings: SttSettings) -> Options:
+    return Options(
+        language=params.get("language") or None,
+        task="translate" if params.get("task") == "STT_TASK_TRANSLATE" else "transcribe",
+        word_timestamps=bool(params.get("word_timestamps")),
+        vad_filter=bool(params.get("vad_filter")),
+        initial_prompt=params.get("initial_prompt") or None,
+        beam_size=settings.beam_size,
+    )
+
+
+def summarize(segments: list[Segment], language: str, duration: float) -> dict[str, Any]:
+    spoken = [s for s in segments if s.text]
+    weight = sum(max(s.end - s.start, 0.01) for s in spoken)
+    confidence = (
+        sum(math.exp(s.avg_logprob) * max(s.end - s.start, 0.01) for s in spoken) / weight
+        if spoken
+        else 0.0
+    )
+    words = sum(len(s.words) if s.words else len(s.text.split()) for s in spoken)
+    return {
+        "language": language,
+        "duration_seconds": round(duration, 3),
+        "word_count": words,
+        "confidence": round(confidence, 4),
+        "segments": len(spoken),
+    }
+
+
+async def transcribe_streaming(
+    ctx: JobContext, engine: Engine, audio: np.ndarray, options: Options, *, low: float, high: float
+) -> tuple[list[Segment], str]:
+    """Transcribe in a worker thread, reporting progress (low..high %) as segments are decoded;
+    a cancellation stops decoding at the next segment."""
+    duration = len(audio) / SAMPLE_RATE
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Segment | BaseException | None] = asyncio.Queue()
+    stop = threading.Event()
+    language: list[str] = []
+
+    def pump() -> None:
+        try:
+            result = engine.transcribe(audio, options)
+            language.append(result.language)
+            for segment in result.segments:
+                loop.call_soon_threadsafe(queue.put_nowait, segment)
+                if stop.is_set():
+                    break
+        except BaseException as e:  # handed to the event loop, raised there
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    pumping = loop.run_in_executor(None, pump)
+    segments: list[Segment] = []
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, ModelError):
+                raise JobFailed(str(item))
+            if isinstance(item, BaseException):
+                raise item
+            segments.append(item)
+            done = min(1.0, item.end / duration) if duration else 1.0
+            await ctx.progress(
+                low + (high - low) * done, "transcribing", f"{item.end:.1f} s of {duration:.1f} s"
+            )
+    finally:
+        stop.set()
+        await pumping
+    return segments, (language[0] if language else options.language or "en")
+
+
+def make_handler(settings: SttSettings) -> Handler:
+    async def handle(ctx: JobContext) -> Outcome:
+        started = time.perf_counter()
+        await ctx.progress(0, "decoding", "reading the input")
+        data = await ctx.input_bytes()
+        try:
+            audio = await ctx.run_blocking(decode, data)
+        except AudioError as e:
+            raise JobFailed(str(e)) from None
+        duration = len(audio) / SAMPLE_RATE
+        if duration < MIN_SECONDS:
+            raise JobFailed(f"the audio is {duration:.2f} s long; nothing to transcribe")
+        await ctx.log(f"decoded {duration:.1f} s of audio")
+        await ctx.progress(3, "loading model", settings.model)
+        try:
+            engine = await ctx.run_blocking(
+                lambda: load(
+                    settings.model,
+                    compute_type=settings.compute_type,
+                    cpu_threads=settings.cpu_threads,
+                )
+            )
+        except ModelError as e:
+            raise JobFailed(str(e)) from None
+        options = options_from(ctx.params, settings)
+        decode_started = time.perf_counter()
+        segments, language = await transcribe_streaming(ctx, engine, audio, options, low=5, high=95)
+        compute = time.perf_counter() - decode_started
+        await ctx.progress(97, "writing", "transcript files")
+        meta = summarize(segments, language, duration)
+        meta.update(
+            model=engine.name, task=options.task,
+            rtf=round(compute / duration, 4), processing_seconds=round(time.perf_counter() - started, 3),
+        )  # fmt: skip
+        return Outcome(
+            files=[
+                Output("transcript.txt", formats.to_text(segments).encode(), "text/plain"),
+                Output("transcript.srt", formats.to_srt(segments).encode(), "application/x-subrip"),
+                Output("transcript.vtt", formats.to_vtt(segments).encode(), "text/vtt"),
+                Output(
+                    "transcript.json", formats.to_json(segments, meta).encode(), "application/json"
+                ),
+            ],
+            meta=meta,
+        )
+
+    return handle

@@ -1,0 +1,213 @@
+"""The STT service: real Whisper weights from a package, any container, transcripts in four
+formats, quality measured on real speech, cancellation, and the openai-whisper .pt path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import srt
+import webvtt
+
+from control.db.models import UserRole
+from services.stt.audio import AudioError, decode
+from services.stt.config import SttSettings
+from services.stt.engines import ModelError, OpenAIWhisperEngine, Options, load
+from services.stt.handler import make_handler
+from tests.harness import Caller, Harness
+from tests.speech import RATE, encode, normalize, passage, wav_bytes
+from tests.test_dispatch import wait_for
+from tests.test_files import download, upload
+from voxmesh import mesh
+from voxmesh.v1 import jobs_pb2, results_pb2
+from voxmesh.worker import Worker
+
+
+@contextlib.asynccontextmanager
+async def stt_worker(h: Harness, settings: SttSettings | None = None) -> AsyncIterator[Worker]:
+    stop = asyncio.Event()
+    config = mesh.MeshConfig(ack_wait_seconds=5.0, max_deliver=3)
+    worker = Worker(
+        "stt", make_handler(settings or SttSettings()), nats_url=h.nats.url, config=config
+    )
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def stt_job(h: Harness, who: Caller, data: bytes, **params: object) -> jobs_pb2.Job:
+    stored = await upload(who, data, name="speech.wav")
+    project = str(await h.project(who.user_id))
+    request = jobs_pb2.CreateJobRequest(
+        project_id=project,
+        input_file_id=stored.id,
+        stt=jobs_pb2.SttParams(**params),  # type: ignore[arg-type]
+    )
+    return (await who.client.jobs.CreateJob(request)).job
+
+
+def envelope_match(original: np.ndarray, decoded: np.ndarray) -> float:
+    """Best correlation of 10 ms loudness envelopes over lags up to 0.3 s."""
+
+    def env(x: np.ndarray) -> np.ndarray:
+        n = len(x) // 160
+        return np.abs(x[: n * 160]).reshape(n, 160).mean(axis=1)
+
+    a, b = env(original), env(decoded)
+    n = min(len(a), len(b)) - 30
+    return max(float(np.corrcoef(a[:n], b[lag : lag + n])[0, 1]) for lag in range(31))
+
+
+def test_decodes_every_common_container() -> None:
+    samples, _ = passage()
+    samples = samples[: 6 * RATE]
+    cases = {
+        "wav": wav_bytes(samples),
+        "flac": encode(samples, "flac", "flac", 16000),
+        "mp3": encode(samples, "mp3", "libmp3lame", 16000),
+        "ogg/opus": encode(samples, "ogg", "libopus", 48000),
+        "m4a/aac": encode(samples, "ipod", "aac", 16000),
+        "mp4 video": encode(samples, "mp4", "aac", 16000, video="mpeg4"),
+        "webm video": encode(samples, "webm", "libopus", 48000, video="libvpx"),
+    }
+    for name, data in cases.items():
+        decoded = decode(data)
+        assert abs(len(decoded) / RATE - 6.0) < 0.15, (name, len(decoded) / RATE)
+        # the same sound comes out: the loudness envelope matches the original, allowing for
+        # the codec's delay (AAC primes with ~2,000 samples)
+        assert envelope_match(samples, decoded) > 0.9, name
+
+
+def test_undecodable_input_says_why() -> None:
+    for data, words in [
+        (b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 64, "audio"),
+        (b"hello, this is text", "not readable"),
+        (encode(np.zeros(8000, np.float32), "mp4", "aac", 16000)[:40], "not readable"),
+    ]:
+        with pytest.raises(AudioError, match=words):
+            decode(data)
+
+
+async def test_transcribes_real_speech_through_the_platform(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    samples, reference = passage()
+    async with stt_worker(harness):
+        job = await stt_job(
+            harness, editor, wav_bytes(samples), word_timestamps=True, vad_filter=True
+        )
+        done = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=120)
+    result = (
+        await editor.client.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id))
+    ).result
+    files = {f.name: f for f in result.files}
+    assert set(files) == {"transcript.txt", "transcript.srt", "transcript.vtt", "transcript.json"}
+    text = (await download(editor, files["transcript.txt"].file_id))[1].decode()
+    wer = jiwer.wer(normalize(reference), normalize(text))
+    print(f"\nWER tiny.en on {len(samples) / RATE:.1f} s of LibriVox speech: {wer:.3f}")
+    assert wer <= 0.08, (wer, text)
+    meta = dict(result.meta)
+    assert meta["language"] == "en" and abs(meta["duration_seconds"] - len(samples) / RATE) < 0.1
+    assert meta["word_count"] >= 60 and 0.5 < meta["confidence"] <= 1.0
+    subtitles = list(
+        srt.parse((await download(editor, files["transcript.srt"].file_id))[1].decode())
+    )
+    assert len(subtitles) >= 5 and all(s.end > s.start for s in subtitles)
+    assert subtitles[-1].end.total_seconds() <= len(samples) / RATE + 0.5
+    vtt = webvtt.from_buffer(
+        __import__("io").StringIO(
+            (await download(editor, files["transcript.vtt"].file_id))[1].decode()
+        )
+    )
+    assert [c.text for c in vtt.captions] == [s.content for s in subtitles]
+    document = json.loads((await download(editor, files["transcript.json"].file_id))[1])
+    words = [w for s in document["segments"] for w in s["words"]]
+    assert len(words) == meta["word_count"]
+    assert all(a["start"] <= b["start"] for a, b in itertools.pairwise(words))
+    assert all(0 <= w["probability"] <= 1 and w["end"] >= w["start"] for w in words)
+    # progress followed the decoding position
+    assert done.progress == 100
+
+
+async def test_corrupt_audio_fails_once_with_a_reason(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    bogus = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 8
+    async with stt_worker(harness):
+        job = await stt_job(harness, editor, bogus)
+        failed = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_FAILED}, timeout=30)
+    assert "audio" in failed.error and failed.attempts == 1  # terminated, not a crash loop
+
+
+async def test_english_only_model_refuses_other_languages(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    samples, _ = passage()
+    async with stt_worker(harness):
+        job = await stt_job(harness, editor, wav_bytes(samples[: 3 * RATE]), language="pt")
+        failed = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_FAILED}, timeout=30)
+    assert "English-only" in failed.error
+
+
+async def test_cancellation_stops_transcription_within_seconds(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    samples, _ = passage(repeat=8)  # ~3.5 minutes of speech
+    async with stt_worker(harness, SttSettings(cpu_threads=1)):
+        job = await stt_job(harness, editor, wav_bytes(samples))
+        await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_RUNNING}, timeout=60)
+        while (
+            await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+        ).job.progress < 6:
+            await asyncio.sleep(0.1)
+        await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+        cancelled_at = time.monotonic()
+        follow = await stt_job(harness, editor, wav_bytes(samples[: 2 * RATE]))
+        await wait_for(harness, follow.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=60)
+        freed_after = time.monotonic() - cancelled_at
+    print(f"\nworker free {freed_after:.1f} s after CancelJob")
+    assert freed_after < 10
+
+
+def test_openai_whisper_checkpoint_path(tmp_path: Path) -> None:
+    """openai-whisper's .pt loading and decoding, on a small random-initialised checkpoint of the
+    real architecture (no .pt weights ship in any package)."""
+    import torch
+    import whisper
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(
+        n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+        n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1,
+    )  # fmt: skip
+    model = Whisper(dims)
+    with torch.no_grad():  # openai-whisper allocates this with torch.empty: give it real values
+        torch.nn.init.normal_(model.decoder.positional_embedding, std=0.01)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    path = tmp_path / "tiny-random.en.pt"
+    torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
+    engine = load(str(path))
+    assert isinstance(engine, OpenAIWhisperEngine) and engine.english_only
+    assert isinstance(engine.model, whisper.model.Whisper)
+    loaded = engine.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    samples, _ = passage()
+    result = engine.transcribe(samples[: 2 * RATE], Options(beam_size=1))
+    segments = list(result.segments)  # random weights: the text is noise, the path is real
+    assert result.language == "en" and abs(result.duration - 2.0) < 0.01
+    assert all(s.end >= s.start for s in segments)
+    with pytest.raises(ModelError, match="English-only"):
+        engine.transcribe(samples[:RATE], Options(task="translate"))
+    with pytest.raises(ModelError, match="unknown STT model"):
+        load(str(tmp_path / "missing.pt"))
+    assert hashlib.sha256(path.read_bytes()).hexdigest()  # the file the test built
