@@ -22,7 +22,8 @@ from control.db.models import UserRole
 from services.stt.audio import AudioError, decode
 from services.stt.config import SttSettings
 from services.stt.engines import ModelError, OpenAIWhisperEngine, Options, load
-from services.stt.handler import make_handler
+from services.stt.handler import make_handler, make_shard_handler
+from services.stt.shards import split_points
 from tests.harness import Caller, Harness
 from tests.speech import RATE, encode, normalize, passage, wav_bytes
 from tests.test_dispatch import wait_for
@@ -33,19 +34,24 @@ from voxmesh.worker import Worker
 
 
 @contextlib.asynccontextmanager
-async def stt_worker(h: Harness, settings: SttSettings | None = None) -> AsyncIterator[Worker]:
+async def stt_worker(
+    h: Harness, settings: SttSettings | None = None, count: int = 1
+) -> AsyncIterator[list[Worker]]:
     stop = asyncio.Event()
+    settings = settings or SttSettings()
     config = mesh.MeshConfig(ack_wait_seconds=5.0, max_deliver=3)
-    worker = Worker(
-        "stt", make_handler(settings or SttSettings()), nats_url=h.nats.url, config=config
-    )
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 10)
+    workers = [
+        Worker("stt", make_handler(settings), nats_url=h.nats.url, config=config,
+               worker_id=f"stt-{i}", shard_handler=make_shard_handler(settings))
+        for i in range(count)
+    ]  # fmt: skip
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 10)
     try:
-        yield worker
+        yield workers
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
 
 async def stt_job(h: Harness, who: Caller, data: bytes, **params: object) -> jobs_pb2.Job:
@@ -211,3 +217,43 @@ def test_openai_whisper_checkpoint_path(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="unknown STT model"):
         load(str(tmp_path / "missing.pt"))
     assert hashlib.sha256(path.read_bytes()).hexdigest()  # the file the test built
+
+
+def test_cuts_fall_in_silence() -> None:
+    samples, _ = passage(pause=0.8)
+    cuts = split_points(samples, 8.0)
+    assert len(cuts) >= 2
+    for cut in cuts:
+        assert np.abs(samples[cut - 1600 : cut + 1600]).max() < 0.01, cut / RATE  # 0.1 s each side
+    assert all(b - a > 0 for a, b in zip([0, *cuts], [*cuts, len(samples)], strict=True))
+
+
+async def test_long_audio_is_split_across_workers_and_stitched(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    samples, reference = passage()
+    settings = SttSettings(shard_seconds=8.0, cpu_threads=1)
+    async with stt_worker(harness, settings, count=2):
+        job = await stt_job(harness, editor, wav_bytes(samples), word_timestamps=True)
+        await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=120)
+    result = (
+        await editor.client.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id))
+    ).result
+    assert result.meta["parts"] >= 3
+    files = {f.name: f for f in result.files}
+    text = (await download(editor, files["transcript.txt"].file_id))[1].decode()
+    wer = jiwer.wer(normalize(reference), normalize(text))
+    print(f"\nWER with {int(result.meta['parts'])} parts on 2 workers: {wer:.3f}")
+    assert wer <= 0.08, text
+    document = json.loads((await download(editor, files["transcript.json"].file_id))[1])
+    words = [w for seg in document["segments"] for w in seg["words"]]
+    starts = [w["start"] for w in words]
+    assert (
+        starts == sorted(starts)
+        and starts[0] >= 0
+        and words[-1]["end"] <= len(samples) / RATE + 0.3
+    )
+    assert abs(len(words) - len(reference.split())) <= 3  # nothing lost or doubled at the seams
+    done_by = {
+        line.split(" done by ")[1] for line in result.logs.splitlines() if " done by " in line
+    }
+    assert done_by == {"stt-0", "stt-1"}  # both workers took parts

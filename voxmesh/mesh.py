@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 JOBS_STREAM = "VOXMESH_JOBS"
 EVENTS_STREAM = "VOXMESH_EVENTS"
+TASKS_STREAM = "VOXMESH_TASKS"
+SHARDS_BUCKET = "voxmesh_shards"
 EVENTS_CONSUMER = "control-events"
 CONTROL_BUCKET = "voxmesh_job_control"
 FILES_BUCKET = "voxmesh_files"
@@ -45,6 +47,14 @@ def updates_subject(job_id: str) -> str:
 
 def worker_consumer(job_type: str) -> str:
     return f"worker-{job_type}"
+
+
+def tasks_subject(job_type: str) -> str:
+    return f"voxmesh.tasks.{job_type}"
+
+
+def shard_consumer(job_type: str) -> str:
+    return f"shards-{job_type}"
 
 
 def msg_id(job_id: str, attempt: int) -> str:
@@ -137,6 +147,27 @@ async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
                 deliver_policy=api.DeliverPolicy.ALL,
             ),
         )
+    await _stream(
+        js,
+        api.StreamConfig(
+            name=TASKS_STREAM,
+            subjects=["voxmesh.tasks.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+        ),
+    )
+    for job_type in JOB_TYPES:
+        await js.add_consumer(
+            TASKS_STREAM,
+            api.ConsumerConfig(
+                durable_name=shard_consumer(job_type),
+                filter_subject=tasks_subject(job_type),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=config.ack_wait_seconds,
+                max_deliver=config.max_deliver,
+                max_ack_pending=10_000,
+            ),
+        )
     await js.add_consumer(
         EVENTS_STREAM,
         api.ConsumerConfig(
@@ -153,6 +184,12 @@ async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
     except (NotFoundError, BadRequestError):
         await js.create_key_value(
             api.KeyValueConfig(bucket=CONTROL_BUCKET, history=1, ttl=30 * 24 * 3600)
+        )
+    try:
+        await js.key_value(SHARDS_BUCKET)
+    except (NotFoundError, BadRequestError):
+        await js.create_key_value(
+            api.KeyValueConfig(bucket=SHARDS_BUCKET, history=1, ttl=24 * 3600)
         )
     try:
         await js.object_store(FILES_BUCKET)

@@ -115,8 +115,65 @@ class JobContext:
         """Run CPU-bound model code in a thread; the heartbeat goes on meanwhile."""
         return await asyncio.to_thread(fn, *args)
 
+    async def run_shards(
+        self, payloads: list[bytes], *, low: float, high: float, stage: str
+    ) -> list[bytes]:
+        """Have every worker of this type (this one included) process `payloads` at once;
+        return their results in order. Progress goes from `low` to `high` as shards finish;
+        cancellation is checked meanwhile; a shard that fails fails the job."""
+        worker = self._worker
+        keys = [f"{self.job_id}.{self.run}.{i}" for i in range(len(payloads))]
+        for index, (key, payload) in enumerate(zip(keys, payloads, strict=True)):
+            if await worker.shard_result(key) is not None:
+                continue  # done before this delivery (the parent was redelivered)
+            task = worker_pb2.ShardTask(
+                job_id=self.job_id, run=self.run, index=index, count=len(payloads),
+                sha256=await worker.blobs.put(payload), params=self.dispatch.params, result_key=key,
+            )  # fmt: skip
+            await worker.js.publish(
+                mesh.tasks_subject(worker.job_type), task.SerializeToString(),
+                headers={"Nats-Msg-Id": key},
+            )  # fmt: skip
+        results: dict[int, bytes] = {}
+        while len(results) < len(keys):
+            for index, key in enumerate(keys):
+                if index in results:
+                    continue
+                found = await worker.shard_result(key)
+                if found is None:
+                    continue
+                if found.error:
+                    raise JobFailed(f"part {index + 1} of {len(keys)} failed: {found.error}")
+                results[index] = found.data
+                await self.log(f"part {index + 1} of {len(keys)} done by {found.worker_id}")
+            done = len(results)
+            await self.progress(
+                low + (high - low) * done / len(keys), stage, f"{done} of {len(keys)} parts done"
+            )
+            if done < len(keys):
+                await asyncio.sleep(0.1)
+        return [results[i] for i in range(len(keys))]
+
 
 Handler = Callable[[JobContext], Awaitable[Outcome]]
+
+
+@dataclass
+class ShardContext:
+    """One shard of a large job, as a shard handler sees it."""
+
+    job_id: str
+    run: int
+    index: int
+    count: int
+    params: dict[str, Any]
+    data: bytes
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+
+ShardHandler = Callable[[ShardContext], Awaitable[bytes]]
 
 
 def retry_delay(delivery: int) -> float:
@@ -133,6 +190,7 @@ class Worker:
         nats_url: str,
         config: mesh.MeshConfig | None = None,
         worker_id: str | None = None,
+        shard_handler: ShardHandler | None = None,
     ) -> None:
         if job_type not in mesh.JOB_TYPES:
             raise ValueError(f"unknown job type {job_type!r}")
@@ -141,6 +199,7 @@ class Worker:
         self.nats_url = nats_url
         self.config = config or mesh.MeshConfig()
         self.worker_id = worker_id or f"{job_type}@{socket.gethostname()}:{os.getpid()}"
+        self.shard_handler = shard_handler
         self._seq = 0
         self.ready = asyncio.Event()
 
@@ -150,6 +209,13 @@ class Worker:
             return entry.value
         except KeyNotFoundError:
             return None
+
+    async def shard_result(self, key: str) -> worker_pb2.ShardResult | None:
+        try:
+            entry = await self.shards.get(key)
+        except KeyNotFoundError:
+            return None
+        return worker_pb2.ShardResult.FromString(entry.value or b"")
 
     async def emit(self, ctx: JobContext, **event: Any) -> None:
         self._seq += 1
@@ -173,9 +239,13 @@ class Worker:
         self.js = self.nc.jetstream()
         await mesh.ensure(self.js, self.config)
         self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
+        self.shards = await self.js.key_value(mesh.SHARDS_BUCKET)
         self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
         sub = await self.js.pull_subscribe_bind(
             durable=mesh.worker_consumer(self.job_type), stream=mesh.JOBS_STREAM
+        )
+        shard_loop = (
+            asyncio.create_task(self._shard_loop(stop)) if self.shard_handler is not None else None
         )
         self.ready.set()
         log.info("worker %s pulling %s jobs", self.worker_id, self.job_type)
@@ -188,8 +258,59 @@ class Worker:
                 for msg in msgs:
                     await self._process(msg)
         finally:
+            if shard_loop is not None:
+                shard_loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await shard_loop
             with contextlib.suppress(Exception):
                 await self.nc.close()  # between jobs: nothing in flight to drain
+
+    async def _shard_loop(self, stop: asyncio.Event) -> None:
+        """Pull shards of large jobs (any worker's) and write their results to KV."""
+        assert self.shard_handler is not None
+        sub = await self.js.pull_subscribe_bind(
+            durable=mesh.shard_consumer(self.job_type), stream=mesh.TASKS_STREAM
+        )
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=1)
+            except (NatsTimeout, TimeoutError):
+                continue
+            for msg in msgs:
+                await self._process_shard(msg)
+
+    async def _process_shard(self, msg: Msg) -> None:
+        assert self.shard_handler is not None
+        task = worker_pb2.ShardTask.FromString(msg.data)
+        if await self.run_state(task.job_id, task.run) is not None:
+            await msg.ack()  # the job was cancelled or has finished
+            return
+        if await self.shard_result(task.result_key) is not None:
+            await msg.ack()
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        delivery = msg.metadata.num_delivered or 1
+        result = worker_pb2.ShardResult(worker_id=self.worker_id)
+        try:
+            data = await self.blobs.get(task.sha256)
+            shard = ShardContext(
+                task.job_id, task.run, task.index, task.count,
+                json_format.MessageToDict(task.params), data,
+            )  # fmt: skip
+            result.data = await self.shard_handler(shard)
+        except JobFailed as e:
+            result.error = str(e)
+        except Exception as e:
+            log.exception("shard %s failed (delivery %s)", task.result_key, delivery)
+            if delivery < self.config.max_deliver:
+                heartbeat.cancel()
+                await msg.nak(delay=retry_delay(delivery))
+                return
+            result.error = f"failed {delivery} times; last error: {type(e).__name__}: {e}"
+        finally:
+            heartbeat.cancel()
+        await self.shards.put(task.result_key, result.SerializeToString())
+        await msg.ack()
 
     async def _heartbeat(self, msg: Msg) -> None:
         while True:

@@ -9,7 +9,7 @@ import signal
 
 from services.stt.config import WorkerSettings
 from services.stt.engines import load
-from services.stt.handler import make_handler
+from services.stt.handler import make_handler, make_shard_handler
 from voxmesh.worker import Worker
 
 log = logging.getLogger("services.stt")
@@ -28,7 +28,13 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Worker("stt", make_handler(settings.stt), nats_url=settings.nats_url).run(stop)
+    worker = Worker(
+        "stt",
+        make_handler(settings.stt),
+        nats_url=settings.nats_url,
+        shard_handler=make_shard_handler(settings.stt),
+    )
+    await worker.run(stop)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ class SttSettings(BaseModel):
     beam_size: int = Field(default=5, ge=1, le=10)
     """Beam search width (1 = greedy, fastest)."""
 
+    shard_seconds: float = Field(default=120.0, ge=0)
+    """Audio longer than 1.5x this is cut at silences into parts of about this length, which
+    all STT workers transcribe at once; 0 turns that off."""
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(

@@ -11,11 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from services.stt import formats
+from services.stt import formats, shards
 from services.stt.audio import SAMPLE_RATE, AudioError, decode
 from services.stt.config import SttSettings
 from services.stt.engines import Engine, ModelError, Options, Segment, load
-from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
+from voxmesh.worker import (
+    Handler,
+    JobContext,
+    JobFailed,
+    Outcome,
+    Output,
+    ShardContext,
+    ShardHandler,
+)
 
 MIN_SECONDS = 0.1
 
@@ -118,12 +126,34 @@ def make_handler(settings: SttSettings) -> Handler:
             raise JobFailed(str(e)) from None
         options = options_from(ctx.params, settings)
         decode_started = time.perf_counter()
-        segments, language = await transcribe_streaming(ctx, engine, audio, options, low=5, high=95)
+        cuts = (
+            shards.split_points(audio, settings.shard_seconds)
+            if settings.shard_seconds and duration > settings.shard_seconds * 1.5
+            else []
+        )
+        if cuts:  # long audio: every STT worker takes parts at once
+            pieces = shards.parts(audio, cuts)
+            await ctx.log(f"split into {len(pieces)} parts at silences for parallel workers")
+            results = await ctx.run_shards(
+                [shards.to_wav(samples) for _, samples in pieces],
+                low=5,
+                high=95,
+                stage="transcribing",
+            )
+            segments, language = [], ""
+            for (offset, _), data in zip(pieces, results, strict=True):
+                part, part_language = shards.decode_result(data, offset)
+                segments += part
+                language = language or part_language
+        else:
+            segments, language = await transcribe_streaming(
+                ctx, engine, audio, options, low=5, high=95
+            )
         compute = time.perf_counter() - decode_started
         await ctx.progress(97, "writing", "transcript files")
         meta = summarize(segments, language, duration)
         meta.update(
-            model=engine.name, task=options.task,
+            model=engine.name, task=options.task, parts=len(cuts) + 1,
             rtf=round(compute / duration, 4), processing_seconds=round(time.perf_counter() - started, 3),
         )  # fmt: skip
         return Outcome(
@@ -139,3 +169,30 @@ def make_handler(settings: SttSettings) -> Handler:
         )
 
     return handle
+
+
+def make_shard_handler(settings: SttSettings) -> ShardHandler:
+    """Transcribe one part of a long file (any worker may get it)."""
+
+    async def handle_shard(shard: ShardContext) -> bytes:
+        try:
+            audio = await shard.run_blocking(decode, shard.data)
+            engine = await shard.run_blocking(
+                lambda: load(
+                    settings.model,
+                    compute_type=settings.compute_type,
+                    cpu_threads=settings.cpu_threads,
+                )
+            )
+            options = options_from(shard.params, settings)
+
+            def run() -> tuple[list[Segment], str]:
+                result = engine.transcribe(audio, options)
+                return list(result.segments), result.language
+
+            segments, language = await shard.run_blocking(run)
+        except (AudioError, ModelError) as e:
+            raise JobFailed(str(e)) from None
+        return shards.encode_result(segments, language)
+
+    return handle_shard
