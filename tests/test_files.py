@@ -24,10 +24,12 @@ async def download(who: Caller, file_id: str) -> tuple[files_pb2.StoredFileInfo,
 
 
 async def upload(
-    who: Caller, data: bytes, name: str = "speech.wav", chunk: int = 64 * 1024
+    who: Caller, data: bytes, name: str = "speech.wav", chunk: int = 0
 ) -> files_pb2.StoredFileInfo:
+    """Upload as a client should: in the chunk size the server recommends (unless told)."""
     f = who.client.files
     started = await f.StartUpload(files_pb2.StartUploadRequest(filename=name, size_bytes=len(data)))
+    chunk = chunk or started.chunk_size_bytes
     for offset in range(0, len(data), chunk):
         await f.UploadChunk(
             files_pb2.UploadChunkRequest(

@@ -26,18 +26,20 @@ def decode(data: bytes, rate: int = SAMPLE_RATE) -> np.ndarray:
         if stream is None:
             raise AudioError("the file has no audio track")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        parts: list[np.ndarray] = []
+        # One growing buffer, not a list of frames plus a concatenated copy: an hour of audio
+        # peaks at about 1.1x its decoded size (230 MB) instead of 2-3x.
+        buffer = bytearray()
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):  # type: ignore[arg-type]
-                    parts.append(out.to_ndarray().reshape(-1))
+                    buffer += out.to_ndarray().tobytes()
             for out in resampler.resample(None):
-                parts.append(out.to_ndarray().reshape(-1))
+                buffer += out.to_ndarray().tobytes()
         except (av.error.FFmpegError, ValueError) as e:
-            if not parts:
+            if not buffer:
                 raise AudioError(f"the audio track could not be decoded ({e})") from None
             # A truncated tail: keep what decoded.
-    if not parts:
+    if not buffer:
         raise AudioError("the audio track is empty")
-    samples = np.concatenate(parts).astype(np.float32, copy=False)
-    return np.clip(samples, -1.0, 1.0)
+    samples = np.frombuffer(buffer, dtype=np.float32)
+    return np.clip(samples, -1.0, 1.0, out=samples)
