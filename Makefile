@@ -53,7 +53,7 @@ protos: $(PROTO_STAMP)
 
 # --- the platform ----------------------------------------------------------
 run: install
-	$(BIN)/voxmesh-control serve
+	$(PY) -m voxmesh.launch
 
 migrate: install
 	$(BIN)/voxmesh-control migrate

@@ -118,3 +118,88 @@ def test_external_database_needs_a_secret(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "VOXMESH_AUTH__JWT_SECRET is not set" in result.stderr
+
+
+def test_make_run_runs_the_platform_and_transcribes(tmp_path: Path) -> None:
+    """What `make run` starts (python -m voxmesh.launch): control plane, embedded PostgreSQL and
+    NATS, and the STT worker as separate processes; a real recording goes in, its transcript
+    comes out."""
+    import hashlib
+
+    from tests.speech import passage, wav_bytes
+    from voxmesh.v1 import (
+        files_pb2,
+        files_pb2_grpc,
+        jobs_pb2,
+        jobs_pb2_grpc,
+        results_pb2,
+        results_pb2_grpc,
+    )
+
+    port, nats_port = _free_port(), _free_port()
+    subprocess.run(
+        [sys.executable, "-m", "control", "create-user", "alice", "--role", "editor"],
+        env=_env(tmp_path), input="alice-password\n", text=True, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    env = _env(tmp_path, VOXMESH_PORT=str(port), VOXMESH_NATS_PORT=str(nats_port))
+    launcher = subprocess.Popen([sys.executable, "-m", "voxmesh.launch"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    samples, _ = passage()
+    audio = wav_bytes(samples[: 16000 * 8])
+    try:
+        deadline = time.monotonic() + 90
+        token = None
+        while token is None and time.monotonic() < deadline:
+            try:
+                token = _login(port, "alice-password")
+            except grpc.RpcError:
+                time.sleep(0.5)
+        assert token, "the platform did not come up"
+        md = (("authorization", f"Bearer {token}"),)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            files = files_pb2_grpc.FileServiceStub(channel)
+            started = files.StartUpload(
+                files_pb2.StartUploadRequest(filename="a.wav", size_bytes=len(audio)), metadata=md
+            )
+            files.UploadChunk(
+                files_pb2.UploadChunkRequest(upload_id=started.upload_id, offset=0, data=audio),
+                metadata=md,
+            )
+            stored = files.FinishUpload(
+                files_pb2.FinishUploadRequest(
+                    upload_id=started.upload_id, sha256=hashlib.sha256(audio).hexdigest()
+                ),
+                metadata=md,
+            ).file
+            project = (
+                projects_pb2_grpc.ProjectServiceStub(channel)
+                .CreateProject(projects_pb2.CreateProjectRequest(name="e2e"), metadata=md)
+                .project
+            )
+            job = (
+                jobs_pb2_grpc.JobServiceStub(channel)
+                .CreateJob(
+                    jobs_pb2.CreateJobRequest(
+                        project_id=project.id, input_file_id=stored.id, stt=jobs_pb2.SttParams()
+                    ),
+                    metadata=md,
+                )
+                .job
+            )
+            last = None
+            for event in jobs_pb2_grpc.JobServiceStub(channel).WatchJob(
+                jobs_pb2.WatchJobRequest(job_id=job.id), metadata=md, timeout=120
+            ):
+                last = event
+            assert last is not None and last.WhichOneof("event") == "result"
+            result = (
+                results_pb2_grpc.JobResultServiceStub(channel)
+                .GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id), metadata=md)
+                .result
+            )
+        assert result.meta["language"] == "en" and result.meta["word_count"] >= 15
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        out, _ = launcher.communicate(timeout=90)
+    assert launcher.returncode == 0, out[-3000:]
+    assert "Voxmesh is running" in out

@@ -1,0 +1,87 @@
+"""`make run`: the whole platform on one machine, on its embedded defaults.
+
+Starts the control plane (which starts the embedded PostgreSQL and NATS unless DATABASE_URL /
+NATS_URL say otherwise), waits until it reports SERVING, then starts one worker of every
+modality service that exists, and stops everything together on Ctrl-C or SIGTERM. On many
+machines, run the same pieces separately (see deploy/).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# One entry per modality service, added as each lands.
+WORKERS = ["services.stt"]
+
+
+def wait_healthy(target: str, control: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if control.poll() is not None:
+            raise SystemExit(control.returncode or 1)
+        try:
+            with grpc.insecure_channel(target) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the control plane did not become healthy at {target} in {timeout:.0f} s")
+
+
+def main() -> None:
+    port = os.environ.get("VOXMESH_PORT", "50051")
+    # Workers use the control plane's NATS: NATS_URL, or the embedded server's port.
+    worker_env = {
+        **os.environ,
+        "NATS_URL": os.environ.get("NATS_URL")
+        or f"nats://127.0.0.1:{os.environ.get('VOXMESH_NATS_PORT', '4222')}",
+    }
+    control = subprocess.Popen([sys.executable, "-m", "control", "serve"])
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_healthy(f"127.0.0.1:{port}", control)
+        workers = [
+            subprocess.Popen([sys.executable, "-m", name], env=worker_env) for name in WORKERS
+        ]
+        print(f"Voxmesh is running: gRPC on 127.0.0.1:{port}, workers: {', '.join(WORKERS)}. "
+              "Ctrl-C stops it.", flush=True)  # fmt: skip
+        while not stopping and control.poll() is None:
+            for i, worker in enumerate(workers):
+                if worker.poll() is not None:  # a worker died: start another
+                    print(f"{WORKERS[i]} exited ({worker.returncode}); restarting", flush=True)
+                    workers[i] = subprocess.Popen(
+                        [sys.executable, "-m", WORKERS[i]], env=worker_env
+                    )
+            time.sleep(0.5)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+        for worker in workers:
+            worker.wait(30)
+        if control.poll() is None:
+            control.terminate()
+        control.wait(60)
+
+
+if __name__ == "__main__":
+    main()
