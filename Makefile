@@ -29,16 +29,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet tiktoken more-itertools numba
 	touch $@
 
-# Real recorded speech for the STT tests (LibriVox, public domain, with transcripts), from
-# Debian's pocketsphinx-testdata; installed when this user may, else those tests say so.
+# Speech for the STT tests, from Debian: real recordings with transcripts (LibriVox, public
+# domain, in pocketsphinx-testdata) and a synthesiser for other languages (espeak-ng).
+# Installed when this user may; otherwise those tests say what is missing.
 SPEECH := /usr/share/pocketsphinx/test/data/librivox/transcription
-$(SPEECH):
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  (apt-get install -y -qq pocketsphinx-testdata >/dev/null 2>&1 || \
-	   (apt-get update -qq && apt-get install -y -qq pocketsphinx-testdata)) >/dev/null; \
-	else echo "note: install Debian's pocketsphinx-testdata for the STT quality tests"; fi
-
-test-data: $(SPEECH)
+DEBIAN_TEST_PACKAGES := pocketsphinx-testdata espeak-ng
+test-data:
+	@if [ -f $(SPEECH) ] && command -v espeak-ng >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq $(DEBIAN_TEST_PACKAGES) >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq $(DEBIAN_TEST_PACKAGES))) >/dev/null; \
+	else echo "note: install Debian's $(DEBIAN_TEST_PACKAGES) for the STT quality tests"; fi
 
 install: $(STAMP) $(PROTO_STAMP)
 

@@ -257,3 +257,52 @@ async def test_long_audio_is_split_across_workers_and_stitched(harness: Harness)
         line.split(" done by ")[1] for line in result.logs.splitlines() if " done by " in line
     }
     assert done_by == {"stt-0", "stt-1"}  # both workers took parts
+
+
+SPANISH = "El tren sale de la estación a las ocho de la mañana. Los viajeros esperan en el andén."
+
+
+async def test_multilingual_model_detects_language_and_translates(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Whisper base (shipped in two package parts): the spoken language is detected, and
+    task=translate gives English. The Spanish speech is synthesised by Debian's espeak-ng."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs Debian's espeak-ng (make test installs it as root)")
+    spoken = tmp_path / "es.wav"
+    subprocess.run(["espeak-ng", "-v", "es", "-w", str(spoken), SPANISH], check=True)
+    editor = await harness.user(UserRole.EDITOR)
+    async with stt_worker(harness, SttSettings(model="base")):
+        heard = await stt_job(harness, editor, spoken.read_bytes())
+        translated = await stt_job(
+            harness, editor, spoken.read_bytes(), task=jobs_pb2.STT_TASK_TRANSLATE
+        )
+        for job in (heard, translated):
+            await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=120)
+    texts = {}
+    for name, job in (("heard", heard), ("translated", translated)):
+        result = (
+            await editor.client.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id))
+        ).result
+        assert result.meta["language"] == "es" and result.meta["model"] == "base"
+        texts[name] = (
+            await download(editor, {f.name: f for f in result.files}["transcript.txt"].file_id)
+        )[1].decode()
+    wer = jiwer.wer(spanish_words(SPANISH), spanish_words(texts["heard"]))
+    print(
+        f"\nSpanish (espeak-ng) WER with base: {wer:.3f}; translation: {texts['translated'].strip()}"
+    )
+    assert wer <= 0.25
+    english = texts["translated"].lower()
+    assert "train" in english and "station" in english and "morning" in english
+
+
+def spanish_words(text: str) -> str:
+    import re
+    import unicodedata
+
+    plain = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
+    return re.sub(r"\s+", " ", re.sub(r"[^a-z ]+", " ", plain)).strip()

