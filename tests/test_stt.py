@@ -19,7 +19,6 @@ import srt
 import webvtt
 
 from control.db.models import UserRole
-from services.stt.audio import AudioError, decode
 from services.stt.config import SttSettings
 from services.stt.engines import ModelError, OpenAIWhisperEngine, Options, load
 from services.stt.handler import make_handler, make_shard_handler
@@ -29,6 +28,7 @@ from tests.speech import RATE, encode, normalize, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import download, upload
 from voxmesh import mesh
+from voxmesh.audio import AudioError, decode
 from voxmesh.v1 import jobs_pb2, results_pb2
 from voxmesh.worker import Worker
 

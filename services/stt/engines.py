@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.stt.audio import SAMPLE_RATE
+from voxmesh.audio import SAMPLE_RATE
 
 
 class ModelError(Exception):

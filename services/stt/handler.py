@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from services.stt import formats, shards
-from services.stt.audio import SAMPLE_RATE, AudioError, decode
 from services.stt.config import SttSettings
 from services.stt.engines import Engine, ModelError, Options, Segment, load
+from voxmesh.audio import SAMPLE_RATE, AudioError, decode
 from voxmesh.worker import (
     Handler,
     JobContext,

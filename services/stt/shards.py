@@ -14,8 +14,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from services.stt.audio import SAMPLE_RATE
 from services.stt.engines import Segment, Word
+from voxmesh.audio import SAMPLE_RATE
 
 FRAME = 320  # 20 ms
 SMOOTH = 15  # 300 ms

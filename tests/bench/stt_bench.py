@@ -24,13 +24,13 @@ from control.db.embedded import EmbeddedPostgres
 from control.db.models import UserRole
 from control.dispatch.runtime import MeshRuntime
 from control.server import build_app, create_server
-from services.stt.audio import decode
 from services.stt.engines import Options, load
 from tests.conftest import free_port
 from tests.harness import Harness
 from tests.speech import RATE, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import upload
+from voxmesh.audio import decode
 from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import jobs_pb2
 
