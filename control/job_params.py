@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from control.api.validate import (
-    NAME_RE,
+    VOICE_RE,
     enum_field,
     language_field,
     number_range,
@@ -21,10 +21,11 @@ from control.api.validate import (
     uuid_field,
 )
 from control.db.models import JobType
+from voxmesh import voices
 from voxmesh.errors import InvalidArgument
 from voxmesh.v1 import jobs_pb2
 
-TTS_ENGINES = ("piper", "kokoro", "bark")
+TTS_ENGINES = ("piper", "bark")
 PREFIX = {
     JobType.STT: "stt",
     JobType.TTS: "tts",
@@ -54,9 +55,21 @@ def _voice(value: str, field: str) -> str:
         value,
         field,
         max_len=100,
-        pattern=NAME_RE,
-        pattern_hint="must be a voice id (letters, digits, '.', '_', ':' or '-')",
+        pattern=VOICE_RE,
+        pattern_hint="must be a voice id (letters, digits, '.', '_', ':', '-' or '/')",
     )
+
+
+def _stock_voice(voice_id: str, engine: str, field: str) -> str:
+    """The voice a TTS job will use, checked against the catalog now, not at synthesis."""
+    try:
+        return voices.resolve(voice_id, engine).id
+    except KeyError:
+        raise InvalidArgument(
+            f"unknown voice {voice_id!r}; VoiceService/ListVoices lists the voices", field=field
+        ) from None
+    except ValueError as e:
+        raise InvalidArgument(str(e), field=field) from None
 
 
 def _spoken_text(value: str, field: str, limit: int) -> str:
@@ -90,13 +103,18 @@ def normalize(job_type: JobType, params: Message, defaults: UserDefaults) -> Mes
         )
     elif job_type is JobType.TTS:
         out.text = _spoken_text(out.text, "tts.text", defaults.max_text_length)
-        out.voice = _voice(out.voice, "tts.voice") or defaults.preferred_voice
         out.engine = out.engine.strip().lower()
         if out.engine and out.engine not in TTS_ENGINES:
             raise InvalidArgument(
                 f"tts.engine {out.engine[:32]!r} is not one of {', '.join(TTS_ENGINES)}",
                 field="tts.engine",
             )
+        chosen = _voice(out.voice, "tts.voice")
+        if not chosen and defaults.preferred_voice in voices.CATALOG:
+            preferred = voices.CATALOG[defaults.preferred_voice]
+            chosen = preferred.id if not out.engine or preferred.engine == out.engine else ""
+        out.voice = _stock_voice(chosen, out.engine, "tts.voice")
+        out.engine = voices.CATALOG[out.voice].engine
         enum_field(jobs_pb2.AudioFormat, out.format, fmt)
         out.speed = number_range(out.speed, "tts.speed", low=0.5, high=2.0, zero_means=1.0)
     elif job_type is JobType.VOICE_CLONING:

@@ -23,6 +23,7 @@ from control.api.projects import ProjectService
 from control.api.results import JobResultService
 from control.api.settings import SettingsService
 from control.api.users import UserService
+from control.api.voices import VoiceService
 from control.app import ControlApp
 from control.auth.guard import AuthGuard
 from control.auth.rules import method_rules
@@ -48,6 +49,8 @@ from voxmesh.v1 import (
     settings_pb2_grpc,
     users_pb2,
     users_pb2_grpc,
+    voices_pb2,
+    voices_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ SERVICES = [
     (jobs_pb2.DESCRIPTOR.services_by_name["JobService"], jobs_pb2_grpc.add_JobServiceServicer_to_server, JobService),
     (results_pb2.DESCRIPTOR.services_by_name["JobResultService"], results_pb2_grpc.add_JobResultServiceServicer_to_server, JobResultService),
     (files_pb2.DESCRIPTOR.services_by_name["FileService"], files_pb2_grpc.add_FileServiceServicer_to_server, FileService),
+    (voices_pb2.DESCRIPTOR.services_by_name["VoiceService"], voices_pb2_grpc.add_VoiceServiceServicer_to_server, VoiceService),
     (settings_pb2.DESCRIPTOR.services_by_name["SettingsService"], settings_pb2_grpc.add_SettingsServiceServicer_to_server, SettingsService),
 ]  # fmt: skip
 SERVICE_NAMES = [descriptor.full_name for descriptor, _, _ in SERVICES]

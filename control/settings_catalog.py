@@ -10,7 +10,8 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from control.api.validate import LANGUAGE_RE, NAME_RE
+from control.api.validate import LANGUAGE_RE, VOICE_RE
+from voxmesh import voices
 from voxmesh.errors import InvalidArgument
 
 
@@ -67,6 +68,10 @@ class SettingDef:
             raise InvalidArgument(f"{self.key} is at most {self.max_len} characters", field="value")
         if self.pattern is not None and not self.pattern.fullmatch(text):
             raise InvalidArgument(f"{self.key} {self.pattern_hint}", field="value")
+        if self.key == "preferred_voice" and text and text not in voices.CATALOG:
+            raise InvalidArgument(
+                f"unknown voice {text!r}; VoiceService/ListVoices lists the voices", field="value"
+            )
         return text
 
 
@@ -91,8 +96,8 @@ CATALOG: dict[str, SettingDef] = {
         ),
         SettingDef(
             "preferred_voice", str, "", "voice used when a job names none",
-            Override.SELF, max_len=100, pattern=NAME_RE,
-            pattern_hint="must be a voice id (letters, digits, '.', '_', ':' or '-')",
+            Override.SELF, max_len=100, pattern=VOICE_RE,
+            pattern_hint="must be a voice id (letters, digits, '.', '_', ':', '-' or '/')",
         ),
         SettingDef(
             "auto_start_jobs", bool, True,

@@ -26,6 +26,7 @@ from voxmesh.v1 import (
     results_pb2_grpc,
     settings_pb2_grpc,
     users_pb2_grpc,
+    voices_pb2_grpc,
 )
 
 
@@ -57,6 +58,7 @@ class Client:
         self.jobs = _Bound(jobs_pb2_grpc.JobServiceStub(channel), md)
         self.results = _Bound(results_pb2_grpc.JobResultServiceStub(channel), md)
         self.files = _Bound(files_pb2_grpc.FileServiceStub(channel), md)
+        self.voices = _Bound(voices_pb2_grpc.VoiceServiceStub(channel), md)
         self.settings = _Bound(settings_pb2_grpc.SettingsServiceStub(channel), md)
 
 

@@ -31,6 +31,7 @@ from voxmesh.v1 import (
     results_pb2,
     settings_pb2,
     users_pb2,
+    voices_pb2,
 )
 
 PUBLIC, VIEWER, EDITOR, ADMIN = "public", "viewer", "editor", "admin"
@@ -72,6 +73,7 @@ EXPECTED = {
     "FileService/FinishUpload": EDITOR,
     "FileService/GetFile": VIEWER,
     "FileService/DownloadFile": VIEWER,
+    "VoiceService/ListVoices": VIEWER,
     "SettingsService/ListSettings": VIEWER,
     "SettingsService/SetSetting": EDITOR,
     "SettingsService/DeleteSetting": EDITOR,
@@ -321,6 +323,10 @@ async def download_file(h: Harness, who: Caller, c: Client) -> Any:
     )
 
 
+async def list_voices(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="piper"))
+
+
 async def list_settings(h: Harness, who: Caller, c: Client) -> Any:
     return await c.settings.ListSettings(
         settings_pb2.ListSettingsRequest(scope=settings_pb2.SETTING_SCOPE_GLOBAL)
@@ -386,6 +392,7 @@ CALLS: dict[str, Call] = {
     "FileService/FinishUpload": finish_upload,
     "FileService/GetFile": get_file,
     "FileService/DownloadFile": download_file,
+    "VoiceService/ListVoices": list_voices,
     "SettingsService/ListSettings": list_settings,
     "SettingsService/SetSetting": set_setting,
     "SettingsService/DeleteSetting": delete_setting,

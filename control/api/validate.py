@@ -15,6 +15,7 @@ from voxmesh.errors import InvalidArgument
 
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+VOICE_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")
 # Control characters other than tab/newline/carriage return; PostgreSQL also cannot store NUL.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 

