@@ -54,7 +54,7 @@ FORMATS = {
     "AUDIO_FORMAT_MP3": ("mp3", "libmp3lame", None, "audio/mpeg", "mp3"),
     "AUDIO_FORMAT_OGG_OPUS": ("ogg", "libopus", 48_000, "audio/ogg", "ogg"),
 }
-TARGET_LUFS = -20.0
+TARGET_LUFS = -23.0  # EBU R128: room for speech peaks under the -1 dBFS ceiling
 
 
 def normalize_loudness(
