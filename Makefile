@@ -82,6 +82,7 @@ bench: install test-data
 	$(PY) -m tests.bench.control_bench
 	$(PY) -m tests.bench.mesh_bench
 	$(PY) -m tests.bench.stt_bench
+	$(PY) -m tests.bench.tts_bench
 
 clean:
 	rm -rf $(VENV) *.egg-info voxmesh/v1/*_pb2*.py voxmesh/v1/*_pb2*.pyi $(PROTO_STAMP) .test-output

@@ -54,9 +54,18 @@ def build(out: Path) -> Path:
             }
         )
     )
-    vocab = (
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *list("abcdefghijklmnopqrstuvwxyz.,!?[]'"), "hello", "world", "laughs", "##s"]
-    )
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *list("abcdefghijklmnopqrstuvwxyz.,!?[]'"),
+        "hello",
+        "world",
+        "laughs",
+        "##s",
+    ]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(str(out / "vocab.txt"), do_lower_case=True)
     rng = np.random.default_rng(0)

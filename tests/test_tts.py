@@ -120,7 +120,9 @@ async def test_every_format_normalised_loudness_and_meta(harness: Harness) -> No
         rate = int(meta["sample_rate"])
         samples = audio.decode(data, rate=rate)  # measured at the file's own rate
         assert abs(len(samples) / rate - meta["duration_seconds"]) < 0.15
-        assert abs(audio.loudness(samples, rate) - meta["loudness_lufs"]) < 1.0  # whatever the codec
+        assert (
+            abs(audio.loudness(samples, rate) - meta["loudness_lufs"]) < 1.0
+        )  # whatever the codec
         assert meta["loudness_lufs"] == -23.0
     assert (
         dict((await result_audio(editor, jobs[jobs_pb2.AUDIO_FORMAT_OGG_OPUS].id))[0].meta)[

@@ -35,6 +35,7 @@ from voxmesh.v1 import jobs_pb2, worker_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PROGRESS_INTERVAL = 0.25
 
 
 class JobFailed(Exception):
@@ -75,14 +76,21 @@ class JobContext:
         self.params: dict[str, Any] = json_format.MessageToDict(dispatch.params)
         self._cancel_checked = 0.0
         self._last_percent = -1
+        self._last_report = 0.0
 
-    async def progress(self, percent: float, stage: str, message: str = "") -> None:
-        """Report progress (0-100, never lower than before); also a cancellation checkpoint."""
+    async def progress(
+        self, percent: float, stage: str, message: str = "", *, coalesce: bool = False
+    ) -> None:
+        """Report progress (0-100, never lower than before); also a cancellation checkpoint.
+        With `coalesce`, reports closer than PROGRESS_INTERVAL to the previous one are skipped
+        (for handlers that advance many times a second); the checkpoint still happens."""
         value = max(self._last_percent, min(100, int(percent)))
-        self._last_percent = value
-        await self._worker.emit(
-            self, progress=jobs_pb2.JobProgress(percent=value, stage=stage, message=message)
-        )
+        now = time.monotonic()
+        if not coalesce or value >= 100 or now - self._last_report >= PROGRESS_INTERVAL:
+            self._last_percent, self._last_report = value, now
+            await self._worker.emit(
+                self, progress=jobs_pb2.JobProgress(percent=value, stage=stage, message=message)
+            )
         await self.checkpoint()
 
     async def log(self, line: str) -> None:

@@ -56,8 +56,9 @@ def make_handler(settings: TtsSettings) -> Handler:
             )
             parts += [samples, np.zeros(int(pause * rate), np.float32)]
             await ctx.progress(
-                5 + 85 * (i + 1) / len(pieces), f"sentence {i + 1} of {len(pieces)}", sentence[:80]
-            )  # also the cancellation checkpoint between sentences
+                5 + 85 * (i + 1) / len(pieces), f"sentence {i + 1} of {len(pieces)}", sentence[:80],
+                coalesce=True,
+            )  # also the cancellation checkpoint between sentences  # fmt: skip
         speech = np.concatenate(parts[:-1])
         await ctx.progress(92, "post-processing", "loudness and encoding")
         speech = audio.normalize_loudness(speech, rate, settings.target_lufs)
