@@ -159,7 +159,16 @@ def normalize(job_type: JobType, params: Message, defaults: UserDefaults) -> Mes
         out.language = (
             language_field(out.language, "ai_stories.language") or defaults.default_language
         )
-        out.voice = _voice(out.voice, "ai_stories.voice") or defaults.preferred_voice
+        narrator = _voice(out.voice, "ai_stories.voice")
+        if not narrator and defaults.preferred_voice in voices.CATALOG:
+            narrator = defaults.preferred_voice
+        out.voice = _stock_voice(narrator, "", "ai_stories.voice")
+        if out.dialogue_voice:
+            out.dialogue_voice = _stock_voice(
+                _voice(out.dialogue_voice, "ai_stories.dialogue_voice"),
+                "",
+                "ai_stories.dialogue_voice",
+            )
         if out.seed < 0:
             raise InvalidArgument("ai_stories.seed must be 0 or positive", field="ai_stories.seed")
         enum_field(jobs_pb2.AudioFormat, out.format, fmt)

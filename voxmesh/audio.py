@@ -110,3 +110,18 @@ def encode(
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue(), media_type, extension, out_rate
+
+
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Mono float32 `samples` from `rate` to `target` Hz (FFmpeg's resampler)."""
+    if rate == target or not len(samples):
+        return samples
+    frame = av.AudioFrame.from_ndarray(
+        samples.reshape(1, -1).astype(np.float32), format="flt", layout="mono"
+    )
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
+    out = [
+        f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]
+    ]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)

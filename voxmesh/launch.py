@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # One entry per modality service, added as each lands.
-WORKERS = ["services.stt", "services.tts"]
+WORKERS = ["services.stt", "services.tts", "services.stories"]
 
 
 def wait_healthy(target: str, control: subprocess.Popen[bytes], timeout: float = 120) -> None:

@@ -1,0 +1,175 @@
+"""The AI stories job handler: write (streaming the text to watchers as it comes), shape, then
+narrate paragraph by paragraph with the TTS engines, with timestamps."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from services.stories.config import WorkerSettings
+from services.stories.generator import Endpoint, GeneratorError, local_model, stream
+from services.stories.writing import (
+    OPENING,
+    clean_title,
+    distinct_ngram_ratio,
+    prompt,
+    runs,
+    shape,
+    title_prompt,
+)
+from services.tts import text as text_split
+from services.tts.engines import Engine, EngineError, load
+from voxmesh import audio, voices
+from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
+
+FLUSH_SECONDS = 0.3
+
+
+def make_handler(settings: WorkerSettings) -> Handler:
+    config = settings.stories
+
+    async def handle(ctx: JobContext) -> Outcome:
+        p = ctx.params
+        premise = str(p.get("prompt", "")).strip()
+        target = int(p.get("target_words") or 400)
+        language = str(p.get("language") or "en")
+        if language.split("-")[0] != "en":
+            raise JobFailed(
+                f"stories in {language!r} are not available yet: the shipped writer and "
+                "narration voice are English"
+            )
+        try:
+            voice = voices.resolve(str(p.get("voice", "")), "")
+        except (KeyError, ValueError) as e:
+            raise JobFailed(f"narrator voice: {e}") from None
+        seed = int(p.get("seed") or 0) or int(time.time()) % 2**31
+
+        await ctx.progress(0, "writing", "")
+        if config.base_url:
+            endpoint = Endpoint(
+                config.base_url,
+                config.api_key.get_secret_value() if config.api_key else None,
+                config.model,
+            )
+        else:
+            endpoint = (await ctx.run_blocking(local_model, config.threads)).endpoint
+        raw, pending, tokens = "", OPENING, 0
+        started = last_flush = time.perf_counter()
+        try:
+            async for piece in stream(
+                endpoint, prompt(premise, str(p.get("genre", "")), str(p.get("audience", "")), target),
+                max_tokens=int(target * 1.8) + 40, temperature=config.temperature, seed=seed,
+                repeat_penalty=config.repeat_penalty,
+            ):  # fmt: skip
+                raw, pending, tokens = raw + piece, pending + piece, tokens + 1
+                if time.perf_counter() - last_flush >= FLUSH_SECONDS:
+                    words = len(raw.split())
+                    await ctx.progress(min(60, 60 * words / target), "writing", pending)
+                    pending, last_flush = "", time.perf_counter()
+        except GeneratorError as e:
+            raise JobFailed(str(e)) from None
+        writing_seconds = time.perf_counter() - started
+        if pending:
+            await ctx.progress(min(60, 60 * len(raw.split()) / target), "writing", pending)
+        story = shape(raw, target, title="")
+        try:  # a second, short completion names the story
+            named = ""
+            async for piece in stream(
+                endpoint, title_prompt(" ".join(story.paragraphs)), max_tokens=16,
+                temperature=0.3, seed=seed, repeat_penalty=1.0, stop=['"', "\n"],
+            ):  # fmt: skip
+                named += piece
+        except GeneratorError as e:
+            raise JobFailed(str(e)) from None
+        story.title = clean_title(named, fallback=premise[:60].strip().capitalize())
+        if story.words < 20:
+            raise JobFailed("the model wrote too little to make a story; try another seed")
+        await ctx.log(f"wrote {story.words} words in {writing_seconds:.1f} s ({tokens} tokens)")
+
+        dialogue = None
+        if p.get("dialogue_voice"):
+            try:
+                dialogue = voices.resolve(str(p["dialogue_voice"]), "")
+            except (KeyError, ValueError) as e:
+                raise JobFailed(f"dialogue voice: {e}") from None
+
+        def engine_for(v: voices.Voice) -> Engine:
+            return load(
+                v, bark_dir=settings.tts.bark_dir, bark_device=settings.tts.bark_device,
+                bark_max_semantic_tokens=settings.tts.bark_max_semantic_tokens,
+            )  # fmt: skip
+
+        try:
+            engine = await ctx.run_blocking(engine_for, voice)
+            dialogue_engine = await ctx.run_blocking(engine_for, dialogue) if dialogue else None
+        except EngineError as e:
+            raise JobFailed(str(e)) from None
+        rate = engine.sample_rate
+        dialogue_lines = 0
+        parts: list[np.ndarray] = []
+        timeline = []
+        position = 0.0
+        narrate_started = time.perf_counter()
+        blocks = [story.title, *story.paragraphs]
+        for i, block in enumerate(blocks):
+            start = position
+            for run, quoted in runs(block) if i else [(block, False)]:
+                speaker, speaker_engine = voice, engine
+                if quoted and dialogue is not None and dialogue_engine is not None:
+                    speaker, speaker_engine = dialogue, dialogue_engine
+                    dialogue_lines += 1
+                for sentence, _ in text_split.split(run):
+                    try:
+                        samples = await ctx.run_blocking(
+                            speaker_engine.synthesize, sentence, speaker, 1.0
+                        )
+                    except EngineError as e:
+                        raise JobFailed(str(e)) from None
+                    samples = audio.resample(samples, speaker_engine.sample_rate, rate)
+                    pause = np.zeros(int(settings.tts.sentence_pause_seconds * rate), np.float32)
+                    parts += [samples, pause]
+                    position += (len(samples) + len(pause)) / rate
+            timeline.append({"index": i - 1, "kind": "title" if i == 0 else "paragraph",
+                             "text": block, "start": round(start, 3), "end": round(position, 3)})  # fmt: skip
+            parts.append(np.zeros(int(settings.tts.paragraph_pause_seconds * rate), np.float32))
+            position += settings.tts.paragraph_pause_seconds
+            await ctx.progress(
+                60 + 35 * (i + 1) / len(blocks),
+                "narrating" if i else "narrating title", f"paragraph {i} of {len(blocks) - 1}",
+                coalesce=True,
+            )  # fmt: skip
+        narration_seconds = time.perf_counter() - narrate_started
+        speech = audio.normalize_loudness(np.concatenate(parts), rate, settings.tts.target_lufs)
+        data, media_type, extension, out_rate = await ctx.run_blocking(
+            audio.encode, speech, rate, str(p.get("format") or "AUDIO_FORMAT_WAV")
+        )
+        duration = len(speech) / rate
+        meta = {
+            "title": story.title, "language": "en", "word_count": story.words,
+            "paragraphs": len(story.paragraphs), "target_words": target, "seed": seed,
+            "model": endpoint.model, "tokens": tokens,
+            "tokens_per_second": round(tokens / writing_seconds, 1) if writing_seconds else 0.0,
+            "writing_seconds": round(writing_seconds, 2),
+            "distinct_3gram_ratio": round(distinct_ngram_ratio(" ".join(story.paragraphs)), 3),
+            "voice": voice.id, "dialogue_voice": dialogue.id if dialogue else "",
+            "dialogue_lines": dialogue_lines,
+            "duration_seconds": round(duration, 3), "sample_rate": out_rate,
+            "narration_rtf": round(narration_seconds / duration, 4) if duration else 0.0,
+        }  # fmt: skip
+        document = {**meta, "timeline": timeline, "paragraph_texts": story.paragraphs}
+        return Outcome(
+            files=[
+                Output("story.md", story.markdown().encode(), "text/markdown"),
+                Output(
+                    "story.json",
+                    json.dumps(document, ensure_ascii=False, indent=2).encode(),
+                    "application/json",
+                ),
+                Output(f"narration.{extension}", data, media_type),
+            ],
+            meta=meta,
+        )
+
+    return handle
