@@ -106,7 +106,7 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("dubbing into same language", lambda: e.jobs.CreateJob(Job(project_id=project, input_file_id=audio, dubbing=jobs_pb2.DubbingParams(source_language="en", target_language="en"))), INVALID, "must differ", "dubbing.target_language"),
         ("dubbing stretch", lambda: e.jobs.CreateJob(Job(project_id=project, input_file_id=audio, dubbing=jobs_pb2.DubbingParams(target_language="pt", max_stretch=3))), INVALID, "between 1 and 2", "dubbing.max_stretch"),
         ("story too short", lambda: e.jobs.CreateJob(Job(project_id=project, ai_stories=jobs_pb2.AiStoriesParams(prompt="a fox", target_words=10))), INVALID, "between 50 and 5000", "ai_stories.target_words"),
-        ("unknown dialogue voice", lambda: e.jobs.CreateJob(Job(project_id=project, ai_stories=jobs_pb2.AiStoriesParams(prompt="a fox", dialogue_voice="nobody")))), INVALID, "unknown voice 'nobody'", "ai_stories.dialogue_voice"),
+        ("unknown dialogue voice", lambda: e.jobs.CreateJob(Job(project_id=project, ai_stories=jobs_pb2.AiStoriesParams(prompt="a fox", dialogue_voice="nobody"))), INVALID, "unknown voice 'nobody'", "ai_stories.dialogue_voice"),
         ("story without prompt", lambda: e.jobs.CreateJob(Job(project_id=project, ai_stories=jobs_pb2.AiStoriesParams())), INVALID, "prompt is required", "ai_stories.prompt"),
         ("job in unknown project", lambda: e.jobs.CreateJob(Job(project_id=missing, tts=tts(text="hi"))), NOT_FOUND, "no project with id", "project_id"),
         ("job in someone else's project", lambda: e.jobs.CreateJob(Job(project_id=others_project, tts=tts(text="hi"))), DENIED, "only the owner", None),
