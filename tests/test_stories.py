@@ -218,3 +218,28 @@ async def test_dialogue_gets_its_own_voice(
     )
     assert meta["voice"] == "en_US-joe-medium" and meta["dialogue_voice"] == "bark:v2/en_speaker_6"
     assert meta["dialogue_lines"] >= 1 and meta["sample_rate"] == 22050
+
+
+async def test_cancel_while_writing(harness: Harness) -> None:
+    import time
+
+    editor = await harness.user(UserRole.EDITOR)
+    async with stories_worker(harness):
+        job = await story_job(
+            harness, editor, prompt="a very long journey across the sea", target_words=2000, seed=1
+        )
+        while (
+            await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+        ).job.progress < 3:
+            await asyncio.sleep(0.1)
+        await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+        cancelled = time.monotonic()
+        follow = await story_job(
+            harness, editor, prompt="a small red boat", target_words=60, seed=2
+        )
+        await wait_for(harness, follow.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=120)
+        took = time.monotonic() - cancelled
+    print(f"\nnext story done {took:.1f} s after CancelJob")
+    assert took < 30  # the 2,000-word story would have taken about a minute to write
+    events = await watch(editor, job.id, timeout=10)
+    assert events[-1].WhichOneof("event") == "result" and "cancelled" in events[-1].result.logs
