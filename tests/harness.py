@@ -3,8 +3,11 @@ the database (so a test of one RPC does not depend on the rules of another)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +19,7 @@ from control import accounts
 from control.api.convert import params_to_json
 from control.app import ControlApp
 from control.db.models import File, Job, JobResult, JobStatus, JobType, Project, Setting, UserRole
+from voxmesh import mesh
 from voxmesh.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -28,6 +32,7 @@ from voxmesh.v1 import (
     users_pb2_grpc,
     voices_pb2_grpc,
 )
+from voxmesh.worker import Handler, ShardHandler, Worker
 
 
 class _Bound:
@@ -219,3 +224,32 @@ async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as err:
         return err
     raise AssertionError("the call succeeded but was expected to fail")
+
+
+@contextlib.asynccontextmanager
+async def run_workers(
+    h: Harness,
+    job_type: str,
+    handler: Handler,
+    *,
+    count: int = 1,
+    ack_wait: float = 5.0,
+    shard_handler: ShardHandler | None = None,
+    name: str = "",
+) -> AsyncIterator[list[Worker]]:
+    """`count` real workers (the shared runtime) of `job_type` in this process, on the test's
+    NATS; stopped when the block ends."""
+    stop = asyncio.Event()
+    config = mesh.MeshConfig(ack_wait_seconds=ack_wait, max_deliver=3)
+    workers = [
+        Worker(job_type, handler, nats_url=h.nats.url, config=config,
+               worker_id=f"{name or job_type}-{i}", shard_handler=shard_handler)
+        for i in range(count)
+    ]  # fmt: skip
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 10)
+    try:
+        yield workers
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)

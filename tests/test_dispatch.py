@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from control.api.convert import job_to_pb
 from control.db.models import File, Job, JobEvent, JobResult, JobStatus, OutboxEntry, UserRole
 from control.dispatch.dispatcher import build_dispatch
-from tests.harness import Caller, Harness, rpc_error
-from tests.workers import make_worker
+from tests.harness import Caller, Harness, rpc_error, run_workers
+from tests.workers import behave
 from voxmesh import mesh
 from voxmesh.v1 import jobs_pb2, results_pb2
 
@@ -37,16 +37,11 @@ TERMINAL_PB = {
 
 @contextlib.asynccontextmanager
 async def workers(h: Harness, count: int = 1) -> AsyncIterator[list[Any]]:
-    """`count` workers pulling TTS jobs, in this process."""
-    stop = asyncio.Event()
-    started = [make_worker(h.nats.url, worker_id=f"test-worker-{i}") for i in range(count)]
-    tasks = [asyncio.create_task(w.run(stop)) for w in started]
-    await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in started)), 10)
-    try:
+    """`count` test workers pulling TTS jobs, in this process."""
+    async with run_workers(
+        h, "tts", behave, count=count, ack_wait=2.0, name="test-worker"
+    ) as started:
         yield started
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
 
 
 async def setup(h: Harness) -> tuple[Caller, str]:

@@ -21,11 +21,11 @@ from services.stories.handler import make_handler
 from services.stories.writing import prompt
 from services.stt.engines import Options
 from services.stt.engines import load as load_stt
-from tests.harness import Caller, Harness
+from tests.harness import Caller, Harness, run_workers
 from tests.speech import normalize
 from tests.test_dispatch import wait_for, watch
 from tests.test_files import download
-from voxmesh import audio, mesh
+from voxmesh import audio
 from voxmesh.v1 import jobs_pb2, results_pb2
 from voxmesh.worker import Worker
 
@@ -52,19 +52,10 @@ ENGLISH = {
 @contextlib.asynccontextmanager
 async def stories_worker(
     h: Harness, settings: WorkerSettings | None = None
-) -> AsyncIterator[Worker]:
-    stop = asyncio.Event()
-    config = mesh.MeshConfig(ack_wait_seconds=10.0, max_deliver=3)
-    worker = Worker(
-        "ai_stories", make_handler(settings or WorkerSettings()), nats_url=h.nats.url, config=config
-    )
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 10)
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+) -> AsyncIterator[list[Worker]]:
+    handler = make_handler(settings or WorkerSettings())
+    async with run_workers(h, "ai_stories", handler, ack_wait=10.0) as workers:
+        yield workers
 
 
 async def story_job(h: Harness, who: Caller, **params: object) -> jobs_pb2.Job:

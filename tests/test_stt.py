@@ -23,11 +23,10 @@ from services.stt.config import SttSettings
 from services.stt.engines import ModelError, OpenAIWhisperEngine, Options, load
 from services.stt.handler import make_handler, make_shard_handler
 from services.stt.shards import split_points
-from tests.harness import Caller, Harness
+from tests.harness import Caller, Harness, run_workers
 from tests.speech import RATE, encode, normalize, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import download, upload
-from voxmesh import mesh
 from voxmesh.audio import AudioError, decode
 from voxmesh.v1 import jobs_pb2, results_pb2
 from voxmesh.worker import Worker
@@ -37,21 +36,11 @@ from voxmesh.worker import Worker
 async def stt_worker(
     h: Harness, settings: SttSettings | None = None, count: int = 1
 ) -> AsyncIterator[list[Worker]]:
-    stop = asyncio.Event()
     settings = settings or SttSettings()
-    config = mesh.MeshConfig(ack_wait_seconds=5.0, max_deliver=3)
-    workers = [
-        Worker("stt", make_handler(settings), nats_url=h.nats.url, config=config,
-               worker_id=f"stt-{i}", shard_handler=make_shard_handler(settings))
-        for i in range(count)
-    ]  # fmt: skip
-    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
-    await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 10)
-    try:
+    async with run_workers(
+        h, "stt", make_handler(settings), count=count, shard_handler=make_shard_handler(settings)
+    ) as workers:
         yield workers
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
 
 async def stt_job(h: Harness, who: Caller, data: bytes, **params: object) -> jobs_pb2.Job:

@@ -18,11 +18,11 @@ from services.stt.engines import load as load_stt
 from services.tts.config import TtsSettings
 from services.tts.handler import make_handler
 from services.tts.text import split
-from tests.harness import Caller, Harness
+from tests.harness import Caller, Harness, run_workers
 from tests.speech import normalize
 from tests.test_dispatch import wait_for
 from tests.test_files import download
-from voxmesh import audio, mesh
+from voxmesh import audio
 from voxmesh.v1 import jobs_pb2, results_pb2, voices_pb2
 from voxmesh.worker import Worker
 
@@ -42,19 +42,13 @@ HARVARD = [
 
 
 @contextlib.asynccontextmanager
-async def tts_worker(h: Harness, settings: TtsSettings | None = None) -> AsyncIterator[Worker]:
-    stop = asyncio.Event()
-    config = mesh.MeshConfig(ack_wait_seconds=10.0, max_deliver=3)
-    worker = Worker(
-        "tts", make_handler(settings or TtsSettings()), nats_url=h.nats.url, config=config
-    )
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 10)
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+async def tts_worker(
+    h: Harness, settings: TtsSettings | None = None
+) -> AsyncIterator[list[Worker]]:
+    async with run_workers(
+        h, "tts", make_handler(settings or TtsSettings()), ack_wait=10.0
+    ) as workers:
+        yield workers
 
 
 async def speak(h: Harness, who: Caller, text: str, **params: object) -> jobs_pb2.Job:

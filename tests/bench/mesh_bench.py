@@ -16,26 +16,18 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from control.config import AuthSettings, ControlSettings, MeshSettings
-from control.db import migrate
-from control.db.embedded import EmbeddedPostgres
-from control.db.models import Job, JobStatus, UserRole
-from control.dispatch.runtime import MeshRuntime
-from control.server import build_app, create_server
+from control.db.models import Job, JobResult, JobStatus, UserRole
 from tests.bench.control_bench import pct
-from tests.conftest import free_port
+from tests.bench.platform import running_platform
 from tests.harness import Harness
 from voxmesh import mesh
-from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import JobContext, Outcome, Worker
 
@@ -118,20 +110,8 @@ async def wait_done(h: Harness, count: int, timeout: float = 300) -> None:
 
 
 async def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pgdata", delete_on_exit=True)
-        nats_server = EmbeddedNats(Path(tmp) / "nats", port=free_port()).start()
-        url = pg.ensure_database("bench")
-        migrate.upgrade(url)
-        mesh_settings = MeshSettings(dispatch_poll_seconds=0.5)
-        settings = ControlSettings(
-            data_dir=Path(tmp), database_url=url, mesh=mesh_settings,
-            auth=AuthSettings(jwt_secret=SecretStr("b" * 48)),
-        )  # fmt: skip
-        app = build_app(settings, url)
-        app.mesh = await MeshRuntime.start(nats_server.url, app.engine, app.sessions, mesh_settings)
-        server, port = await create_server(app, "127.0.0.1", 0)
-        h = Harness(app, port, nats_server, server)
+    async with running_platform() as h:
+        nats_server = h.nats
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         procs = [
             subprocess.Popen([sys.executable, "-m", "tests.bench.mesh_bench", "worker", nats_server.url], env=env)
@@ -155,8 +135,6 @@ async def main() -> None:
                 job = (await editor.client.jobs.CreateJob(request)).job
                 await wait_done(h, 21 + i)
                 async with h.app.sessions() as session:
-                    from control.db.models import JobResult
-
                     result = await session.get(JobResult, uuid.UUID(job.id))
                     assert result is not None
                     dispatch_ms.append((result.meta["started"] - sent) * 1000)
@@ -198,12 +176,6 @@ async def main() -> None:
                 proc.terminate()
             for proc in procs:
                 proc.wait(10)
-            await h.close()
-            await server.stop(None)
-            await app.mesh.stop()
-            await app.engine.dispose()
-            nats_server.stop()
-            pg.stop()
 
     print(
         "Voxmesh mesh bench (embedded PostgreSQL + nats-server, 2 worker processes, no-op handler)"

@@ -16,22 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from control.config import AuthSettings, ControlSettings, MeshSettings
-from control.db import migrate
-from control.db.embedded import EmbeddedPostgres
 from control.db.models import UserRole
-from control.dispatch.runtime import MeshRuntime
-from control.server import build_app, create_server
 from services.stt.engines import Options, load
-from tests.conftest import free_port
+from tests.bench.platform import running_platform
 from tests.harness import Harness
 from tests.speech import RATE, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import upload
 from voxmesh.audio import decode
-from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,41 +102,27 @@ async def main() -> None:
         list(engine.transcribe(decode(clip_bytes), Options(beam_size=5)).segments)
         direct.append(time.perf_counter() - start)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pgdata", delete_on_exit=True)
-        nats_server = EmbeddedNats(Path(tmp) / "nats", port=free_port()).start()
-        url = pg.ensure_database("bench")
-        migrate.upgrade(url)
-        mesh_settings = MeshSettings(dispatch_poll_seconds=0.5)
-        settings = ControlSettings(data_dir=Path(tmp), database_url=url, mesh=mesh_settings,
-                                   auth=AuthSettings(jwt_secret=SecretStr("b" * 48)))  # fmt: skip
-        app = build_app(settings, url)
-        app.mesh = await MeshRuntime.start(nats_server.url, app.engine, app.sessions, mesh_settings)
-        server, port = await create_server(app, "127.0.0.1", 0)
-        h = Harness(app, port, nats_server, server)
+    async with running_platform() as h:
+        url = h.nats.url
+        editor = await h.user(UserRole.EDITOR)
+        await h.setting("max_file_size_mb", 1000, editor.user_id)
+        procs = start_workers(url, 1, VOXMESH_STT__CPU_THREADS="2")
         try:
-            editor = await h.user(UserRole.EDITOR)
-            await h.setting("max_file_size_mb", 1000, editor.user_id)
-            procs = start_workers(nats_server.url, 1, VOXMESH_STT__CPU_THREADS="2")
             await timed_job(h, editor, wav_bytes(clip[: 2 * RATE]))  # the worker is up and warm
             platform = [await timed_job(h, editor, clip_bytes) for _ in range(REPEATS)]
+        finally:
             stop_workers(procs)
-
-            sharded: dict[int, float] = {}
-            for count in (1, 2):
-                procs = start_workers(nats_server.url, count, VOXMESH_STT__CPU_THREADS="1",
-                                      VOXMESH_STT__SHARD_SECONDS="30")  # fmt: skip
+        sharded: dict[int, float] = {}
+        for count in (1, 2):
+            procs = start_workers(
+                url, count, VOXMESH_STT__CPU_THREADS="1", VOXMESH_STT__SHARD_SECONDS="30"
+            )
+            try:
                 await timed_job(h, editor, wav_bytes(clip[: 2 * RATE]))
                 await asyncio.sleep(1)  # every worker connected
                 sharded[count] = await timed_job(h, editor, long_bytes)
+            finally:
                 stop_workers(procs)
-        finally:
-            await h.close()
-            await server.stop(None)
-            await app.mesh.stop()
-            await app.engine.dispose()
-            nats_server.stop()
-            pg.stop()
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -8,26 +8,16 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from control.config import AuthSettings, ControlSettings, MeshSettings
-from control.db import migrate
-from control.db.embedded import EmbeddedPostgres
 from control.db.models import UserRole
-from control.dispatch.runtime import MeshRuntime
-from control.server import build_app, create_server
 from services.tts.engines import load
 from services.tts.text import split
-from tests.conftest import free_port
-from tests.harness import Harness
+from tests.bench.platform import running_platform
 from tests.test_dispatch import wait_for
 from tests.test_tts import HARVARD, speak
 from voxmesh import audio, voices
-from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,19 +47,8 @@ def direct() -> tuple[float, float]:
 async def main() -> None:
     direct_runs = [direct() for _ in range(REPEATS)]
     seconds = direct_runs[0][1]
-    with tempfile.TemporaryDirectory() as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pgdata", delete_on_exit=True)
-        nats_server = EmbeddedNats(Path(tmp) / "nats", port=free_port()).start()
-        url = pg.ensure_database("bench")
-        migrate.upgrade(url)
-        mesh_settings = MeshSettings(dispatch_poll_seconds=0.5)
-        settings = ControlSettings(data_dir=Path(tmp), database_url=url, mesh=mesh_settings,
-                                   auth=AuthSettings(jwt_secret=SecretStr("b" * 48)))  # fmt: skip
-        app = build_app(settings, url)
-        app.mesh = await MeshRuntime.start(nats_server.url, app.engine, app.sessions, mesh_settings)
-        server, port = await create_server(app, "127.0.0.1", 0)
-        h = Harness(app, port, nats_server, server)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "NATS_URL": nats_server.url}
+    async with running_platform() as h:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NATS_URL": h.nats.url}
         worker = subprocess.Popen([sys.executable, "-m", "services.tts"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
@@ -90,12 +69,6 @@ async def main() -> None:
         finally:
             worker.terminate()
             worker.wait(30)
-            await h.close()
-            await server.stop(None)
-            await app.mesh.stop()
-            await app.engine.dispose()
-            nats_server.stop()
-            pg.stop()
     d = statistics.median(t for t, _ in direct_runs)
     p = statistics.median(platform)
     print(
