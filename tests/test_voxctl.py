@@ -1,0 +1,96 @@
+"""voxctl, the CLI, run as a user runs it (a separate process) against the real platform."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from control.auth.tokens import TokenKind, TokenService
+from control.db.models import UserRole
+from services.tts.config import TtsSettings
+from services.tts.handler import make_handler
+from tests.conftest import TEST_SECRET
+from tests.harness import Harness, run_workers
+from voxmesh import audio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def voxctl(h: Harness, home: Path, *args: str, stdin: str = "") -> tuple[int, str]:
+    env = {**os.environ, "VOXCTL_CONFIG_DIR": str(home), "VOXMESH_SERVER": h.target,
+           "COLUMNS": "200", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voxctl", *args, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(stdin.encode()), 120)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_voxctl_end_to_end(harness: Harness, tmp_path: Path) -> None:
+    editor = await harness.user(UserRole.EDITOR, login=False)
+    home = tmp_path / "config"
+    code, out = await voxctl(
+        harness,
+        home,
+        "login",
+        "-u",
+        editor.username,
+        "--password-stdin",
+        stdin=f"{editor.password}\n",
+    )
+    assert code == 0 and f"as {editor.username} (editor)" in out, out
+    credentials = home / "credentials.json"
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    code, out = await voxctl(harness, home, "projects", "--create", "CLI project")
+    assert code == 0, out
+    project = out.split()[-1]
+    async with run_workers(harness, "tts", make_handler(TtsSettings()), ack_wait=10.0):
+        code, out = await voxctl(harness, home, "submit", "tts", "--project", project, "--text",
+                                 "Hello from the command line.", "--format", "mp3", "--watch")  # fmt: skip
+    assert code == 0 and "completed" in out and "speech.mp3" in out, out
+    job = out.split("Created job ")[1].split()[0]
+    code, out = await voxctl(harness, home, "jobs", "--status", "completed")
+    assert code == 0 and job in out and "tts" in out, out
+    code, out = await voxctl(harness, home, "download", job, "--out", str(tmp_path / "out"))
+    assert code == 0, out
+    assert len(audio.decode((tmp_path / "out" / "speech.mp3").read_bytes())) > 16000
+    code, out = await voxctl(harness, home, "settings", "preferred_voice", "en_US-joe-medium")
+    assert code == 0, out
+    code, out = await voxctl(harness, home, "settings")
+    assert "preferred_voice" in out and "user" in out, out
+    # Bad input gets the server's words and a non-zero exit.
+    code, out = await voxctl(harness, home, "cancel", job)
+    assert code == 1 and "FAILED_PRECONDITION" in out and "only PENDING or RUNNING" in out, out
+    code, out = await voxctl(harness, home, "jobs", "--type", "karaoke")
+    assert code == 2 and "unknown job type" in out
+
+    # An expired access token is refreshed on its own (and the rotated tokens are stored).
+    data = json.loads(credentials.read_text())
+    entry = data["servers"][harness.target]
+    expired = TokenService(
+        TEST_SECRET,
+        issuer="voxmesh",
+        access_ttl=timedelta(seconds=-60),
+        refresh_ttl=timedelta(days=1),
+    )
+    entry["access_token"] = expired.issue(editor.user_id, TokenKind.ACCESS).token
+    entry["access_expires_at"] = 0
+    old_refresh = entry["refresh_token"]
+    credentials.write_text(json.dumps(data))
+    code, out = await voxctl(harness, home, "projects")
+    assert code == 0 and "CLI project" in out, out
+    assert (
+        json.loads(credentials.read_text())["servers"][harness.target]["refresh_token"]
+        != old_refresh
+    )
+
+    code, out = await voxctl(harness, home, "logout")
+    assert code == 0
+    code, out = await voxctl(harness, home, "projects")
+    assert code == 2 and "not signed in" in out

@@ -1,0 +1,1 @@
+"""voxctl: the Voxmesh command line (typer + rich). `voxctl --help` lists the commands."""

@@ -1,0 +1,3 @@
+from voxctl.app import main
+
+main()
