@@ -273,3 +273,55 @@ def test_token_service_rejects_tampering() -> None:
     with pytest.raises(TokenError, match="signature"):
         service.decode(forged)
     assert service.decode(issued.token, TokenKind.REFRESH).expires_at.timestamp() > time.time()
+
+
+async def test_password_guessing_is_throttled(harness: Harness) -> None:
+    from control.auth.throttle import FREE_FAILURES
+
+    viewer = await harness.user(UserRole.VIEWER, login=False)
+    for name in (viewer.username, "no_such_user"):  # the same answer for unknown usernames
+        for _ in range(FREE_FAILURES):
+            err = await rpc_error(
+                harness.anonymous.auth.Login(
+                    auth_pb2.LoginRequest(username=name, password="guess-guess")
+                )
+            )
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        locked = await rpc_error(
+            harness.anonymous.auth.Login(
+                auth_pb2.LoginRequest(username=name.upper(), password="guess-guess")
+            )
+        )
+        assert locked.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many failed sign-ins" in (locked.details() or "") and "try again in 3" in (
+            locked.details() or ""
+        )
+    # Even the right password waits out the lockout; another user is not affected.
+    still = await rpc_error(
+        harness.anonymous.auth.Login(
+            auth_pb2.LoginRequest(username=viewer.username, password=viewer.password)
+        )
+    )
+    assert still.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    other = await harness.user(UserRole.VIEWER)
+    assert other.access
+
+
+def test_lockout_grows_and_success_clears_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from control.auth import throttle
+
+    now = [1000.0]
+    guard = throttle.LoginThrottle()
+    monkeypatch.setattr(guard, "_now", lambda: now[0])
+    for _ in range(throttle.FREE_FAILURES):
+        guard.failed("Alice")
+    assert guard.retry_after("alice") == throttle.BASE_LOCK_SECONDS
+    now[0] += throttle.BASE_LOCK_SECONDS
+    assert guard.retry_after("alice") == 0
+    guard.failed("alice")
+    assert guard.retry_after("ALICE") == 2 * throttle.BASE_LOCK_SECONDS
+    for _ in range(20):
+        guard.failed("alice")
+    assert guard.retry_after("alice") == throttle.MAX_LOCK_SECONDS
+    guard.succeeded("alice")
+    assert guard.retry_after("alice") == 0

@@ -12,9 +12,10 @@ from control import accounts
 from control.api.convert import role_to_pb, ts, user_to_pb
 from control.app import ControlApp
 from control.auth import passwords
+from control.auth.throttle import LoginThrottle
 from control.auth.tokens import Claims, TokenError, TokenKind
 from control.db.models import RefreshToken, User
-from voxmesh.errors import InvalidArgument, Unauthenticated
+from voxmesh.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from voxmesh.v1 import auth_pb2, auth_pb2_grpc
 
 WRONG_CREDENTIALS = "wrong username or password"
@@ -23,6 +24,7 @@ WRONG_CREDENTIALS = "wrong username or password"
 class AuthService(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, app: ControlApp) -> None:
         self.app = app
+        self.throttle = LoginThrottle()
 
     async def _issue_pair(
         self, session: object, user_id: uuid.UUID, family: uuid.UUID
@@ -56,13 +58,21 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             raise InvalidArgument("password is required", field="password")
         if len(request.username) > 64 or len(request.password) > passwords.MAX_LENGTH:
             raise Unauthenticated(WRONG_CREDENTIALS)
+        username = request.username.strip()
+        wait = self.throttle.retry_after(username)
+        if wait > 0:
+            raise ResourceExhausted(
+                f"too many failed sign-ins for this username; try again in {int(wait) + 1} s"
+            )
         async with self.app.sessions() as session:
-            user = await accounts.find_by_username(session, request.username.strip())
+            user = await accounts.find_by_username(session, username)
             ok = await passwords.verify_password_async(
                 user.password_hash if user else None, request.password
             )
             if user is None or not ok:
+                self.throttle.failed(username)
                 raise Unauthenticated(WRONG_CREDENTIALS)
+            self.throttle.succeeded(username)
             if not user.is_active:
                 raise Unauthenticated("this account has been deactivated; ask an admin")
             if passwords.needs_rehash(user.password_hash):
