@@ -25,7 +25,7 @@ from voxmesh import voices
 from voxmesh.errors import InvalidArgument
 from voxmesh.v1 import jobs_pb2
 
-TTS_ENGINES = ("piper", "bark")
+TTS_ENGINES = voices.ENGINES
 PREFIX = {
     JobType.STT: "stt",
     JobType.TTS: "tts",

@@ -13,7 +13,15 @@ from google.rpc import error_details_pb2, status_pb2
 
 from control.db.models import JobStatus, UserRole
 from tests.harness import Harness
-from voxmesh.v1 import jobs_pb2, pagination_pb2, projects_pb2, results_pb2, settings_pb2, users_pb2
+from voxmesh.v1 import (
+    jobs_pb2,
+    pagination_pb2,
+    projects_pb2,
+    results_pb2,
+    settings_pb2,
+    users_pb2,
+    voices_pb2,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -89,7 +97,7 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("TTS without text", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts())), INVALID, "tts.text is required", "tts.text"),
         ("TTS text too long", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="a" * 20001))), INVALID, "at most 20000", "tts.text"),
         ("TTS with input file", lambda: e.jobs.CreateJob(Job(project_id=project, input_file_id=audio, tts=tts(text="hi"))), INVALID, "take no input file", "input_file_id"),
-        ("unknown TTS engine", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", engine="espeak9"))), INVALID, "not one of piper, bark", "tts.engine"),
+        ("unknown TTS engine", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", engine="espeak9"))), INVALID, "not one of bark, piper", "tts.engine"),
         ("TTS speed out of range", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", speed=7))), INVALID, "between 0.5 and 2", "tts.speed"),
         ("unknown audio format", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", format=99))), INVALID, "99 is not one of", "tts.format"),
         ("unknown voice", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", voice="en_GB-nobody"))), INVALID, "unknown voice 'en_GB-nobody'", "tts.voice"),
@@ -156,6 +164,8 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("delete unset setting", lambda: e.settings.DeleteSetting(settings_pb2.DeleteSettingRequest(key="preferred_voice", scope=USER)), NOT_FOUND, "no user", "key"),
         ("viewer sets own setting", lambda: v.settings.SetSetting(settings_pb2.SetSettingRequest(key="preferred_voice", value=Value(string_value="en_US-joe-medium"), scope=USER)), DENIED, "needs the editor role", None),
         ("effective of another user", lambda: e.settings.GetEffectiveSettings(settings_pb2.GetEffectiveSettingsRequest(user_id=str(other.user_id))), DENIED, "another user's settings", None),
+        # voices
+        ("unknown engine", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="espeak9")), INVALID, "engine 'espeak9' is not one of bark, piper", "engine"),
         # transport
         ("oversized request", lambda: e.projects.CreateProject(projects_pb2.CreateProjectRequest(name="x", description="d" * (5 * 1024 * 1024))), TOO_BIG, "", None),
     ]  # fmt: skip

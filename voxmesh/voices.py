@@ -35,6 +35,7 @@ BARK = [
 ]  # fmt: skip
 
 CATALOG: dict[str, Voice] = {v.id: v for v in [*PIPER, *BARK]}
+ENGINES: tuple[str, ...] = tuple(sorted({v.engine for v in CATALOG.values()}))
 DEFAULT_VOICE = "en_US-joe-medium"
 DEFAULT_FOR_ENGINE = {"piper": "en_US-joe-medium", "bark": "bark:v2/en_speaker_6"}
 

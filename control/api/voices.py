@@ -9,7 +9,7 @@ from voxmesh import voices
 from voxmesh.errors import InvalidArgument
 from voxmesh.v1 import voices_pb2, voices_pb2_grpc
 
-ENGINES = sorted({v.engine for v in voices.CATALOG.values()})
+ENGINES = voices.ENGINES
 
 
 class VoiceService(voices_pb2_grpc.VoiceServiceServicer):

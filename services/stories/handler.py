@@ -20,7 +20,7 @@ from services.stories.writing import (
     title_prompt,
 )
 from services.tts import text as text_split
-from services.tts.engines import Engine, EngineError, load
+from services.tts.engines import EngineError, for_voice
 from voxmesh import audio, voices
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
@@ -95,15 +95,11 @@ def make_handler(settings: WorkerSettings) -> Handler:
             except (KeyError, ValueError) as e:
                 raise JobFailed(f"dialogue voice: {e}") from None
 
-        def engine_for(v: voices.Voice) -> Engine:
-            return load(
-                v, bark_dir=settings.tts.bark_dir, bark_device=settings.tts.bark_device,
-                bark_max_semantic_tokens=settings.tts.bark_max_semantic_tokens,
-            )  # fmt: skip
-
         try:
-            engine = await ctx.run_blocking(engine_for, voice)
-            dialogue_engine = await ctx.run_blocking(engine_for, dialogue) if dialogue else None
+            engine = await ctx.run_blocking(for_voice, voice, settings.tts)
+            dialogue_engine = (
+                await ctx.run_blocking(for_voice, dialogue, settings.tts) if dialogue else None
+            )
         except EngineError as e:
             raise JobFailed(str(e)) from None
         rate = engine.sample_rate

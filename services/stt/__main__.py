@@ -8,7 +8,7 @@ import logging
 import signal
 
 from services.stt.config import WorkerSettings
-from services.stt.engines import load
+from services.stt.engines import from_settings
 from services.stt.handler import make_handler, make_shard_handler
 from voxmesh.worker import Worker
 
@@ -17,12 +17,7 @@ log = logging.getLogger("services.stt")
 
 async def main() -> None:
     settings = WorkerSettings()
-    engine = await asyncio.to_thread(
-        load,
-        settings.stt.model,
-        compute_type=settings.stt.compute_type,
-        cpu_threads=settings.stt.cpu_threads,
-    )
+    engine = await asyncio.to_thread(from_settings, settings.stt)
     log.info("loaded STT model %s in %.2f s", engine.name, engine.load_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

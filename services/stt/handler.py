@@ -13,7 +13,7 @@ import numpy as np
 
 from services.stt import formats, shards
 from services.stt.config import SttSettings
-from services.stt.engines import Engine, ModelError, Options, Segment, load
+from services.stt.engines import Engine, ModelError, Options, Segment, from_settings
 from voxmesh.audio import SAMPLE_RATE, AudioError, decode
 from voxmesh.worker import (
     Handler,
@@ -115,13 +115,7 @@ def make_handler(settings: SttSettings) -> Handler:
         await ctx.log(f"decoded {duration:.1f} s of audio")
         await ctx.progress(3, "loading model", settings.model)
         try:
-            engine = await ctx.run_blocking(
-                lambda: load(
-                    settings.model,
-                    compute_type=settings.compute_type,
-                    cpu_threads=settings.cpu_threads,
-                )
-            )
+            engine = await ctx.run_blocking(from_settings, settings)
         except ModelError as e:
             raise JobFailed(str(e)) from None
         options = options_from(ctx.params, settings)
@@ -177,13 +171,7 @@ def make_shard_handler(settings: SttSettings) -> ShardHandler:
     async def handle_shard(shard: ShardContext) -> bytes:
         try:
             audio = await shard.run_blocking(decode, shard.data)
-            engine = await shard.run_blocking(
-                lambda: load(
-                    settings.model,
-                    compute_type=settings.compute_type,
-                    cpu_threads=settings.cpu_threads,
-                )
-            )
+            engine = await shard.run_blocking(from_settings, settings)
             options = options_from(shard.params, settings)
 
             def run() -> tuple[list[Segment], str]:

@@ -105,6 +105,14 @@ _cache: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
+def for_voice(voice: Voice, settings: Any) -> Engine:
+    """The engine that speaks `voice` under a worker's TtsSettings."""
+    return load(
+        voice, bark_dir=settings.bark_dir, bark_device=settings.bark_device,
+        bark_max_semantic_tokens=settings.bark_max_semantic_tokens,
+    )  # fmt: skip
+
+
 def load(
     voice: Voice, *, bark_dir: str = "", bark_device: str = "cpu", bark_max_semantic_tokens: int = 0
 ) -> Engine:

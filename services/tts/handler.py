@@ -9,7 +9,7 @@ import numpy as np
 
 from services.tts import text as text_split
 from services.tts.config import TtsSettings
-from services.tts.engines import EngineError, load
+from services.tts.engines import EngineError, for_voice
 from voxmesh import audio, voices
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
@@ -25,14 +25,7 @@ def make_handler(settings: TtsSettings) -> Handler:
         speed = float(params.get("speed") or 1.0)
         await ctx.progress(0, "loading voice", voice.id)
         try:
-            engine = await ctx.run_blocking(
-                lambda: load(
-                    voice,
-                    bark_dir=settings.bark_dir,
-                    bark_device=settings.bark_device,
-                    bark_max_semantic_tokens=settings.bark_max_semantic_tokens,
-                )
-            )
+            engine = await ctx.run_blocking(for_voice, voice, settings)
         except EngineError as e:
             raise JobFailed(str(e)) from None
         pieces = text_split.split(spoken)
