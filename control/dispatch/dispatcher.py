@@ -102,8 +102,10 @@ class Dispatcher:
                 for j in await session.scalars(
                     select(Job)
                     .where(Job.id.in_([r.job_id for r in rows]))
-                    .order_by(Job.id)  # the same lock order as the ingester: no deadlocks
-                    .with_for_update()
+                    .order_by(Job.id)
+                    # Never wait for a job another transaction holds (a delete cascading to its
+                    # outbox rows would then wait for us: a deadlock); take it next round.
+                    .with_for_update(skip_locked=True)
                 )
             }
             active: dict[uuid.UUID, int] = defaultdict(int)
@@ -123,8 +125,10 @@ class Dispatcher:
             ready: list[tuple[OutboxEntry, Job, worker_pb2.JobDispatch]] = []
             for row in rows:
                 job = jobs.get(row.job_id)
-                if job is None or job.status is not JobStatus.PENDING or job.run != row.run:
-                    row.published_at = now  # superseded (cancelled, retried, deleted)
+                if job is None:
+                    continue  # locked elsewhere right now (a deleted job takes its rows along)
+                if job.status is not JobStatus.PENDING or job.run != row.run:
+                    row.published_at = now  # superseded (cancelled or retried)
                     continue
                 user = job.created_by
                 if user not in limits:
