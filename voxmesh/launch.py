@@ -4,6 +4,10 @@ Starts the control plane (which starts the embedded PostgreSQL and NATS unless D
 NATS_URL say otherwise), waits until it reports SERVING, then starts one worker of every
 modality service that exists, and stops everything together on Ctrl-C or SIGTERM. On many
 machines, run the same pieces separately (see deploy/).
+
+Ports: gRPC 50051 (VOXMESH_PORT); Prometheus metrics on 9400 for the control plane and 9401,
+9402, ... for the workers in WORKERS order (VOXMESH_METRICS_PORT moves the base); each worker's
+gRPC health service on 50061, 50062, ... (VOXMESH_HEALTH_PORT moves the base).
 """
 
 from __future__ import annotations
@@ -42,12 +46,24 @@ def wait_healthy(target: str, control: subprocess.Popen[bytes], timeout: float =
 def main() -> None:
     port = os.environ.get("VOXMESH_PORT", "50051")
     # Workers use the control plane's NATS: NATS_URL, or the embedded server's port.
-    worker_env = {
-        **os.environ,
-        "NATS_URL": os.environ.get("NATS_URL")
-        or f"nats://127.0.0.1:{os.environ.get('VOXMESH_NATS_PORT', '4222')}",
-    }
-    control = subprocess.Popen([sys.executable, "-m", "control", "serve"])
+    metrics_base = int(os.environ.get("VOXMESH_METRICS_PORT", "9400"))
+    health_base = int(os.environ.get("VOXMESH_HEALTH_PORT", "50061"))
+    nats_url = os.environ.get("NATS_URL") or (
+        f"nats://127.0.0.1:{os.environ.get('VOXMESH_NATS_PORT', '4222')}"
+    )
+
+    def worker_env(i: int) -> dict[str, str]:
+        return {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "VOXMESH_METRICS_PORT": str(metrics_base + 1 + i),
+            "VOXMESH_HEALTH_PORT": str(health_base + i),
+        }
+
+    control = subprocess.Popen(
+        [sys.executable, "-m", "control", "serve"],
+        env={**os.environ, "VOXMESH_METRICS_PORT": str(metrics_base)},
+    )
     stopping = False
 
     def stop(*_: object) -> None:
@@ -60,16 +76,18 @@ def main() -> None:
     try:
         wait_healthy(f"127.0.0.1:{port}", control)
         workers = [
-            subprocess.Popen([sys.executable, "-m", name], env=worker_env) for name in WORKERS
+            subprocess.Popen([sys.executable, "-m", name], env=worker_env(i))
+            for i, name in enumerate(WORKERS)
         ]
-        print(f"Voxmesh is running: gRPC on 127.0.0.1:{port}, workers: {', '.join(WORKERS)}. "
+        print(f"Voxmesh is running: gRPC on 127.0.0.1:{port}, workers: {', '.join(WORKERS)}, "
+              f"metrics on http://127.0.0.1:{metrics_base}-{metrics_base + len(WORKERS)}/metrics. "
               "Ctrl-C stops it.", flush=True)  # fmt: skip
         while not stopping and control.poll() is None:
             for i, worker in enumerate(workers):
                 if worker.poll() is not None:  # a worker died: start another
                     print(f"{WORKERS[i]} exited ({worker.returncode}); restarting", flush=True)
                     workers[i] = subprocess.Popen(
-                        [sys.executable, "-m", WORKERS[i]], env=worker_env
+                        [sys.executable, "-m", WORKERS[i]], env=worker_env(i)
                     )
             time.sleep(0.5)
     finally:

@@ -31,6 +31,13 @@ from nats.js.errors import KeyNotFoundError
 
 from voxmesh import mesh
 from voxmesh.blobs import NatsBlobStore
+from voxmesh.observability import (
+    WORKER_BUSY,
+    WORKER_ERRORS,
+    WORKER_JOBS,
+    WORKER_SECONDS,
+    job_context,
+)
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
 log = logging.getLogger(__name__)
@@ -337,6 +344,19 @@ class Worker:
         if await self.run_state(ctx.job_id, ctx.run) is not None:
             await msg.ack()  # cancelled or finished while it waited
             return
+        with job_context(ctx.job_id, dispatch.traceparent):
+            started = time.monotonic()
+            WORKER_BUSY.labels(self.job_type).set(1)
+            try:
+                outcome = await self._run_handler(ctx, msg)
+            finally:
+                WORKER_BUSY.labels(self.job_type).set(0)
+            WORKER_JOBS.labels(self.job_type, outcome).inc()
+            WORKER_SECONDS.labels(self.job_type, outcome).observe(time.monotonic() - started)
+            log.info("delivery %s of run %s: %s", ctx.delivery, ctx.run, outcome)
+
+    async def _run_handler(self, ctx: JobContext, msg: Msg) -> str:
+        """Run the handler for one delivery and settle the message; return the outcome."""
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await self.emit(ctx, started=worker_pb2.WorkerStarted())
@@ -352,23 +372,32 @@ class Worker:
             meta.update(outcome.meta)
             await self.emit(ctx, completed=worker_pb2.WorkerCompleted(files=stored, meta=meta))
             await msg.ack()
+            return "completed"
         except JobCancelled:
             await self.emit(ctx, cancelled=worker_pb2.WorkerCancelled())
             await msg.ack()
+            return "cancelled"
         except JobFailed as e:
-            await self.emit(ctx, failed=worker_pb2.WorkerFailed(reason=str(e) or "the job failed"))
+            WORKER_ERRORS.labels(self.job_type, "job_failed").inc()
+            log.warning("job failed: %s", e)
+            await self.emit(ctx, failed=worker_pb2.WorkerFailed(
+                reason=str(e) or "the job failed", category="input"))  # fmt: skip
             await msg.term()
+            return "failed"
         except Exception as e:
+            WORKER_ERRORS.labels(self.job_type, type(e).__name__).inc()
             reason = f"{type(e).__name__}: {e}"
             log.exception("job %s run %s delivery %s failed", ctx.job_id, ctx.run, ctx.delivery)
             if ctx.delivery >= self.config.max_deliver:
                 await self.emit(ctx, failed=worker_pb2.WorkerFailed(
-                    reason=f"failed {ctx.delivery} times; last error: {reason}"))  # fmt: skip
+                    reason=f"failed {ctx.delivery} times; last error: {reason}",
+                    category="error"))  # fmt: skip
                 await msg.term()
-            else:
-                delay = retry_delay(ctx.delivery)
-                await self.emit(ctx, log=jobs_pb2.JobLogLine(
-                    line=f"delivery {ctx.delivery} failed ({reason}); retrying in {delay:g}s"))  # fmt: skip
-                await msg.nak(delay=delay)
+                return "failed"
+            delay = retry_delay(ctx.delivery)
+            await self.emit(ctx, log=jobs_pb2.JobLogLine(
+                line=f"delivery {ctx.delivery} failed ({reason}); retrying in {delay:g}s"))  # fmt: skip
+            await msg.nak(delay=delay)
+            return "retried"
         finally:
             heartbeat.cancel()

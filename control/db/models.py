@@ -315,6 +315,8 @@ class OutboxEntry(Base):
     run: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = _created_at()
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    traceparent: Mapped[str] = mapped_column(String(55), nullable=False, server_default="")
+    """W3C trace context of the request that queued the run; the worker continues the trace."""
 
 
 class JobEvent(Base):

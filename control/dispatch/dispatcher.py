@@ -19,6 +19,7 @@ from control import settings_catalog
 from control.api.convert import PARAMS_FIELD, job_type_to_pb
 from control.db.models import File, Job, JobStatus, OutboxEntry
 from voxmesh import mesh
+from voxmesh.observability import ADMISSION_WAIT
 from voxmesh.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,9 @@ class Dispatcher:
                     limits[user] = int(values["max_concurrent_jobs"][0])
                 if active[user] >= limits[user]:
                     continue  # waits for a slot
-                ready.append((row, job, await build_dispatch(session, job)))
+                dispatch = await build_dispatch(session, job)
+                dispatch.traceparent = row.traceparent
+                ready.append((row, job, dispatch))
                 active[user] += 1
             # Publish the batch concurrently; mark exactly the ones JetStream acknowledged.
             acks = await asyncio.gather(
@@ -151,13 +154,19 @@ class Dispatcher:
                 return_exceptions=True,
             )
             failure: BaseException | None = None
+            waits: list[tuple[str, float]] = []
             for (row, job, _), ack in zip(ready, acks, strict=True):
                 if isinstance(ack, BaseException):
                     failure = failure or ack
                     continue
                 row.published_at = job.queued_at = datetime.now(UTC)
+                waits.append(
+                    (PARAMS_FIELD[job.type], (row.published_at - row.created_at).total_seconds())
+                )
                 published += 1
             await session.commit()
+            for kind, seconds in waits:
+                ADMISSION_WAIT.labels(kind).observe(max(0.0, seconds))
             if failure is not None and not published:
                 raise failure  # NATS is unreachable: back off
         return published

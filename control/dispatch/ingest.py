@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from google.protobuf import json_format
@@ -51,6 +51,7 @@ async def apply_event(
             f"worker {event.worker_id} started run {job.run} (delivery {event.delivery})",
         )
         journal.status(session, job, JobStatus.RUNNING)
+        journal.started(job)
     elif job.status is not JobStatus.RUNNING:
         return None  # nothing but a start moves a job to RUNNING
     elif kind == "progress":
@@ -91,7 +92,10 @@ async def apply_event(
             session, job, JobStatus.COMPLETED, files=files, meta=meta, result_url=result_url
         )
     elif kind == "failed":
-        await journal.finish(session, job, JobStatus.FAILED, error=event.failed.reason[:2000])
+        await journal.finish(
+            session, job, JobStatus.FAILED, error=event.failed.reason[:2000],
+            failure=event.failed.category if event.failed.category in ("input", "error") else "",
+        )  # fmt: skip
     elif kind == "cancelled":
         await journal.finish(session, job, JobStatus.CANCELLED, error="cancelled")
     else:
@@ -190,7 +194,11 @@ async def finalize(journal: Journal, nc: NATS | None, kv: KeyValue | None) -> No
 
 
 async def fail_exhausted(
-    sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, advisory: bytes
+    sessions: async_sessionmaker[AsyncSession],
+    nc: NATS,
+    js: JetStreamContext,
+    kv: KeyValue,
+    advisory: bytes,
 ) -> Job | None:
     """A run JetStream stopped delivering (max_deliver reached, e.g. its workers crashed):
     mark the job FAILED with the reason."""
@@ -208,10 +216,9 @@ async def fail_exhausted(
             session, job, JobStatus.FAILED,
             error=f"gave up after {info.get('deliveries', '?')} deliveries: the worker stopped "
                   "responding each time (crashed, killed or lost its connection)",
+            failure="lost",
         )  # fmt: skip
         await session.commit()
+    await finalize(journal, nc, kv)
     await js.delete_msg(mesh.JOBS_STREAM, int(info["stream_seq"]))
     return job
-
-
-ExhaustedHandler = Callable[[bytes], Awaitable[Job | None]]

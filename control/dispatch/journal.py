@@ -4,6 +4,7 @@ transaction as the change it describes; after commit they are published to watch
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control.api.convert import job_status_to_pb, job_to_pb, result_to_pb, ts
 from control.db.models import Job, JobEvent, JobResult, JobStatus, OutboxEntry
+from control.job_params import PREFIX as PARAMS_FIELD
 from voxmesh import mesh
+from voxmesh.observability import (
+    DISPATCH_LATENCY,
+    JOB_FAILURES,
+    JOB_SECONDS,
+    current_traceparent,
+)
 from voxmesh.v1 import jobs_pb2
 
 TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
@@ -43,6 +51,7 @@ class Journal:
     events: list[tuple[Job, jobs_pb2.WatchJobResponse]] = field(default_factory=list)
     changed: dict[uuid.UUID, Job] = field(default_factory=dict)
     finished: list[Job] = field(default_factory=list)
+    _metrics: list[Callable[[], None]] = field(default_factory=list)
 
     def record(self, session: AsyncSession, job: Job, **event: Any) -> jobs_pb2.WatchJobResponse:
         job.last_event_seq += 1
@@ -83,7 +92,7 @@ class Journal:
         job.progress = 0
         job.error = ""
         job.finished_at = None
-        session.add(OutboxEntry(job_id=job.id, run=job.run))
+        session.add(OutboxEntry(job_id=job.id, run=job.run, traceparent=current_traceparent()))
         self.changed[job.id] = job
 
     async def finish(
@@ -96,6 +105,7 @@ class Journal:
         files: list[dict[str, Any]] | None = None,
         meta: dict[str, Any] | None = None,
         result_url: str = "",
+        failure: str = "",
     ) -> None:
         """End the run: final status, a JobResult whose logs are the job's event log, and the
         status and result events (the result is always a finished job's last event). The job
@@ -126,10 +136,28 @@ class Journal:
         session.add(result)
         self.record(session, job, result=result_to_pb(result))
         self.finished.append(job)
+        kind = PARAMS_FIELD[job.type]
+        if job.started_at is not None:
+            seconds = (now - job.started_at).total_seconds()
+            self._metrics.append(
+                lambda: JOB_SECONDS.labels(kind, status.value.lower()).observe(seconds)
+            )
+        if status is JobStatus.FAILED:
+            self._metrics.append(lambda: JOB_FAILURES.labels(kind, failure or "error").inc())
+
+    def started(self, job: Job) -> None:
+        """A worker started the run: how long it waited in JetStream (after commit)."""
+        if job.queued_at is not None:
+            waited = (datetime.now(UTC) - job.queued_at).total_seconds()
+            kind = PARAMS_FIELD[job.type]
+            self._metrics.append(lambda: DISPATCH_LATENCY.labels(kind).observe(max(0.0, waited)))
 
     async def publish(self, nc: NATS | None) -> None:
-        """After commit: every event to its job's watchers, every changed job's new state to
-        project watchers."""
+        """After commit: metrics, every event to its job's watchers, every changed job's new
+        state to project watchers."""
+        for observe in self._metrics:
+            observe()
+        self._metrics.clear()
         if nc is None or nc.is_closed:
             return
         for job, message in self.events:

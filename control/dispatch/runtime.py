@@ -12,19 +12,48 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from control.config import MeshSettings
+from control.db.models import Job, JobStatus, JobType, OutboxEntry
 from control.dispatch.broadcast import Broadcaster
 from control.dispatch.dispatcher import Dispatcher
 from control.dispatch.ingest import EventIngester, fail_exhausted, finalize
 from control.dispatch.journal import Journal
+from control.job_params import PREFIX as PARAMS_FIELD
 from voxmesh import mesh
 from voxmesh.blobs import NatsBlobStore
+from voxmesh.observability import JOBS, QUEUE_DEPTH
 
 log = logging.getLogger(__name__)
 LEADER_LOCK = 0x766F786D657368  # "voxmesh"
+GAUGE_INTERVAL = 5.0
+
+
+async def refresh_gauges(sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> None:
+    """Jobs by type and status, and the queue depth per type, from PostgreSQL and JetStream."""
+    counts: dict[tuple[JobType, JobStatus], int] = {}
+    held: dict[JobType, int] = {}
+    async with sessions() as session:
+        for job_type, status, count in await session.execute(
+            select(Job.type, Job.status, func.count()).group_by(Job.type, Job.status)
+        ):
+            counts[job_type, status] = count
+        for job_type, count in await session.execute(
+            select(Job.type, func.count())
+            .join(OutboxEntry, (OutboxEntry.job_id == Job.id) & (OutboxEntry.run == Job.run))
+            .where(Job.status == JobStatus.PENDING, OutboxEntry.published_at.is_(None))
+            .group_by(Job.type)
+        ):
+            held[job_type] = count
+    for job_type in JobType:
+        kind = PARAMS_FIELD[job_type]
+        for status in JobStatus:
+            JOBS.labels(kind, status.value.lower()).set(counts.get((job_type, status), 0))
+        QUEUE_DEPTH.labels(kind, "admission").set(held.get(job_type, 0))
+        info = await js.consumer_info(mesh.JOBS_STREAM, mesh.worker_consumer(kind))
+        QUEUE_DEPTH.labels(kind, "jetstream").set(info.num_pending or 0)
 
 
 class MeshRuntime:
@@ -79,7 +108,7 @@ class MeshRuntime:
 
         async def exhausted(msg: Msg) -> None:
             try:
-                if await fail_exhausted(sessions, self.js, msg.data):
+                if await fail_exhausted(sessions, self.nc, self.js, self.kv, msg.data):
                     assert self.dispatcher is not None
                     self.dispatcher.wake()
             except Exception:
@@ -88,7 +117,19 @@ class MeshRuntime:
         await self.nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{mesh.JOBS_STREAM}.*", cb=exhausted
         )
-        await asyncio.gather(self.dispatcher.run(), ingester.run())
+        await asyncio.gather(self.dispatcher.run(), ingester.run(), self._gauges(sessions))
+
+    async def _gauges(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        """Keep the job and queue gauges current (the leader only, so a metric scraped from
+        every replica is not counted twice)."""
+        while True:
+            try:
+                await refresh_gauges(sessions, self.js)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not refresh the job gauges: %s", exc)
+            await asyncio.sleep(GAUGE_INTERVAL)
 
     def wake(self) -> None:
         if self.dispatcher is not None:

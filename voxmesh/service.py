@@ -1,0 +1,95 @@
+"""How a modality service process runs: the same for STT, TTS, stories and the rest.
+
+    python -m services.tts   # → run_service(Worker("tts", ...), load=...)
+
+1. JSON logs (`voxmesh.observability.setup_logging`) and Prometheus metrics on
+   `VOXMESH_METRICS_PORT`.
+2. A gRPC health service (and reflection) on `VOXMESH_HEALTH_PORT`, reporting NOT_SERVING while the
+   model loads, SERVING once the worker pulls jobs, and NOT_SERVING again while it drains on
+   SIGTERM, so an orchestrator's readiness probe sends nothing to a worker that is not ready.
+3. The model loads in a thread (its load time becomes `voxmesh_worker_model_load_seconds`), then
+   the worker pulls jobs until SIGTERM/SIGINT, finishing the job in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import grpc
+
+from voxmesh.grpc_server import add_operator_services, set_serving
+from voxmesh.observability import WORKER_MODEL_LOAD, serve_metrics, setup_logging
+from voxmesh.worker import Worker
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[], dict[str, float]]
+"""Loads the service's models (in a thread); returns {model name: seconds it took}."""
+
+
+def health_service_name(job_type: str) -> str:
+    return f"voxmesh.worker.{job_type}"
+
+
+async def start_health_server(job_type: str, port: int) -> tuple[grpc.aio.Server, object, int]:
+    server = grpc.aio.server()
+    health = add_operator_services(server, [])
+    bound = server.add_insecure_port(f"0.0.0.0:{port}")
+    await server.start()
+    await set_serving(health, [health_service_name(job_type)], False)
+    return server, health, bound
+
+
+async def run_service(worker: Worker, load: Loader) -> None:
+    """Run one worker process until SIGTERM/SIGINT (see the module docstring)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    serve_metrics()
+    raw_port = os.environ.get("VOXMESH_HEALTH_PORT", "").strip()
+    health_server = health = None
+    names = [health_service_name(worker.job_type)]
+    if raw_port:
+        health_server, health, port = await start_health_server(worker.job_type, int(raw_port))
+        log.info("health service on port %d (NOT_SERVING until the model is loaded)", port)
+    try:
+        started = time.monotonic()
+        loaded = await asyncio.to_thread(load)
+        for model, seconds in loaded.items():
+            WORKER_MODEL_LOAD.labels(worker.job_type, model).set(seconds)
+            log.info("loaded %s in %.2f s", model, seconds, extra={"model": model})
+        log.info("models ready after %.2f s", time.monotonic() - started)
+        if stop.is_set():
+            return
+        running = asyncio.create_task(worker.run(stop))
+        ready = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if health is not None and not running.done():
+            await set_serving(health, names, True)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if health is not None:
+            await set_serving(health, names, False)  # draining: no new traffic
+        ready.cancel()
+        stopping.cancel()
+        await running
+    finally:
+        if health_server is not None:
+            await health_server.stop(grace=1)
+
+
+def main(service: str, make: Callable[[], tuple[Worker, Loader]]) -> None:
+    """The `__main__` of a modality service."""
+    setup_logging(service)
+
+    async def go() -> None:
+        worker, load = make()
+        await run_service(worker, load)
+
+    asyncio.run(go())
