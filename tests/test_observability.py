@@ -211,13 +211,17 @@ def test_a_real_worker_process_serves_health_metrics_and_json_logs(
             assert time.monotonic() < deadline, "the TTS worker never became SERVING"
             try:
                 with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
-                    status = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service="voxmesh.worker.tts"), timeout=2
-                    ).status
+                    status = (
+                        health_pb2_grpc.HealthStub(channel)
+                        .Check(
+                            health_pb2.HealthCheckRequest(service="voxmesh.worker.tts"), timeout=2
+                        )
+                        .status
+                    )
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             page = r.read().decode()
         load = next(line for line in page.splitlines()
                     if line.startswith("voxmesh_worker_model_load_seconds{"))  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from control.db.models import JobStatus, UserRole
+from control.db.models import Job, JobStatus, UserRole
 from control.server import SERVICE_NAMES
 from tests.harness import Harness
 
@@ -63,11 +63,11 @@ async def test_health_reports_serving(harness: Harness) -> None:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 async def test_readme_grpcurl_recipes_run_as_written(harness: Harness) -> None:
     editor = await harness.user(UserRole.EDITOR, login=False, name="editor1")
-    # A finished job, so the README's WatchJob recipe gets its state and the stream ends.
-    await harness.job(
-        await harness.project(editor.user_id), editor.user_id, title="From the README",
-        status=JobStatus.COMPLETED,
-    )  # fmt: skip
+    project = await harness.project(editor.user_id)
+    # A pending job for the cancel recipe, then a finished one (the newest), so the WatchJob
+    # recipe gets its state and the stream ends.
+    pending = await harness.job(project, editor.user_id, title="Waiting")
+    await harness.job(project, editor.user_id, title="From the README", status=JobStatus.COMPLETED)
     script = readme_block("grpcurl-recipes")
     out = await _run(
         "bash",
@@ -86,3 +86,7 @@ async def test_readme_grpcurl_recipes_run_as_written(harness: Harness) -> None:
     assert "From the README" in out  # ListJobs with the token
     assert '"total_size": "1"' in out
     assert '"snapshot"' in out and "JOB_STATUS_COMPLETED" in out  # WatchJob
+    assert "JOB_STATUS_CANCELLED" in out  # CancelJob's answer
+    async with harness.app.sessions() as session:
+        job = await session.get(Job, pending)
+        assert job is not None and job.status is JobStatus.CANCELLED

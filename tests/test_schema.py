@@ -3,6 +3,8 @@ that the Alembic migrations are the schema: they match the models exactly and ru
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 
 import psycopg
@@ -149,3 +151,20 @@ def test_migrations_downgrade_and_upgrade(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         head = ScriptDirectory.from_config(migrate.alembic_config(database_url)).get_current_head()
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (head,)
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(database_url: str) -> None:
+    """Two control-plane replicas starting at once on an empty database both come up: one
+    migrates, the other waits for its lock and finds the schema current."""
+    migrate.downgrade(database_url, "base")
+    code = "import sys; from control.db import migrate; migrate.upgrade(sys.argv[1])"
+    replicas = [
+        subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    for replica in replicas:
+        _, err = replica.communicate(timeout=120)
+        assert replica.returncode == 0, err.decode()[-2000:]
+    with psycopg.connect(database_url) as conn:
+        head = ScriptDirectory.from_config(migrate.alembic_config(database_url)).get_current_head()
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]

@@ -11,7 +11,8 @@ subjects, consumers and buckets, and their idempotent creation.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import nats
 from nats.aio.client import Client as NATS
@@ -72,6 +73,9 @@ class MeshConfig:
     """How long JetStream remembers dispatch ids to drop duplicates."""
     events_max_age_seconds: float = 7 * 24 * 3600
     """How long raw worker events stay in NATS (they are persisted in PostgreSQL at once)."""
+    replicas: int = field(default_factory=lambda: int(os.environ.get("VOXMESH_NATS_REPLICAS", "1")))
+    """Copies JetStream keeps of every stream and bucket: 3 on a 3-node NATS cluster, so losing a
+    node loses nothing (VOXMESH_NATS_REPLICAS; never lowered on an existing stream)."""
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -108,6 +112,8 @@ async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except BadRequestError:
+        existing = (await js.stream_info(config.name or "")).config
+        config.num_replicas = max(config.num_replicas or 1, existing.num_replicas or 1)
         await js.update_stream(config)
 
 
@@ -117,6 +123,7 @@ async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
         js,
         api.StreamConfig(
             name=JOBS_STREAM,
+            num_replicas=config.replicas,
             subjects=["voxmesh.jobs.>"],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
@@ -127,6 +134,7 @@ async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
         js,
         api.StreamConfig(
             name=EVENTS_STREAM,
+            num_replicas=config.replicas,
             subjects=["voxmesh.events.>"],
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
@@ -151,6 +159,7 @@ async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
         js,
         api.StreamConfig(
             name=TASKS_STREAM,
+            num_replicas=config.replicas,
             subjects=["voxmesh.tasks.>"],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
@@ -183,15 +192,22 @@ async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
         await js.key_value(CONTROL_BUCKET)
     except (NotFoundError, BadRequestError):
         await js.create_key_value(
-            api.KeyValueConfig(bucket=CONTROL_BUCKET, history=1, ttl=30 * 24 * 3600)
+            api.KeyValueConfig(
+                bucket=CONTROL_BUCKET, history=1, ttl=30 * 24 * 3600, replicas=config.replicas
+            )
         )
     try:
         await js.key_value(SHARDS_BUCKET)
     except (NotFoundError, BadRequestError):
         await js.create_key_value(
-            api.KeyValueConfig(bucket=SHARDS_BUCKET, history=1, ttl=24 * 3600)
+            api.KeyValueConfig(
+                bucket=SHARDS_BUCKET, history=1, ttl=24 * 3600, replicas=config.replicas
+            )
         )
     try:
         await js.object_store(FILES_BUCKET)
     except (NotFoundError, BadRequestError):
-        await js.create_object_store(FILES_BUCKET)
+        await js.create_object_store(
+            FILES_BUCKET,
+            config=api.ObjectStoreConfig(bucket=FILES_BUCKET, replicas=config.replicas),
+        )

@@ -4,9 +4,10 @@
 
 1. JSON logs (`voxmesh.observability.setup_logging`) and Prometheus metrics on
    `VOXMESH_METRICS_PORT`.
-2. A gRPC health service (and reflection) on `VOXMESH_HEALTH_PORT`, reporting NOT_SERVING while the
-   model loads, SERVING once the worker pulls jobs, and NOT_SERVING again while it drains on
-   SIGTERM, so an orchestrator's readiness probe sends nothing to a worker that is not ready.
+2. A gRPC health service (and reflection) on `VOXMESH_HEALTH_PORT`. The service
+   `voxmesh.worker.<type>` (readiness) is NOT_SERVING while the model loads, SERVING once the
+   worker pulls jobs, and NOT_SERVING again while it drains on SIGTERM; the overall status ""
+   (liveness) is SERVING for as long as the process runs.
 3. The model loads in a thread (its load time becomes `voxmesh_worker_model_load_seconds`), then
    the worker pulls jobs until SIGTERM/SIGINT, finishing the job in hand.
 """
@@ -19,10 +20,12 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
-from voxmesh.grpc_server import add_operator_services, set_serving
+from voxmesh.grpc_server import add_operator_services
 from voxmesh.observability import WORKER_MODEL_LOAD, serve_metrics, setup_logging
 from voxmesh.worker import Worker
 
@@ -36,13 +39,24 @@ def health_service_name(job_type: str) -> str:
     return f"voxmesh.worker.{job_type}"
 
 
-async def start_health_server(job_type: str, port: int) -> tuple[grpc.aio.Server, object, int]:
+async def start_health_server(job_type: str, port: int) -> tuple[grpc.aio.Server, Any, int]:
     server = grpc.aio.server()
     health = add_operator_services(server, [])
     bound = server.add_insecure_port(f"0.0.0.0:{port}")
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(health_service_name(job_type), health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    await set_serving(health, [health_service_name(job_type)], False)
     return server, health, bound
+
+
+async def _ready(health: Any, job_type: str, ready: bool) -> None:
+    if health is not None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await health.set(health_service_name(job_type), status)
 
 
 async def run_service(worker: Worker, load: Loader) -> None:
@@ -54,7 +68,6 @@ async def run_service(worker: Worker, load: Loader) -> None:
     serve_metrics()
     raw_port = os.environ.get("VOXMESH_HEALTH_PORT", "").strip()
     health_server = health = None
-    names = [health_service_name(worker.job_type)]
     if raw_port:
         health_server, health, port = await start_health_server(worker.job_type, int(raw_port))
         log.info("health service on port %d (NOT_SERVING until the model is loaded)", port)
@@ -70,12 +83,11 @@ async def run_service(worker: Worker, load: Loader) -> None:
         running = asyncio.create_task(worker.run(stop))
         ready = asyncio.create_task(worker.ready.wait())
         await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if health is not None and not running.done():
-            await set_serving(health, names, True)
+        if not running.done():
+            await _ready(health, worker.job_type, True)
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if health is not None:
-            await set_serving(health, names, False)  # draining: no new traffic
+        await _ready(health, worker.job_type, False)  # draining: no new traffic
         ready.cancel()
         stopping.cancel()
         await running
