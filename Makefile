@@ -11,7 +11,7 @@ PROTO_STAMP := voxmesh/v1/.generated-stamp
 export HF_HUB_OFFLINE := 1
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: help install protos run migrate sample-data test test-only test-data lint fmt bench clean
+.PHONY: help install protos console browser run migrate sample-data test test-only test-data lint fmt bench clean
 
 help:
 	@echo "make run          set up and run the platform on embedded defaults"
@@ -52,8 +52,32 @@ $(PROTO_STAMP): $(STAMP) $(PROTO_FILES)
 
 protos: $(PROTO_STAMP)
 
+# The web console: npm packages (console/package-lock.json), TypeScript generated from protos/
+# by protoc-gen-es through grpc_tools' protoc, bundled by esbuild into console/dist/.
+CONSOLE_NPM := console/node_modules/.installed-stamp
+CONSOLE_STAMP := console/dist/.built-stamp
+CONSOLE_SOURCES := $(wildcard console/src/*.ts) console/index.html console/app.css console/build.mjs console/tsconfig.json
+$(CONSOLE_NPM): console/package.json console/package-lock.json
+	cd console && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+$(CONSOLE_STAMP): $(CONSOLE_NPM) $(PROTO_STAMP) $(CONSOLE_SOURCES)
+	rm -rf console/src/gen && mkdir -p console/src/gen
+	$(PY) -m grpc_tools.protoc -I protos --plugin=protoc-gen-es=console/node_modules/.bin/protoc-gen-es \
+	  --es_out=console/src/gen --es_opt=target=ts $(PROTO_FILES)
+	cd console && npm run --silent build
+	touch $@
+console: $(CONSOLE_STAMP)
+
+# Debian's Chromium for the browser tests (driven by playwright-core; never a downloaded browser).
+browser:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null; \
+	else echo "note: install Debian's chromium for the browser tests"; fi
+
 # --- the platform ----------------------------------------------------------
-run: install
+run: install console
 	$(PY) -m voxmesh.launch
 
 migrate: install
@@ -75,7 +99,7 @@ fmt: install
 
 test: lint test-only
 
-test-only: install test-data
+test-only: install test-data console browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: install test-data
@@ -85,4 +109,5 @@ bench: install test-data
 	$(PY) -m tests.bench.tts_bench
 
 clean:
-	rm -rf $(VENV) *.egg-info voxmesh/v1/*_pb2*.py voxmesh/v1/*_pb2*.pyi $(PROTO_STAMP) .test-output
+	rm -rf $(VENV) *.egg-info voxmesh/v1/*_pb2*.py voxmesh/v1/*_pb2*.pyi $(PROTO_STAMP) .test-output \
+	  console/node_modules console/dist console/src/gen

@@ -114,7 +114,7 @@ export class Session extends EventTarget {
     window.clearTimeout(this.timer);
     if (!this.state) return;
     const life = this.state.tokens.accessExpires - Date.now();
-    const wait = Math.max(1_000, Math.min(life - REFRESH_MARGIN_MS, life * 0.8));
+    const wait = Math.max(1_000, life > 2 * REFRESH_MARGIN_MS ? life - REFRESH_MARGIN_MS : life * 0.8);
     this.timer = window.setTimeout(() => void this.refresh(), wait);
   }
 

@@ -241,7 +241,10 @@ function watch(jobId: string): void {
               const s = ev.event.value.status;
               const cell = row?.querySelector(".status");
               if (cell) cell.textContent = statusName(s);
-              setBar(row?.querySelector(".bar") ?? null, Number(row?.querySelector(".bar")?.getAttribute("aria-valuenow") ?? 0), s);
+              const done = s === JobStatus.COMPLETED;
+              for (const bar of [row?.querySelector(".bar"), detail?.querySelector(".bar")]) {
+                if (bar) setBar(bar, done ? 100 : Number(bar.getAttribute("aria-valuenow") ?? 0), s);
+              }
               const st = detail?.querySelector("[data-testid=detail-status]");
               if (st) st.textContent = statusName(s) + (ev.event.value.error ? ` — ${ev.event.value.error}` : "");
               break;

@@ -1,0 +1,155 @@
+// Drives the console in Debian's Chromium with playwright-core (no downloaded browser).
+//   node e2e/console.mjs <editor|viewer|refresh|stream>
+// Environment: BASE_URL, VOXMESH_USER, VOXMESH_PASSWORD, OUT_DIR, and JOB_ID for `stream`.
+// Prints one JSON object with what it saw; exits non-zero if any step fails.
+import { chromium } from "playwright-core";
+import { mkdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+
+const scenario = process.argv[2];
+const { BASE_URL, VOXMESH_USER, VOXMESH_PASSWORD, OUT_DIR = "." } = process.env;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const report = { scenario, steps: [] };
+const step = (name, extra = {}) => report.steps.push({ name, t: Date.now(), ...extra });
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required"],
+});
+const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1280, height: 800 } });
+const consoleErrors = [];
+page.on("pageerror", (err) => consoleErrors.push(String(err)));
+page.setDefaultTimeout(30_000);
+mkdirSync(OUT_DIR, { recursive: true });
+
+async function login() {
+  await page.goto(BASE_URL);
+  await page.getByTestId("username").fill(VOXMESH_USER);
+  await page.getByTestId("password").fill(VOXMESH_PASSWORD);
+  await page.getByTestId("login").click();
+  await page.getByTestId("jobs").waitFor();
+  step("logged in", { who: await page.getByTestId("who").textContent() });
+}
+
+async function editor() {
+  await login();
+  await page.getByTestId("create-form").waitFor();
+  await page.getByTestId("type").selectOption({ label: "Text to speech" });
+  await page.getByTestId("title").fill("Browser TTS");
+  const text = [
+    "Hello from the Voxmesh console.", "This job was created in a real browser.",
+    "Its progress arrives over gRPC-web through Envoy.", "Each sentence moves the bar a little.",
+    "The result plays right here in the page.", "Thank you for listening.",
+  ].join(" ");
+  await page.getByTestId("text").fill(text);
+  await page.getByTestId("create").click();
+  const bar = page.getByTestId("detail-progress");
+  await bar.waitFor();
+  // Record every value the detail progress bar shows, as the page updates it.
+  await page.evaluate(() => {
+    const el = document.querySelector("[data-testid=detail-progress]");
+    window.__seen = [Number(el.getAttribute("aria-valuenow"))];
+    new MutationObserver(() => {
+      const v = Number(document.querySelector("[data-testid=detail-progress]")?.getAttribute("aria-valuenow"));
+      if (window.__seen.at(-1) !== v) window.__seen.push(v);
+    }).observe(document.getElementById("detail"), { attributes: true, subtree: true, childList: true });
+  });
+  await page.waitForFunction(() => document.querySelector("[data-testid=detail-progress]")?.getAttribute("aria-valuenow") === "100", null, { timeout: 120_000 });
+  await page.waitForFunction(() => document.querySelector("[data-testid=detail-status]")?.textContent?.startsWith("completed"), null, { timeout: 30_000 });
+  step("progress reached 100%", { seen: await page.evaluate(() => window.__seen) });
+  const audio = page.locator("audio[data-testid^=audio-]").first();
+  await audio.waitFor({ timeout: 30_000 });
+  const name = (await audio.getAttribute("data-testid")).slice("audio-".length);
+  await page.getByTestId(`play-${name}`).click();
+  await page.waitForFunction((n) => {
+    const a = document.querySelector(`[data-testid="audio-${n}"]`);
+    return a && a.currentTime > 0.3 && !a.paused;
+  }, name, { timeout: 20_000 });
+  const played = await page.evaluate((n) => {
+    const a = document.querySelector(`[data-testid="audio-${n}"]`);
+    return { currentTime: a.currentTime, duration: a.duration };
+  }, name);
+  step("played the result", { file: name, ...played });
+  const screenshot = join(OUT_DIR, "console-tts.png");
+  await page.screenshot({ path: screenshot, fullPage: true });
+  step("screenshot", { path: screenshot });
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId(`download-${name}`).click()]);
+  step("downloaded", { filename: download.suggestedFilename(), bytes: statSync(await download.path()).size });
+  // Filters: by type shows the job; by a status it doesn't have hides it.
+  await page.getByTestId("filter-type").selectOption({ label: "Text to speech" });
+  await page.locator("tr[data-job]").first().waitFor();
+  const shown = await page.locator("tr[data-job]").count();
+  await page.getByTestId("filter-status").selectOption({ label: "failed" });
+  await page.getByText("No jobs match.").waitFor();
+  step("filters", { ttsJobs: shown });
+  const refresh = await page.evaluate(() => JSON.parse(sessionStorage.getItem("voxmesh.session")).tokens.refresh);
+  await page.getByTestId("logout").click();
+  await page.getByTestId("login").waitFor();
+  step("logged out", { refreshToken: refresh, stored: await page.evaluate(() => sessionStorage.getItem("voxmesh.session")) });
+}
+
+async function viewer() {
+  await login();
+  await page.locator("tr[data-job]").first().waitFor();
+  step("sees jobs", {
+    rows: await page.locator("tr[data-job]").count(),
+    createForms: await page.getByTestId("create-form").count(),
+    writeButtons: await page.locator("[data-testid^=cancel-], [data-testid^=retry-]").count(),
+    readOnlyNote: await page.getByTestId("read-only").isVisible(),
+  });
+  // The page hides the controls; the server refuses the call itself too.
+  const refused = await page.evaluate(async () => {
+    const projectId = document.querySelector("tr[data-job]") ? (await window.voxmesh.jobs.listJobs({})).jobs[0].projectId : "";
+    try {
+      await window.voxmesh.jobs.createJob({ projectId, params: { case: "tts", value: { text: "sneaky" } } });
+      return { refused: false };
+    } catch (err) {
+      return { refused: true, code: err.code, message: err.rawMessage };
+    }
+  });
+  step("create refused", refused);
+  await page.screenshot({ path: join(OUT_DIR, "console-viewer.png"), fullPage: true });
+}
+
+async function refresh() {
+  await login();
+  const first = await page.evaluate(() => JSON.parse(sessionStorage.getItem("voxmesh.session")).tokens.access);
+  await page.waitForFunction(() => Number(document.querySelector("header")?.dataset.refreshes) >= 2, null, { timeout: 20_000 });
+  await page.getByTestId("reload").click();
+  await page.waitForTimeout(500);
+  step("refreshed", {
+    refreshes: Number(await page.locator("header").getAttribute("data-refreshes")),
+    tokenChanged: first !== (await page.evaluate(() => JSON.parse(sessionStorage.getItem("voxmesh.session")).tokens.access)),
+    notice: await page.getByTestId("notice").evaluate((n) => (n.hidden ? "" : n.textContent)),
+    stillSignedIn: await page.getByTestId("jobs").isVisible(),
+  });
+}
+
+async function stream() {
+  await login();
+  const arrivals = await page.evaluate(async (jobId) => {
+    const out = [];
+    const t0 = performance.now();
+    for await (const ev of window.voxmesh.jobs.watchJob({ jobId })) {
+      out.push({ kind: ev.event.case, at: performance.now() - t0, percent: ev.event.case === "progress" ? ev.event.value.percent : null });
+    }
+    return out;
+  }, process.env.JOB_ID);
+  step("streamed", { arrivals });
+}
+
+try {
+  await { editor, viewer, refresh, stream }[scenario]();
+  report.ok = true;
+} catch (err) {
+  report.ok = false;
+  report.error = String(err?.stack || err);
+  await page.screenshot({ path: join(OUT_DIR, `failure-${scenario}.png`), fullPage: true }).catch(() => {});
+} finally {
+  report.pageErrors = consoleErrors;
+  await browser.close();
+}
+console.log(JSON.stringify(report));
+process.exit(report.ok ? 0 : 1);
