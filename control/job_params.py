@@ -22,7 +22,7 @@ from control.api.validate import (
 )
 from control.db.models import JobType
 from voxmesh import voices
-from voxmesh.errors import InvalidArgument
+from voxmesh.errors import AlreadyExists, InvalidArgument
 from voxmesh.v1 import jobs_pb2
 
 TTS_ENGINES = voices.ENGINES
@@ -48,6 +48,8 @@ class UserDefaults:
     preferred_voice: str = ""
     default_language: str = "en"
     max_text_length: int = 20_000
+    saved_voices: frozenset[str] = frozenset()
+    """Lower-cased names of the voices the job's project saved (cloned voices)."""
 
 
 def _voice(value: str, field: str) -> str:
@@ -70,6 +72,13 @@ def _stock_voice(voice_id: str, engine: str, field: str) -> str:
         ) from None
     except ValueError as e:
         raise InvalidArgument(str(e), field=field) from None
+
+
+def _any_voice(voice_id: str, engine: str, field: str, defaults: UserDefaults) -> str:
+    """A stock voice, or one the job's project saved (its name, as saved)."""
+    if voice_id and voice_id.lower() in defaults.saved_voices:
+        return voice_id
+    return _stock_voice(voice_id, engine, field)
 
 
 def _spoken_text(value: str, field: str, limit: int) -> str:
@@ -113,8 +122,9 @@ def normalize(job_type: JobType, params: Message, defaults: UserDefaults) -> Mes
         if not chosen and defaults.preferred_voice in voices.CATALOG:
             preferred = voices.CATALOG[defaults.preferred_voice]
             chosen = preferred.id if not out.engine or preferred.engine == out.engine else ""
-        out.voice = _stock_voice(chosen, out.engine, "tts.voice")
-        out.engine = voices.CATALOG[out.voice].engine
+        out.voice = _any_voice(chosen, out.engine, "tts.voice", defaults)
+        saved = out.voice.lower() in defaults.saved_voices
+        out.engine = voices.CATALOG[voices.DEFAULT_VOICE if saved else out.voice].engine
         enum_field(jobs_pb2.AudioFormat, out.format, fmt)
         out.speed = number_range(out.speed, "tts.speed", low=0.5, high=2.0, zero_means=1.0)
     elif job_type is JobType.VOICE_CLONING:
@@ -129,6 +139,22 @@ def normalize(job_type: JobType, params: Message, defaults: UserDefaults) -> Mes
             out.text = _spoken_text(out.text, "voice_cloning.text", defaults.max_text_length)
         uuid_field(out.source_file_id, "voice_cloning.source_file_id", required=False)
         out.save_as_voice = _voice(out.save_as_voice, "voice_cloning.save_as_voice")
+        if out.save_as_voice in voices.CATALOG:
+            raise InvalidArgument(
+                f"{out.save_as_voice!r} is a stock voice's id; choose another name",
+                field="voice_cloning.save_as_voice",
+            )
+        if out.save_as_voice.lower() in defaults.saved_voices:
+            raise AlreadyExists(
+                f"the project already has a voice named {out.save_as_voice!r}; delete it first "
+                "(VoiceService/DeleteVoice) or choose another name",
+                field="voice_cloning.save_as_voice",
+            )
+        if out.keep_reference and not out.save_as_voice:
+            raise InvalidArgument(
+                "keep_reference only applies with save_as_voice",
+                field="voice_cloning.keep_reference",
+            )
         enum_field(jobs_pb2.AudioFormat, out.format, fmt)
     elif job_type is JobType.DUBBING:
         out.target_language = language_field(
@@ -141,6 +167,8 @@ def normalize(job_type: JobType, params: Message, defaults: UserDefaults) -> Mes
                 field="dubbing.target_language",
             )
         out.voice = _voice(out.voice, "dubbing.voice")
+        if out.voice:
+            out.voice = _any_voice(out.voice, "", "dubbing.voice", defaults)
         out.max_stretch = number_range(
             out.max_stretch, "dubbing.max_stretch", low=1.0, high=2.0, zero_means=1.3
         )
@@ -162,12 +190,13 @@ def normalize(job_type: JobType, params: Message, defaults: UserDefaults) -> Mes
         narrator = _voice(out.voice, "ai_stories.voice")
         if not narrator and defaults.preferred_voice in voices.CATALOG:
             narrator = defaults.preferred_voice
-        out.voice = _stock_voice(narrator, "", "ai_stories.voice")
+        out.voice = _any_voice(narrator, "", "ai_stories.voice", defaults)
         if out.dialogue_voice:
-            out.dialogue_voice = _stock_voice(
+            out.dialogue_voice = _any_voice(
                 _voice(out.dialogue_voice, "ai_stories.dialogue_voice"),
                 "",
                 "ai_stories.dialogue_voice",
+                defaults,
             )
         if out.seed < 0:
             raise InvalidArgument("ai_stories.seed must be 0 or positive", field="ai_stories.seed")

@@ -165,7 +165,14 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("viewer sets own setting", lambda: v.settings.SetSetting(settings_pb2.SetSettingRequest(key="preferred_voice", value=Value(string_value="en_US-joe-medium"), scope=USER)), DENIED, "needs the editor role", None),
         ("effective of another user", lambda: e.settings.GetEffectiveSettings(settings_pb2.GetEffectiveSettingsRequest(user_id=str(other.user_id))), DENIED, "another user's settings", None),
         # voices
-        ("unknown engine", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="espeak9")), INVALID, "engine 'espeak9' is not one of bark, piper", "engine"),
+        ("unknown engine", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="espeak9")), INVALID, "engine 'espeak9' is not one of bark, piper, clone", "engine"),
+        ("voices of a bad project id", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(project_id="nope")), INVALID, "project_id", "project_id"),
+        ("delete an unknown voice", lambda: e.voices.DeleteVoice(voices_pb2.DeleteVoiceRequest(project_id=project, name="ghost")), NOT_FOUND, "no voice named 'ghost'", "name"),
+        ("delete a voice without a name", lambda: e.voices.DeleteVoice(voices_pb2.DeleteVoiceRequest(project_id=project)), INVALID, "name", "name"),
+        ("delete another's project voice", lambda: e.voices.DeleteVoice(voices_pb2.DeleteVoiceRequest(project_id=others_project, name="x")), DENIED, "", None),
+        ("TTS with an unknown voice", lambda: e.jobs.CreateJob(Job(project_id=project, tts=jobs_pb2.TtsParams(text="hi", voice="reader"))), INVALID, "unknown voice 'reader'", "tts.voice"),
+        ("clone saved under a stock id", lambda: e.jobs.CreateJob(Job(project_id=project, input_file_id=audio, voice_cloning=jobs_pb2.VoiceCloningParams(text="hi", save_as_voice="en_US-joe-medium"))), INVALID, "stock voice", "voice_cloning.save_as_voice"),
+        ("keep_reference without a name", lambda: e.jobs.CreateJob(Job(project_id=project, input_file_id=audio, voice_cloning=jobs_pb2.VoiceCloningParams(text="hi", keep_reference=True))), INVALID, "keep_reference only applies", "voice_cloning.keep_reference"),
         # transport
         ("oversized request", lambda: e.projects.CreateProject(projects_pb2.CreateProjectRequest(name="x", description="d" * (5 * 1024 * 1024))), TOO_BIG, "", None),
     ]  # fmt: skip

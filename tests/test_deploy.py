@@ -30,7 +30,8 @@ DEPLOY_ENVOY = dict(upstream="control:50051", dns=True, origins=["https://voxmes
                     console_dir=Path("/srv/console"), check_console=False)  # fmt: skip
 # Worker module → (job type its health service names, Compose/Kubernetes name).
 WORKER_NAMES = {"services.stt": ("stt", "stt"), "services.tts": ("tts", "tts"),
-                "services.stories": ("ai_stories", "stories")}  # fmt: skip
+                "services.stories": ("ai_stories", "stories"),
+                "services.cloning": ("voice_cloning", "cloning")}  # fmt: skip
 
 
 def documents() -> list[dict[str, Any]]:

@@ -99,9 +99,13 @@ async def test_job_metrics_and_a_trace_from_the_caller_to_the_worker(harness: Ha
             project_id=project, input_file_id=str(await harness.file(editor.user_id)),
             stt=jobs_pb2.SttParams()))).job  # fmt: skip
         deadline = time.monotonic() + 10
-        while True:
+        while True:  # (the leader refreshes them too, every few seconds: wait for a current view)
             await refresh_gauges(harness.app.sessions, harness.app.mesh.js)
-            if sample("voxmesh_queue_depth", type="stt", stage="jetstream") == 1:
+            if (sample("voxmesh_queue_depth", type="stt", stage="jetstream") == 1
+                    and sample("voxmesh_queue_depth", type="stt", stage="admission") == 0
+                    and sample("voxmesh_jobs", type="tts", status="completed") == 1):  # fmt: skip
+                gauges = {(t, st): sample("voxmesh_jobs", type=t, status=st)
+                          for t in ("tts", "stt", "dubbing") for st in ("completed", "failed", "pending", "running")}  # fmt: skip
                 break
             assert time.monotonic() < deadline, "the STT run never showed in the queue depth"
             await asyncio.sleep(0.1)
@@ -121,11 +125,8 @@ async def test_job_metrics_and_a_trace_from_the_caller_to_the_worker(harness: Ha
     grew("w_failed", "voxmesh_worker_jobs_total", type="tts", outcome="failed")
     grew("w_error", "voxmesh_worker_errors_total", type="tts", reason="job_failed")
     # The gauges describe this database exactly.
-    assert sample("voxmesh_jobs", type="tts", status="completed") == 1
-    assert sample("voxmesh_jobs", type="tts", status="failed") == 1
-    assert sample("voxmesh_jobs", type="stt", status="pending") == 1
-    assert sample("voxmesh_jobs", type="dubbing", status="running") == 0
-    assert sample("voxmesh_queue_depth", type="stt", stage="admission") == 0
+    assert gauges["tts", "completed"] == 1 and gauges["tts", "failed"] == 1
+    assert gauges["stt", "pending"] == 1 and gauges["dubbing", "running"] == 0
     # The worker's log lines for the traced job carry its id and the caller's trace id (a new
     # span of it); the other job got a trace of its own.
     mine = [line for line in logs.lines if line.get("job_id") == good.id]

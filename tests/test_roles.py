@@ -19,7 +19,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from control.db.models import File, Job, JobStatus, Upload, UploadChunk, UserRole
+from control.db.models import File, Job, JobStatus, SavedVoice, Upload, UploadChunk, UserRole
 from control.sample_data import tone_wav
 from control.server import SERVICES
 from tests.harness import Caller, Client, Harness
@@ -74,6 +74,7 @@ EXPECTED = {
     "FileService/GetFile": VIEWER,
     "FileService/DownloadFile": VIEWER,
     "VoiceService/ListVoices": VIEWER,
+    "VoiceService/DeleteVoice": EDITOR,
     "SettingsService/ListSettings": VIEWER,
     "SettingsService/SetSetting": EDITOR,
     "SettingsService/DeleteSetting": EDITOR,
@@ -327,6 +328,17 @@ async def list_voices(h: Harness, who: Caller, c: Client) -> Any:
     return await c.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="piper"))
 
 
+async def delete_voice(h: Harness, who: Caller, c: Client) -> Any:
+    project = await _owned_project(h, who)
+    async with h.app.sessions() as session:
+        session.add(SavedVoice(project_id=uuid.UUID(project), name="narrator", created_by=who.user_id,
+                               profile={"base_voice": "en_US-joe-medium"}))  # fmt: skip
+        await session.commit()
+    return await c.voices.DeleteVoice(
+        voices_pb2.DeleteVoiceRequest(project_id=project, name="narrator")
+    )
+
+
 async def list_settings(h: Harness, who: Caller, c: Client) -> Any:
     return await c.settings.ListSettings(
         settings_pb2.ListSettingsRequest(scope=settings_pb2.SETTING_SCOPE_GLOBAL)
@@ -393,6 +405,7 @@ CALLS: dict[str, Call] = {
     "FileService/GetFile": get_file,
     "FileService/DownloadFile": download_file,
     "VoiceService/ListVoices": list_voices,
+    "VoiceService/DeleteVoice": delete_voice,
     "SettingsService/ListSettings": list_settings,
     "SettingsService/SetSetting": set_setting,
     "SettingsService/DeleteSetting": delete_setting,

@@ -68,6 +68,8 @@ class Outcome:
 
     files: list[Output] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    voice_profile: dict[str, Any] | None = None
+    """A voice cloning job's profile to save as a project voice (save_as_voice)."""
 
 
 class JobContext:
@@ -81,6 +83,12 @@ class JobContext:
         self.run = dispatch.attempt
         self.delivery = msg.metadata.num_delivered or 1
         self.params: dict[str, Any] = json_format.MessageToDict(dispatch.params)
+        self.voice_profile: dict[str, Any] | None = (
+            json_format.MessageToDict(dispatch.voice_profile)
+            if dispatch.HasField("voice_profile")
+            else None
+        )
+        """The profile of the project's saved voice the parameters name, if they name one."""
         self._cancel_checked = 0.0
         self._last_percent = -1
         self._last_report = 0.0
@@ -370,7 +378,10 @@ class Worker:
                 ))  # fmt: skip
             meta = struct_pb2.Struct()
             meta.update(outcome.meta)
-            await self.emit(ctx, completed=worker_pb2.WorkerCompleted(files=stored, meta=meta))
+            completed = worker_pb2.WorkerCompleted(files=stored, meta=meta)
+            if outcome.voice_profile is not None:
+                completed.voice_profile.update(outcome.voice_profile)
+            await self.emit(ctx, completed=completed)
             await msg.ack()
             return "completed"
         except JobCancelled:

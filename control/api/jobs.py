@@ -26,7 +26,7 @@ from control.api.validate import enum_field, mask_paths, required_uuid, text_fie
 from control.app import ControlApp
 from control.auth import policy, principal
 from control.auth.principal import Principal
-from control.db.models import File, Job, JobEvent, JobResult, JobStatus, Project
+from control.db.models import File, Job, JobEvent, JobResult, JobStatus, Project, SavedVoice
 from control.dispatch.journal import TERMINAL, Journal
 from voxmesh.errors import (
     FailedPrecondition,
@@ -52,14 +52,19 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fals
 
 
 async def _defaults(
-    session: AsyncSession, user_id: uuid.UUID
+    session: AsyncSession, user_id: uuid.UUID, project_id: uuid.UUID
 ) -> tuple[job_params.UserDefaults, bool]:
-    """The creator's defaults for job parameters, and whether their jobs start at once."""
+    """The creator's defaults for job parameters (and the voices the project saved), and
+    whether their jobs start at once."""
     values = await settings_catalog.resolve(session, user_id)
+    saved = await session.scalars(
+        select(SavedVoice.name).where(SavedVoice.project_id == project_id)
+    )
     defaults = job_params.UserDefaults(
         preferred_voice=str(values["preferred_voice"][0]),
         default_language=str(values["default_language"][0]),
         max_text_length=int(values["max_text_length"][0]),
+        saved_voices=frozenset(name.lower() for name in saved),
     )
     return defaults, bool(values["auto_start_jobs"][0])
 
@@ -113,7 +118,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         async with self.app.sessions() as session:
             project = await get_project(session, project_id)
             policy.require_project_owner(who, project, "create jobs in it")
-            defaults, auto_start = await _defaults(session, who.user_id)
+            defaults, auto_start = await _defaults(session, who.user_id, project.id)
             params = job_params.normalize(job_type, getattr(request, which), defaults)
             input_file = await _check_file(session, who, request.input_file_id, "input_file_id")
             if which == "voice_cloning":
@@ -205,7 +210,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     raise FailedPrecondition(
                         "the job is already queued for a worker; cancel it and create a new one"
                     )
-                defaults, _ = await _defaults(session, job.created_by)
+                defaults, _ = await _defaults(session, job.created_by, job.project_id)
                 params = job_params.normalize(job.type, getattr(request, which), defaults)
                 if which == "voice_cloning":
                     await _check_file(

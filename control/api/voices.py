@@ -1,19 +1,25 @@
-"""VoiceService: the stock voice catalog (voxmesh/voices.py)."""
+"""VoiceService: the stock voice catalog (voxmesh/voices.py) and the voices projects saved from
+voice cloning jobs (table `voices`)."""
 
 from __future__ import annotations
 
 import grpc
+from sqlalchemy import func, select
 
-from control.api.validate import text_field
+from control.api.projects import get_project
+from control.api.validate import required_uuid, text_field
+from control.app import ControlApp
+from control.auth import policy, principal
+from control.db.models import File, Job, SavedVoice
 from voxmesh import voices
-from voxmesh.errors import InvalidArgument
+from voxmesh.errors import InvalidArgument, NotFound
 from voxmesh.v1 import voices_pb2, voices_pb2_grpc
 
-ENGINES = voices.ENGINES
+ENGINES = (*voices.ENGINES, "clone")
 
 
 class VoiceService(voices_pb2_grpc.VoiceServiceServicer):
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: ControlApp) -> None:
         self.app = app
 
     async def ListVoices(
@@ -25,19 +31,66 @@ class VoiceService(voices_pb2_grpc.VoiceServiceServicer):
                 f"engine {engine!r} is not one of {', '.join(ENGINES)}", field="engine"
             )
         language = text_field(request.language, "language", max_len=16).lower()
-        return voices_pb2.ListVoicesResponse(
-            voices=[
-                voices_pb2.VoiceInfo(
-                    id=v.id,
-                    engine=v.engine,
-                    language=v.language,
-                    gender=v.gender,
-                    description=v.description,
-                    sample_rate=v.sample_rate,
-                    requirements=v.needs,
+        found = [
+            voices_pb2.VoiceInfo(
+                id=v.id,
+                engine=v.engine,
+                language=v.language,
+                gender=v.gender,
+                description=v.description,
+                sample_rate=v.sample_rate,
+                requirements=v.needs,
+            )
+            for v in sorted(voices.CATALOG.values(), key=lambda v: v.id)
+            if (not engine or v.engine == engine)
+            and (not language or v.language.lower().startswith(language))
+        ]
+        if request.project_id and engine in ("", "clone"):
+            project_id = required_uuid(request.project_id, "project_id")
+            async with self.app.sessions() as session:
+                await get_project(session, project_id)
+                rows = await session.scalars(
+                    select(SavedVoice).where(SavedVoice.project_id == project_id)
+                    .order_by(func.lower(SavedVoice.name))
+                )  # fmt: skip
+                for row in rows:
+                    base = voices.CATALOG.get(str(row.profile.get("base_voice", "")))
+                    if language and not (base and base.language.lower().startswith(language)):
+                        continue
+                    figures = ", ".join(f"{k} {v}" for k, v in row.meta.items() if k != "method")
+                    found.append(voices_pb2.VoiceInfo(
+                        id=row.name, engine="clone", language=base.language if base else "",
+                        description=f"cloned voice ({row.meta.get('method', 'profile')}); {figures}",
+                        sample_rate=16000, project_id=str(row.project_id),
+                        reference_file_id=str(row.reference_file_id or ""),
+                    ))  # fmt: skip
+        return voices_pb2.ListVoicesResponse(voices=found)
+
+    async def DeleteVoice(
+        self, request: voices_pb2.DeleteVoiceRequest, context: grpc.aio.ServicerContext
+    ) -> voices_pb2.DeleteVoiceResponse:
+        project_id = required_uuid(request.project_id, "project_id")
+        name = text_field(request.name, "name", min_len=1, max_len=100)
+        async with self.app.sessions() as session:
+            project = await get_project(session, project_id)
+            policy.require_project_owner(principal.current(), project, "delete its voices")
+            row = await session.scalar(
+                select(SavedVoice)
+                .where(SavedVoice.project_id == project_id, func.lower(SavedVoice.name) == name.lower())
+                .with_for_update()
+            )  # fmt: skip
+            if row is None:
+                raise NotFound(f"the project has no voice named {name!r}", field="name")
+            reference = row.reference_file_id
+            await session.delete(row)
+            await session.flush()
+            if reference is not None:  # the kept recording goes too, unless a job still uses it
+                in_use = await session.scalar(
+                    select(func.count()).select_from(Job).where(Job.input_file_id == reference)
                 )
-                for v in sorted(voices.CATALOG.values(), key=lambda v: v.id)
-                if (not engine or v.engine == engine)
-                and (not language or v.language.lower().startswith(language))
-            ]
-        )
+                if not in_use:
+                    stored = await session.get(File, reference)
+                    if stored is not None:
+                        await session.delete(stored)
+            await session.commit()
+        return voices_pb2.DeleteVoiceResponse()

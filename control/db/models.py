@@ -371,3 +371,38 @@ class UploadChunk(Base):
     )
     offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class SavedVoice(Base):
+    """A voice a voice cloning job saved in a project (save_as_voice): its profile (pitch
+    statistics, spectral envelope, warp, speaker embedding), no audio unless the user chose to
+    keep the reference. Only the project's jobs may use it; deleting it deletes its data."""
+
+    __tablename__ = "voices"
+    __table_args__ = (
+        Index("uq_voices_project_name", "project_id", text("lower(name)"), unique=True),
+        CheckConstraint("jsonb_typeof(profile) = 'object'", name="profile_object"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    created_by: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    source_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    """The voice cloning job that made it."""
+    reference_file_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("files.id", ondelete="SET NULL")
+    )
+    """The reference recording, kept only if the user asked (keep_reference)."""
+    profile: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    meta: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    """Its measured figures (similarity to the reference, WER) from the cloning job."""
+    created_at: Mapped[datetime] = _created_at()

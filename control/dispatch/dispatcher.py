@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control import settings_catalog
 from control.api.convert import PARAMS_FIELD, job_type_to_pb
-from control.db.models import File, Job, JobStatus, OutboxEntry
-from voxmesh import mesh
+from control.db.models import File, Job, JobStatus, OutboxEntry, SavedVoice
+from voxmesh import mesh, voices
 from voxmesh.observability import ADMISSION_WAIT
 from voxmesh.v1 import worker_pb2
 
@@ -44,6 +44,16 @@ async def build_dispatch(session: AsyncSession, job: Job) -> worker_pb2.JobDispa
         row = await session.get(File, job.input_file_id)
         if row is not None:
             dispatch.input_file.CopyFrom(stored_file(row))
+    voice = str(job.params.get("voice", ""))
+    if voice and voice not in voices.CATALOG:  # a voice the project saved: send its profile
+        saved = await session.scalar(
+            select(SavedVoice).where(
+                SavedVoice.project_id == job.project_id,
+                func.lower(SavedVoice.name) == voice.lower(),
+            )
+        )
+        if saved is not None:
+            dispatch.voice_profile.update(saved.profile)
     source = job.params.get("source_file_id") if PARAMS_FIELD[job.type] == "voice_cloning" else None
     if source:
         row = await session.get(File, uuid.UUID(source))

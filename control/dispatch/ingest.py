@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import json_format
 from nats.aio.client import Client as NATS
@@ -17,10 +18,10 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from control.db.models import File, Job, JobStatus
+from control.db.models import File, Job, JobStatus, JobType, SavedVoice
 from control.dispatch.journal import TERMINAL, Journal
 from voxmesh import mesh
 from voxmesh.v1 import jobs_pb2, worker_pb2
@@ -85,6 +86,14 @@ async def apply_event(
             files.append({"file_id": str(row.id), "name": row.filename,
                           "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
         meta = json_format.MessageToDict(event.completed.meta)
+        if event.completed.HasField("voice_profile"):
+            await _save_voice(
+                session,
+                journal,
+                job,
+                json_format.MessageToDict(event.completed.voice_profile),
+                meta,
+            )
         result_url = event.completed.result_url or (
             f"voxmesh://files/{files[0]['file_id']}" if files else ""
         )
@@ -101,6 +110,39 @@ async def apply_event(
     else:
         return None
     return job
+
+
+async def _save_voice(
+    session: AsyncSession, journal: Journal, job: Job, profile: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """A voice cloning job asked to save its voice: store the profile in the job's project."""
+    name = str(job.params.get("save_as_voice", "")).strip()
+    if job.type is not JobType.VOICE_CLONING or not name:
+        return
+    taken = await session.scalar(
+        select(SavedVoice.id).where(
+            SavedVoice.project_id == job.project_id, func.lower(SavedVoice.name) == name.lower()
+        )
+    )
+    pending = any(
+        isinstance(o, SavedVoice)
+        and o.project_id == job.project_id
+        and o.name.lower() == name.lower()
+        for o in session.new
+    )  # saved by another job of this batch
+    if taken is not None or pending:  # saved by another job since this one was created
+        journal.log(session, job, f"not saved: the project already has a voice named {name!r}")
+        return
+    keep = bool(job.params.get("keep_reference"))
+    figures = {
+        k: meta[k] for k in ("similarity_clone", "similarity_base", "wer", "method") if k in meta
+    }
+    session.add(SavedVoice(
+        project_id=job.project_id, name=name, created_by=job.created_by, source_job_id=job.id,
+        reference_file_id=job.input_file_id if keep else None, profile=profile, meta=figures,
+    ))  # fmt: skip
+    journal.log(session, job, f"saved the voice {name!r} in the project"
+                + (" with its reference recording" if keep else " (profile only)"))  # fmt: skip
 
 
 class EventIngester:

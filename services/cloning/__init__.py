@@ -1,1 +1,1 @@
-"""The cloning modality service (arrives with its own issue)."""
+"""The voice cloning service: VOICE_CLONING jobs (speech in the voice of a reference recording)."""

@@ -1,0 +1,35 @@
+"""Settings of the voice cloning worker (environment: VOXMESH_CLONING__*, NATS_URL)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.tts.config import TtsSettings
+
+
+class CloningSettings(BaseModel):
+    min_reference_seconds: float = Field(default=3.0, ge=1)
+    max_reference_seconds: float = Field(default=60.0, ge=5)
+    min_speech_seconds: float = Field(default=2.0, ge=0.5)
+    """Speech (by Silero VAD) the reference must contain."""
+    min_loudness_lufs: float = -50.0
+    """Quieter references are refused (mostly noise floor)."""
+    measure: bool = True
+    """Measure speaker similarity (resemblyzer) and intelligibility (Whisper) of every result."""
+    asr_model: str = "tiny.en"
+    """The Whisper model for the intelligibility round trip."""
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOXMESH_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        validation_alias=AliasChoices("NATS_URL", "VOXMESH_NATS_URL"),
+    )
+    cloning: CloningSettings = CloningSettings()
+    tts: TtsSettings = TtsSettings()
+    """The base voice's synthesis (text-to-speech cloning)."""

@@ -1,0 +1,164 @@
+"""The VOICE_CLONING handler: analyse the reference → fit a voice profile → synthesise (text) or
+take the source recording (voice conversion) → convert into the reference voice → loudness and
+encoding → measure: speaker similarity to the reference of the output and of the unconverted
+speech (resemblyzer), and intelligibility by a Whisper round trip (text mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from services.cloning import reference as ref_check
+from services.cloning import speaker
+from services.cloning.config import CloningSettings, WorkerSettings
+from services.cloning.fitting import CALIBRATION_TEXT, fit
+from services.tts import text as text_split
+from services.tts.engines import EngineError, for_voice
+from voxmesh import audio, voice_profile, voices
+from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
+
+RATE = voice_profile.RATE
+METHOD = "world-vocoder conversion fitted by speaker encoder"
+
+
+def decode(data: bytes, what: str) -> np.ndarray:
+    try:
+        return audio.decode(data, RATE)
+    except Exception as e:
+        raise JobFailed(f"the {what} could not be decoded as audio: {e}") from None
+
+
+def synthesize(text: str, settings: WorkerSettings) -> np.ndarray:
+    """The base voice speaking `text`, at 16 kHz (sentence pauses as TTS makes them)."""
+    voice = voices.CATALOG[voices.DEFAULT_VOICE]
+    engine = for_voice(voice, settings.tts)
+    parts: list[np.ndarray] = []
+    for sentence, _ in text_split.split(text):
+        parts.append(engine.synthesize(sentence, voice, 1.0))
+        parts.append(
+            np.zeros(int(settings.tts.sentence_pause_seconds * engine.sample_rate), np.float32)
+        )
+    if not parts:
+        raise JobFailed("there is no text to speak")
+    return audio.resample(np.concatenate(parts[:-1]), engine.sample_rate, RATE)
+
+
+def word_error_rate(expected: str, heard: str) -> float:
+    import jiwer
+
+    clean = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                           jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])  # fmt: skip
+    return float(jiwer.wer(expected, heard, reference_transform=clean, hypothesis_transform=clean))
+
+
+def transcribe(samples: np.ndarray, settings: CloningSettings) -> str:
+    from services.stt.engines import Options, load
+
+    engine = load(settings.asr_model)
+    result = engine.transcribe(samples, Options(language="en", beam_size=5))
+    return " ".join(segment.text.strip() for segment in result.segments)
+
+
+def make_handler(settings: WorkerSettings) -> Handler:
+    async def handle(ctx: JobContext) -> Outcome:
+        params = ctx.params
+        text = str(params.get("text", "")).strip()
+        mode = "text" if text else "conversion"
+        await ctx.progress(1, "analysing reference", "decoding")
+        reference = decode(await ctx.input_bytes(), "reference recording")
+        try:
+            report = await ctx.run_blocking(ref_check.check, reference, settings.cloning)
+        except ref_check.UnusableReference as e:
+            raise JobFailed(str(e)) from None
+        reference = audio.normalize_loudness(reference, RATE, settings.tts.target_lufs)
+        await ctx.log(f"reference: {report.seconds:.1f} s, {report.speech_seconds:.1f} s of speech, "
+                      f"{report.loudness_lufs:.0f} LUFS")  # fmt: skip
+        await ctx.progress(5, "analysing reference", "fitting the voice")
+        loop = asyncio.get_running_loop()
+        progress: list[tuple[int, int]] = []
+
+        def step(done: int, total: int) -> None:
+            progress.append((done, total))
+
+        calibration = await ctx.run_blocking(synthesize, CALIBRATION_TEXT, settings)
+        fitting = loop.run_in_executor(
+            None, lambda: fit(reference, calibration, voices.DEFAULT_VOICE, speaker.fitter(), step)
+        )
+        while not fitting.done():  # progress and cancellation while the fit runs
+            await asyncio.sleep(0.25)
+            if progress:
+                done, total = progress[-1]
+                await ctx.progress(5 + 35 * done / total, "analysing reference",
+                                   f"candidate {done} of {total}", coalesce=True)  # fmt: skip
+        try:
+            profile, fit_score = await fitting
+        except ValueError as e:
+            raise JobFailed(f"the reference recording cannot be used: {e}") from None
+        await ctx.log(
+            f"fitted warp {profile.warp:g}, eq {profile.eq:g} (fit score {fit_score:.3f})"
+        )
+
+        started = time.perf_counter()
+        if mode == "text":
+            await ctx.progress(45, "synthesising", f"{len(text)} characters in the base voice")
+            try:
+                base = await ctx.run_blocking(synthesize, text, settings)
+            except EngineError as e:
+                raise JobFailed(str(e)) from None
+        else:
+            source = ctx.dispatch.files.get("source_file_id")
+            if source is None or not source.sha256:
+                raise JobFailed("voice conversion needs the source recording (source_file_id)")
+            await ctx.progress(45, "synthesising", "decoding the source recording")
+            base = decode(await ctx.file_bytes(source), "source recording")
+            if await ctx.run_blocking(ref_check.speech_seconds, base) < 0.5:
+                raise JobFailed("the source recording has no speech to convert")
+        await ctx.progress(60, "synthesising", "converting into the reference voice")
+        try:
+            cloned = await ctx.run_blocking(voice_profile.convert, base, profile)
+        except ValueError as e:
+            raise JobFailed(f"the speech cannot be converted: {e}") from None
+        compute = time.perf_counter() - started
+
+        await ctx.progress(80, "post-processing", "loudness and encoding")
+        cloned = audio.normalize_loudness(cloned, RATE, settings.tts.target_lufs)
+        data, media_type, extension, out_rate = await ctx.run_blocking(
+            audio.encode, cloned, RATE, str(params.get("format") or "AUDIO_FORMAT_WAV")
+        )
+        meta: dict[str, Any] = {
+            "mode": mode, "method": METHOD, "base_voice": profile.base_voice,
+            "reference_seconds": round(report.seconds, 2),
+            "reference_speech_seconds": round(report.speech_seconds, 2),
+            "duration_seconds": round(len(cloned) / RATE, 3), "sample_rate": out_rate,
+            "warp": profile.warp, "eq": profile.eq, "fit_score": round(fit_score, 4),
+            "rtf": round(compute / (len(cloned) / RATE), 4),
+        }  # fmt: skip
+        if settings.cloning.measure:
+            await ctx.progress(88, "post-processing", "measuring similarity and intelligibility")
+            judge = await ctx.run_blocking(speaker.judge)
+            target = await ctx.run_blocking(judge.embed, reference)
+            clone_sim = speaker.cosine(target, await ctx.run_blocking(judge.embed, cloned))
+            base_sim = speaker.cosine(target, await ctx.run_blocking(judge.embed, base))
+            meta.update(similarity_clone=round(clone_sim, 4), similarity_base=round(base_sim, 4),
+                        similarity_gain=round(clone_sim - base_sim, 4),
+                        similarity_encoder=judge.name)  # fmt: skip
+            if mode == "text":
+                heard = await ctx.run_blocking(transcribe, cloned, settings.cloning)
+                meta.update(
+                    wer=round(word_error_rate(text, heard), 4), asr_model=settings.cloning.asr_model
+                )
+                await ctx.log(f"heard back: {heard}")
+        files = [Output(f"cloned.{extension}", data, media_type)]
+        saved = str(params.get("save_as_voice", "")).strip()
+        if saved:
+            files.append(
+                Output("voice.json", json.dumps(profile.to_json()).encode(), "application/json")
+            )
+            meta["saved_voice"] = saved
+        return Outcome(files=files, meta=meta, voice_profile=profile.to_json() if saved else None)
+
+    return handle
