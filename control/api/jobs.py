@@ -26,7 +26,16 @@ from control.api.validate import enum_field, mask_paths, required_uuid, text_fie
 from control.app import ControlApp
 from control.auth import policy, principal
 from control.auth.principal import Principal
-from control.db.models import File, Job, JobEvent, JobResult, JobStatus, Project, SavedVoice
+from control.db.models import (
+    File,
+    Job,
+    JobEvent,
+    JobResult,
+    JobStatus,
+    JobType,
+    Project,
+    SavedVoice,
+)
 from control.dispatch.journal import TERMINAL, Journal
 from voxmesh.errors import (
     FailedPrecondition,
@@ -83,6 +92,30 @@ async def _check_file(
     return file_id
 
 
+async def _revised_input(
+    session: AsyncSession, project_id: uuid.UUID, request: jobs_pb2.CreateJobRequest,
+    input_file: uuid.UUID | None,
+) -> uuid.UUID | None:  # fmt: skip
+    """A dubbing revision re-renders a finished dub of the same project, from its recording."""
+    field = "dubbing.revise_job_id"
+    revised = await session.get(Job, uuid.UUID(request.dubbing.revise_job_id))
+    if revised is None or revised.project_id != project_id:
+        raise NotFound(
+            f"no dubbing job {request.dubbing.revise_job_id} in this project", field=field
+        )
+    if revised.type is not JobType.DUBBING or revised.status is not JobStatus.COMPLETED:
+        raise FailedPrecondition(
+            f"only a COMPLETED dubbing job can be revised; that one is a {revised.type.value} job, "
+            f"{revised.status.value}"
+        )
+    if input_file is not None and input_file != revised.input_file_id:
+        raise InvalidArgument(
+            "a revision re-renders the revised job's recording: leave input_file_id empty",
+            field="input_file_id",
+        )
+    return revised.input_file_id
+
+
 class JobService(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, app: ControlApp) -> None:
         self.app = app
@@ -114,13 +147,17 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             )
         job_type = TYPE_OF_PARAMS_FIELD[which]
         title = text_field(request.title, "title", max_len=200)
-        job_params.check_input_file(job_type, request.input_file_id)
+        revising = which == "dubbing" and bool(request.dubbing.revise_job_id)
+        if not revising:
+            job_params.check_input_file(job_type, request.input_file_id)
         async with self.app.sessions() as session:
             project = await get_project(session, project_id)
             policy.require_project_owner(who, project, "create jobs in it")
             defaults, auto_start = await _defaults(session, who.user_id, project.id)
             params = job_params.normalize(job_type, getattr(request, which), defaults)
             input_file = await _check_file(session, who, request.input_file_id, "input_file_id")
+            if revising:
+                input_file = await _revised_input(session, project.id, request, input_file)
             if which == "voice_cloning":
                 await _check_file(
                     session,

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control import settings_catalog
 from control.api.convert import PARAMS_FIELD, job_type_to_pb
-from control.db.models import File, Job, JobStatus, OutboxEntry, SavedVoice
+from control.db.models import File, Job, JobResult, JobStatus, OutboxEntry, SavedVoice
 from voxmesh import mesh, voices
 from voxmesh.observability import ADMISSION_WAIT
 from voxmesh.v1 import worker_pb2
@@ -54,6 +54,14 @@ async def build_dispatch(session: AsyncSession, job: Job) -> worker_pb2.JobDispa
         )
         if saved is not None:
             dispatch.voice_profile.update(saved.profile)
+    revised = job.params.get("revise_job_id") if PARAMS_FIELD[job.type] == "dubbing" else None
+    if revised:  # a dubbing revision: the revised job's segments, their speech, its voice
+        result = await session.get(JobResult, uuid.UUID(revised))
+        for entry in result.files if result is not None else []:
+            if entry.get("name") in ("segments.json", "segment-audio.npz", "voice.json"):
+                row = await session.get(File, uuid.UUID(entry["file_id"]))
+                if row is not None:
+                    dispatch.files[f"revise:{entry['name']}"].CopyFrom(stored_file(row))
     source = job.params.get("source_file_id") if PARAMS_FIELD[job.type] == "voice_cloning" else None
     if source:
         row = await session.get(File, uuid.UUID(source))

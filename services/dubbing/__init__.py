@@ -1,1 +1,2 @@
-"""The dubbing modality service (arrives with its own issue)."""
+"""The dubbing service: DUBBING jobs (a recording in another language, in the speaker's voice,
+keeping the timing)."""

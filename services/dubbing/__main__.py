@@ -1,0 +1,45 @@
+"""`python -m services.dubbing`: run a dubbing worker (Whisper, the translation models, the target
+voices and the speaker encoders load before jobs are pulled; health NOT_SERVING meanwhile)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.cloning import speaker
+from services.dubbing.config import WorkerSettings
+from services.dubbing.handler import make_handler
+from services.dubbing.translate import translator
+from services.stt.engines import load as load_stt
+from services.tts.engines import load as load_voice
+from voxmesh import service, voices
+from voxmesh.worker import Worker
+
+
+def make() -> tuple[Worker, service.Loader]:
+    settings = WorkerSettings()
+
+    def load() -> dict[str, float]:
+        steps: dict[str, Callable[[], Any]] = {
+            f"whisper:{settings.dubbing.stt_model}": lambda: load_stt(settings.dubbing.stt_model),
+            "bergamot en<->pt": translator,
+            f"piper:{voices.DEFAULT_VOICE}": lambda: load_voice(
+                voices.CATALOG[voices.DEFAULT_VOICE]
+            ),
+            "kokoro": lambda: load_voice(voices.for_language("pt")),
+            "d-vector": speaker.fitter,
+            "resemblyzer": speaker.judge,
+        }
+        loaded = {}
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            loaded[name] = time.perf_counter() - started
+        return loaded
+
+    return Worker("dubbing", make_handler(settings), nats_url=settings.nats_url), load
+
+
+if __name__ == "__main__":
+    service.main("dubbing", make)
