@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 
 import av
@@ -19,10 +17,12 @@ import pytest
 from control.db.models import UserRole
 from services.dubbing.config import WorkerSettings
 from services.dubbing.handler import make_handler
+from services.tts.engines import load as load_voice
 from tests.harness import Caller, Harness, rpc_error, run_workers
 from tests.speech import RATE, passage, wav_bytes
 from tests.test_dispatch import watch
 from tests.test_files import download, upload
+from voxmesh import audio, voices
 from voxmesh.v1 import jobs_pb2
 
 pytestmark = pytest.mark.slow
@@ -74,6 +74,7 @@ async def test_english_recording_dubbed_into_portuguese_then_one_segment_revised
         assert meta["source_language"] == "en" and len(segments) >= 3
         # Timing: no segment runs past the next one's start (allowing 0.3 s over all).
         assert meta["overflow_seconds"] <= 0.3, segments
+        assert meta["max_delay_seconds"] <= 0.6 + 1e-6
         assert all(s["stretch"] <= 1.3 + 1e-6 for s in segments)
         # Intelligible Portuguese, in a voice closer to the reader's than the stock voice.
         assert meta["wer"] <= 0.35, meta
@@ -160,19 +161,21 @@ async def test_video_is_dubbed_back_into_its_container(harness: Harness) -> None
 
 
 async def test_portuguese_dubbed_into_english(harness: Harness) -> None:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs Debian's espeak-ng (make test installs it as root)")
+    """Portuguese speech (Kokoro's female style: another speaker) dubbed into English."""
     text = "O trem chegou na estação de manhã. Os viajantes esperavam com as malas na mão."
-    speech = subprocess.run(["espeak-ng", "-v", "pt-br", "-s", "150", "--stdout", text],
-                            capture_output=True, check=True).stdout  # fmt: skip
+    voice = voices.CATALOG["kokoro:pt-BR/jf_alpha"]
+    engine = load_voice(voice)
+    speech = wav_bytes(
+        audio.resample(engine.synthesize(text, voice, 1.0), engine.sample_rate, RATE)
+    )
     editor = await harness.user(UserRole.EDITOR)
     project = str(await harness.project(editor.user_id))
     async with dubbing_worker(harness):
-        result, _ = await dub(editor, project, speech, target_language="en")
+        result, _ = await dub(editor, project, speech, target_language="en", source_language="pt")
     meta = dict(result.meta)
-    assert meta["source_language"] == "pt" and meta["target_language"] == "en"
-    assert meta["wer"] <= 0.35, meta
+    assert meta.get("source_language") == "pt" and meta["target_language"] == "en", result.logs
+    assert meta["wer"] <= 0.35, (meta, result.logs[-600:])
     document = await segments_of(editor, result)
     english = " ".join(s["translation"] for s in document["segments"]).lower()
-    assert "train" in english and "station" in english, english
+    assert "station" in english and "travelers" in english, english
     print(f"\npt→en: {english}; WER {meta['wer']}, overflow {meta['overflow_seconds']} s")

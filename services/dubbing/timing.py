@@ -5,8 +5,9 @@ For segment i (source slot start_i..end_i, next segment starting at next_i):
 2. it fits before the next segment starts: it spills into the following silence, natural speed;
 3. otherwise it is sped up (WSOLA time-scale modification, `audiotsm`) just enough to end by
    next_i, at most by `max_stretch`;
-4. still too long: the caller re-phrases (a shorter translation) and fits again; what is left
-   over is reported as overflow (seconds past the next segment's start).
+4. still too long: the caller re-phrases (a shorter translation) and fits again; the next
+   segment may then start up to MAX_DELAY late; anything beyond is reported as overflow
+   (seconds past the next segment's start in the dub).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 RATE = 16000
+MAX_DELAY = 0.6
+"""How much later than its source a segment may start when the previous one spilled into it."""
 
 
 @dataclass
