@@ -35,6 +35,16 @@ Loader = Callable[[], dict[str, float]]
 """Loads the service's models (in a thread); returns {model name: seconds it took}."""
 
 
+def timed(steps: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Run each loading step; {name: seconds it took} (a Loader's answer)."""
+    loaded = {}
+    for name, step in steps.items():
+        started = time.perf_counter()
+        step()
+        loaded[name] = time.perf_counter() - started
+    return loaded
+
+
 def health_service_name(job_type: str) -> str:
     return f"voxmesh.worker.{job_type}"
 

@@ -3,8 +3,6 @@ encoders load before jobs are pulled; health NOT_SERVING meanwhile)."""
 
 from __future__ import annotations
 
-import time
-
 from services.cloning import speaker
 from services.cloning.config import WorkerSettings
 from services.cloning.handler import make_handler
@@ -17,14 +15,11 @@ def make() -> tuple[Worker, service.Loader]:
     settings = WorkerSettings()
 
     def load() -> dict[str, float]:
-        loaded = {}
-        engine = load_voice(voices.CATALOG[voices.DEFAULT_VOICE])
-        loaded[f"piper:{voices.DEFAULT_VOICE}"] = engine.load_seconds
-        for name, make_encoder in (("d-vector", speaker.fitter), ("resemblyzer", speaker.judge)):
-            started = time.perf_counter()
-            make_encoder()
-            loaded[name] = time.perf_counter() - started
-        return loaded
+        return service.timed({
+            f"piper:{voices.DEFAULT_VOICE}": lambda: load_voice(voices.CATALOG[voices.DEFAULT_VOICE]),
+            "d-vector": speaker.fitter,
+            "resemblyzer": speaker.judge,
+        })  # fmt: skip
 
     return Worker("voice_cloning", make_handler(settings), nats_url=settings.nats_url), load
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field
 
 from services.tts.config import TtsSettings
+from voxmesh.settings import BaseWorkerSettings
 
 
 class CloningSettings(BaseModel):
@@ -21,15 +21,7 @@ class CloningSettings(BaseModel):
     """The Whisper model for the intelligibility round trip."""
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="VOXMESH_", env_nested_delimiter="__", extra="ignore"
-    )
-
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        validation_alias=AliasChoices("NATS_URL", "VOXMESH_NATS_URL"),
-    )
+class WorkerSettings(BaseWorkerSettings):
     cloning: CloningSettings = CloningSettings()
     tts: TtsSettings = TtsSettings()
     """The base voice's synthesis (text-to-speech cloning)."""

@@ -3,7 +3,6 @@ voices and the speaker encoders load before jobs are pulled; health NOT_SERVING 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,12 +30,7 @@ def make() -> tuple[Worker, service.Loader]:
             "d-vector": speaker.fitter,
             "resemblyzer": speaker.judge,
         }
-        loaded = {}
-        for name, step in steps.items():
-            started = time.perf_counter()
-            step()
-            loaded[name] = time.perf_counter() - started
-        return loaded
+        return service.timed(steps)
 
     return Worker("dubbing", make_handler(settings), nats_url=settings.nats_url), load
 

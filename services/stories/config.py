@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr
 
 from services.tts.config import TtsSettings
+from voxmesh.settings import BaseWorkerSettings
 
 
 class StoriesSettings(BaseModel):
@@ -29,17 +29,7 @@ class StoriesSettings(BaseModel):
     """Penalty on repeated tokens (keeps a small model out of loops)."""
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="VOXMESH_", env_nested_delimiter="__", extra="ignore"
-    )
-
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        validation_alias=AliasChoices("NATS_URL", "VOXMESH_NATS_URL"),
-    )
-    """The mesh's NATS."""
-
+class WorkerSettings(BaseWorkerSettings):
     stories: StoriesSettings = StoriesSettings()
     """The writer."""
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field
+
+from voxmesh.settings import BaseWorkerSettings
 
 
 class SttSettings(BaseModel):
@@ -25,16 +26,6 @@ class SttSettings(BaseModel):
     all STT workers transcribe at once; 0 turns that off."""
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="VOXMESH_", env_nested_delimiter="__", extra="ignore"
-    )
-
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        validation_alias=AliasChoices("NATS_URL", "VOXMESH_NATS_URL"),
-    )
-    """The mesh's NATS (the control plane's embedded one by default)."""
-
+class WorkerSettings(BaseWorkerSettings):
     stt: SttSettings = SttSettings()
     """The model and how it runs."""
