@@ -8,6 +8,7 @@ CREATEDB).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -134,3 +135,22 @@ async def harness(
         if app.mesh is not None:
             await app.mesh.stop()
         await app.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def no_task_left_behind() -> AsyncIterator[None]:
+    """Every test ends with the tasks it started finished: a task left running would keep the
+    shared event loop from closing at the end of the session."""
+    before = set(asyncio.all_tasks())
+    yield
+    await asyncio.sleep(0)
+    left = [
+        t
+        for t in asyncio.all_tasks()
+        if t not in before and not t.done() and t is not asyncio.current_task()
+    ]
+    if left:
+        for task in left:
+            task.cancel()
+        _, pending = await asyncio.wait(left, timeout=10)
+        assert not pending, f"tasks that ignore cancellation: {[t.get_coro() for t in pending]}"

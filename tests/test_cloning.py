@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,40 @@ async def test_unusable_reference_fails_once_with_the_reason(harness: Harness) -
         await editor.client.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id))
     ).result
     assert "needs at least 3 s" in result.logs
+
+
+@pytest.fixture(scope="module")
+def bark_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.bark_checkpoint import build
+
+    return build(tmp_path_factory.mktemp("bark") / "checkpoint")
+
+
+async def test_bark_speaker_prompt_path_on_a_random_checkpoint(
+    harness: Harness, bark_dir: Path
+) -> None:
+    """The bark-prompt engine's real code (EnCodec codes of the reference, transcript semantics,
+    generation with the prompt) on a random-initialised Bark checkpoint: it runs end to end; its
+    output is noise, so nothing is claimed about the voice."""
+    settings = WorkerSettings(
+        cloning=CloningSettings(engine="bark-prompt", measure=False),
+        tts=TtsSettings(bark_dir=str(bark_dir), bark_max_semantic_tokens=16),
+    )
+    editor = await harness.user(UserRole.EDITOR)
+    project = str(await harness.project(editor.user_id))
+    async with run_workers(harness, "voice_cloning", make_handler(settings), ack_wait=15.0):
+        _, events = await clone(
+            harness, editor, project, wav_bytes(reference_audio()), text="Hello world."
+        )
+        refused, _ = await clone(harness, editor, project, wav_bytes(reference_audio()),
+                                 text="Hello.", save_as_voice="barky")  # fmt: skip
+    result = events[-1].result
+    assert events[-1].WhichOneof("event") == "result" and result.files[0].name == "cloned.wav", (
+        result.logs
+    )
+    assert (
+        result.meta["engine"] == "bark" and result.meta["prompt_acoustic_frames"] == 750
+    )  # 10 s at 75 Hz
+    assert result.meta["prompt_semantic_tokens"] > 0 and result.meta["duration_seconds"] > 0
+    got = (await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=refused.id))).job
+    assert got.status == jobs_pb2.JOB_STATUS_FAILED and "cannot be saved" in got.error

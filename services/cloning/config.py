@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from services.tts.config import TtsSettings
@@ -9,6 +11,10 @@ from voxmesh.settings import BaseWorkerSettings
 
 
 class CloningSettings(BaseModel):
+    engine: Literal["world", "bark-prompt"] = "world"
+    """How voices are cloned: "world" (WORLD-vocoder conversion fitted per reference; ships
+    with Voxmesh) or "bark-prompt" (a Bark speaker prompt made from the reference; needs Bark
+    weights on the host, VOXMESH_TTS__BARK_DIR; text only, not saved as a project voice)."""
     min_reference_seconds: float = Field(default=3.0, ge=1)
     max_reference_seconds: float = Field(default=60.0, ge=5)
     min_speech_seconds: float = Field(default=2.0, ge=0.5)

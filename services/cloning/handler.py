@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from services.cloning import bark_prompt, speaker
 from services.cloning import reference as ref_check
-from services.cloning import speaker
 from services.cloning.config import CloningSettings, WorkerSettings
 from services.cloning.fitting import CALIBRATION_TEXT, fit
 from services.tts import text as text_split
@@ -77,6 +77,8 @@ def make_handler(settings: WorkerSettings) -> Handler:
         reference = audio.normalize_loudness(reference, RATE, settings.tts.target_lufs)
         await ctx.log(f"reference: {report.seconds:.1f} s, {report.speech_seconds:.1f} s of speech, "
                       f"{report.loudness_lufs:.0f} LUFS")  # fmt: skip
+        if settings.cloning.engine == "bark-prompt":
+            return await _bark_clone(ctx, settings, reference, report, text)
         await ctx.progress(5, "analysing reference", "fitting the voice")
         loop = asyncio.get_running_loop()
         progress: list[tuple[int, int]] = []
@@ -162,3 +164,68 @@ def make_handler(settings: WorkerSettings) -> Handler:
         return Outcome(files=files, meta=meta, voice_profile=profile.to_json() if saved else None)
 
     return handle
+
+
+async def _bark_clone(
+    ctx: JobContext, settings: WorkerSettings, reference: np.ndarray,
+    report: ref_check.ReferenceReport, text: str,
+) -> Outcome:  # fmt: skip
+    """Text in the reference voice through a Bark speaker prompt (see bark_prompt.py)."""
+    if not text:
+        raise JobFailed(
+            "the bark-prompt engine speaks text; voice conversion needs the world engine"
+        )
+    if str(ctx.params.get("save_as_voice", "")).strip():
+        raise JobFailed(
+            "voices made with the bark-prompt engine cannot be saved; use the world engine"
+        )
+    voice = voices.CATALOG[voices.DEFAULT_FOR_ENGINE["bark"]]
+    try:
+        engine = await ctx.run_blocking(for_voice, voice, settings.tts)
+    except EngineError as e:
+        raise JobFailed(str(e)) from None
+    await ctx.progress(10, "analysing reference", "transcribing the reference")
+    transcript = await ctx.run_blocking(transcribe, reference, settings.cloning)
+    await ctx.progress(
+        25, "analysing reference", "encoding the reference into a Bark speaker prompt"
+    )
+    prompt = await ctx.run_blocking(
+        bark_prompt.speaker_prompt, engine, reference, RATE, transcript,
+        settings.tts.bark_max_semantic_tokens,
+    )  # fmt: skip
+    await ctx.log(f"Bark speaker prompt: {len(prompt['semantic_prompt'])} semantic tokens, "
+                  f"{prompt['coarse_prompt'].shape[1]} acoustic frames")  # fmt: skip
+    pieces = text_split.split(text)
+    parts: list[np.ndarray] = []
+    started = time.perf_counter()
+    for i, (sentence, _) in enumerate(pieces):
+        said = await ctx.run_blocking(bark_prompt.synthesize, engine, sentence, prompt)
+        parts += [
+            audio.resample(said, engine.sample_rate, RATE),
+            np.zeros(int(0.25 * RATE), np.float32),
+        ]
+        await ctx.progress(30 + 50 * (i + 1) / len(pieces), "synthesising",
+                           f"sentence {i + 1} of {len(pieces)}")  # fmt: skip
+    cloned = np.concatenate(parts[:-1]) if parts else np.zeros(0, np.float32)
+    compute = time.perf_counter() - started
+    await ctx.progress(85, "post-processing", "loudness and encoding")
+    cloned = audio.normalize_loudness(cloned, RATE, settings.tts.target_lufs)
+    data, media_type, extension, out_rate = await ctx.run_blocking(
+        audio.encode, cloned, RATE, str(ctx.params.get("format") or "AUDIO_FORMAT_WAV")
+    )
+    duration = len(cloned) / RATE
+    meta: dict[str, Any] = {
+        "mode": "text", "method": "bark speaker prompt (EnCodec codes + transcript semantics)",
+        "engine": engine.name, "reference_seconds": round(report.seconds, 2),
+        "prompt_semantic_tokens": len(prompt["semantic_prompt"]),
+        "prompt_acoustic_frames": int(prompt["coarse_prompt"].shape[1]),
+        "duration_seconds": round(duration, 3), "sample_rate": out_rate,
+        "rtf": round(compute / duration, 4) if duration else 0.0,
+    }  # fmt: skip
+    if settings.cloning.measure:
+        judge = await ctx.run_blocking(speaker.judge)
+        target = await ctx.run_blocking(judge.embed, reference)
+        meta["similarity_clone"] = round(
+            speaker.cosine(target, await ctx.run_blocking(judge.embed, cloned)), 4
+        )
+    return Outcome(files=[Output(f"cloned.{extension}", data, media_type)], meta=meta)
