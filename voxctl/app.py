@@ -207,6 +207,18 @@ def submit(
     voice: str = "",
     language: Annotated[str, typer.Option(help="spoken language (stt), story language")] = "",
     target_language: Annotated[str, typer.Option(help="language to dub into (dub)")] = "",
+    source_language: Annotated[str, typer.Option(help="language spoken in the input (dub)")] = "",
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="recording to convert into the voice (clone)"
+        ),
+    ] = None,
+    save_as: Annotated[str, typer.Option(help="save the cloned voice in the project (clone)")] = "",
+    keep_reference: Annotated[
+        bool, typer.Option(help="keep the reference with it (clone)")
+    ] = False,
+    keep_background: Annotated[bool, typer.Option(help="keep the original under the dub")] = False,
     audio_format: Annotated[str, typer.Option("--format", help="wav, flac, mp3 or ogg")] = "wav",
     words: Annotated[int, typer.Option(help="target length of a story in words")] = 0,
     seed: int = 0,
@@ -228,10 +240,19 @@ def submit(
     elif kind == "tts":
         request.tts.CopyFrom(jobs_pb2.TtsParams(text=text, voice=voice, format=fmt))
     elif kind == "clone":
-        request.voice_cloning.CopyFrom(jobs_pb2.VoiceCloningParams(text=text, format=fmt))
+        request.voice_cloning.CopyFrom(jobs_pb2.VoiceCloningParams(
+            text=text, source_file_id=_upload(s, source) if source is not None else "",
+            save_as_voice=save_as, keep_reference=keep_reference, format=fmt,
+        ))  # fmt: skip
     elif kind == "dub":
         request.dubbing.CopyFrom(
-            jobs_pb2.DubbingParams(target_language=target_language, voice=voice, format=fmt)
+            jobs_pb2.DubbingParams(
+                target_language=target_language,
+                source_language=source_language,
+                voice=voice,
+                keep_background=keep_background,
+                format=fmt,
+            )
         )
     else:
         request.ai_stories.CopyFrom(jobs_pb2.AiStoriesParams(prompt=prompt, target_words=words, seed=seed,
