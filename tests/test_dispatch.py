@@ -426,3 +426,28 @@ async def test_run_whose_workers_always_crash_fails_with_the_reason(harness: Har
     events = await watch(editor, job.id, timeout=5)
     assert events[-1].WhichOneof("event") == "result"
     assert "gave up after 3 deliveries" in events[-1].result.logs
+
+
+async def test_watch_ends_when_the_job_finishes_between_snapshot_and_replay(
+    harness: Harness,
+) -> None:
+    """The snapshot can say RUNNING while the log read just after already holds the result (the
+    job finished in between): the stream must end with that result, not wait for more."""
+    editor, project = await setup(harness)
+    job_id = await harness.job(uuid.UUID(project), editor.user_id, status=JobStatus.RUNNING)
+    async with harness.app.sessions() as session:
+        job = await session.get(Job, job_id)
+        assert job is not None
+        job.last_event_seq = 1  # what the snapshot sees
+        events = [
+            jobs_pb2.WatchJobResponse(job_id=str(job_id), seq=1, log=jobs_pb2.JobLogLine(line="started")),
+            jobs_pb2.WatchJobResponse(job_id=str(job_id), seq=2, status=jobs_pb2.JobStatusChange(
+                status=jobs_pb2.JOB_STATUS_COMPLETED)),
+            jobs_pb2.WatchJobResponse(job_id=str(job_id), seq=3, result=jobs_pb2.JobResult(job_id=str(job_id))),
+        ]  # fmt: skip
+        for event in events:
+            session.add(JobEvent(job_id=job_id, seq=event.seq, kind=event.WhichOneof("event"),
+                                 payload=event.SerializeToString()))  # fmt: skip
+        await session.commit()
+    got = await watch(editor, str(job_id), timeout=10)
+    assert [e.WhichOneof("event") for e in got] == ["snapshot", "log", "status", "result"]

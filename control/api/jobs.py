@@ -357,6 +357,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             async for old in self._replay(job_id, last):
                 yield old
                 last = old.seq
+                if old.WhichOneof("event") == "result":
+                    return  # it finished between the snapshot and the replay: that was the end
             if job.status in TERMINAL and last >= job.last_event_seq:
                 return
             while True:
