@@ -14,16 +14,15 @@ Bark's weights ship in no package: this runs where VOXMESH_TTS__BARK_DIR points 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from services.tts.engines import BarkEngine
 from voxmesh import audio
 
 PROMPT_SECONDS = 10.0
 
 
-def speaker_prompt(engine: Any, reference: np.ndarray, rate: int, transcript: str,
+def speaker_prompt(engine: BarkEngine, reference: np.ndarray, rate: int, transcript: str,
                    max_semantic_tokens: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
     """The history prompt for `reference` (mono float at `rate`) said as `transcript`."""
     import torch
@@ -54,18 +53,3 @@ def speaker_prompt(engine: Any, reference: np.ndarray, rate: int, transcript: st
     tokens = semantic[0].cpu().numpy().astype(np.int64)
     tokens = tokens[(tokens >= 0) & (tokens < config.semantic_vocab_size)]
     return {"semantic_prompt": tokens, "coarse_prompt": codes[:2], "fine_prompt": codes[:8]}
-
-
-def synthesize(engine: Any, text: str, prompt: dict[str, np.ndarray]) -> np.ndarray:
-    """`text` spoken by Bark with the speaker prompt (mono float at engine.sample_rate)."""
-    import torch
-
-    inputs = engine.processor(text, voice_preset=prompt, return_tensors="pt")
-    limits = (
-        {"semantic_max_new_tokens": engine.max_semantic_tokens}
-        if engine.max_semantic_tokens
-        else {}
-    )
-    with torch.no_grad():
-        out = engine.model.generate(**inputs.to(engine.device), do_sample=True, **limits)
-    return np.asarray(out.cpu().numpy().reshape(-1), np.float32)

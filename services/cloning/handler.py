@@ -17,7 +17,7 @@ from services.cloning import reference as ref_check
 from services.cloning.config import CloningSettings, WorkerSettings
 from services.cloning.fitting import CALIBRATION_TEXT, fit
 from services.tts import text as text_split
-from services.tts.engines import EngineError, for_voice
+from services.tts.engines import BarkEngine, EngineError, for_voice
 from voxmesh import audio, voice_profile, voices
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
@@ -184,6 +184,7 @@ async def _bark_clone(
         engine = await ctx.run_blocking(for_voice, voice, settings.tts)
     except EngineError as e:
         raise JobFailed(str(e)) from None
+    assert isinstance(engine, BarkEngine)
     await ctx.progress(10, "analysing reference", "transcribing the reference")
     transcript = await ctx.run_blocking(transcribe, reference, settings.cloning)
     await ctx.progress(
@@ -199,7 +200,7 @@ async def _bark_clone(
     parts: list[np.ndarray] = []
     started = time.perf_counter()
     for i, (sentence, _) in enumerate(pieces):
-        said = await ctx.run_blocking(bark_prompt.synthesize, engine, sentence, prompt)
+        said = await ctx.run_blocking(engine.generate, sentence, prompt)
         parts += [
             audio.resample(said, engine.sample_rate, RATE),
             np.zeros(int(0.25 * RATE), np.float32),

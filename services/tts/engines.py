@@ -85,13 +85,18 @@ class BarkEngine:
         self.max_semantic_tokens = max_semantic_tokens
 
     def synthesize(self, text: str, voice: Voice, speed: float) -> np.ndarray:
-        import torch
-
         preset = voice.id.removeprefix("bark:")
         presets = getattr(self.processor, "speaker_embeddings", None) or {}
         if preset not in presets:
             raise EngineError(f"this Bark checkpoint has no speaker preset {preset}")
-        inputs = self.processor(text, voice_preset=preset, return_tensors="pt")
+        return self.generate(text, preset)  # Bark has no speed control; only Piper/Kokoro have
+
+    def generate(self, text: str, voice_preset: str | dict[str, np.ndarray]) -> np.ndarray:
+        """`text` spoken with a preset's name or a speaker-prompt dict (semantic, coarse and
+        fine prompts, as voice cloning makes them)."""
+        import torch
+
+        inputs = self.processor(text, voice_preset=voice_preset, return_tensors="pt")
         limits = (
             {"semantic_max_new_tokens": self.max_semantic_tokens}
             if self.max_semantic_tokens
@@ -99,8 +104,7 @@ class BarkEngine:
         )
         with torch.no_grad():
             audio = self.model.generate(**inputs.to(self.device), do_sample=True, **limits)
-        samples = audio.cpu().numpy().reshape(-1).astype(np.float32)
-        return samples  # Bark has no speed control; speed is applied only by Piper
+        return audio.cpu().numpy().reshape(-1).astype(np.float32)
 
 
 class KokoroEngine:
