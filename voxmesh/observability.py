@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,12 +216,3 @@ def serve_metrics(port: int | None = None, addr: str = "0.0.0.0") -> int | None:
     bound: int = server.server_address[1]
     logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", addr, bound)
     return bound
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-
-    @property
-    def seconds(self) -> float:
-        return time.monotonic() - self.start

@@ -17,7 +17,7 @@ from services.cloning import reference as ref_check
 from services.cloning.config import CloningSettings, WorkerSettings
 from services.cloning.fitting import CALIBRATION_TEXT, fit
 from services.tts import text as text_split
-from services.tts.engines import BarkEngine, EngineError, for_voice
+from services.tts.engines import BarkEngine, EngineError, for_voice, speak
 from voxmesh import audio, voice_profile, voices
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
@@ -34,17 +34,11 @@ def decode(data: bytes, what: str) -> np.ndarray:
 
 def synthesize(text: str, settings: WorkerSettings) -> np.ndarray:
     """The base voice speaking `text`, at 16 kHz (sentence pauses as TTS makes them)."""
-    voice = voices.CATALOG[voices.DEFAULT_VOICE]
-    engine = for_voice(voice, settings.tts)
-    parts: list[np.ndarray] = []
-    for sentence, _ in text_split.split(text):
-        parts.append(engine.synthesize(sentence, voice, 1.0))
-        parts.append(
-            np.zeros(int(settings.tts.sentence_pause_seconds * engine.sample_rate), np.float32)
-        )
-    if not parts:
+    speech = speak(text, voices.CATALOG[voices.DEFAULT_VOICE], settings.tts,
+                   pause_seconds=settings.tts.sentence_pause_seconds, rate=RATE)  # fmt: skip
+    if not len(speech):
         raise JobFailed("there is no text to speak")
-    return audio.resample(np.concatenate(parts[:-1]), engine.sample_rate, RATE)
+    return speech
 
 
 def word_error_rate(expected: str, heard: str) -> float:

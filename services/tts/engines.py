@@ -199,3 +199,21 @@ def load(
             else:
                 raise EngineError(f"unknown engine {voice.engine}")
         return _cache[key]
+
+
+def speak(text: str, voice: Voice, settings: Any, *, pause_seconds: float, rate: int) -> np.ndarray:
+    """`text` in `voice`, sentence by sentence with `pause_seconds` between, resampled to
+    `rate`: what voice cloning and dubbing synthesise before converting into a voice."""
+    from services.tts.text import split
+    from voxmesh.audio import resample
+
+    engine = for_voice(voice, settings)
+    parts: list[np.ndarray] = []
+    for sentence, _ in split(text):
+        parts += [
+            engine.synthesize(sentence, voice, 1.0),
+            np.zeros(int(pause_seconds * engine.sample_rate), np.float32),
+        ]
+    if not parts:
+        return np.zeros(0, np.float32)
+    return resample(np.concatenate(parts[:-1]), engine.sample_rate, rate)
