@@ -31,6 +31,7 @@ async def _sample_data(settings: ControlSettings, url: str, reset: bool) -> None
     """Files go to the shared store in NATS, where workers find them: the running platform's
     NATS (NATS_URL, or the embedded one if `make run` is up), else a temporary embedded one."""
     from control import sample_data
+    from control.kinds import FIELDS
     from voxmesh import mesh
     from voxmesh.blobs import NatsBlobStore
     from voxmesh.nats_embedded import EmbeddedNats
@@ -44,7 +45,7 @@ async def _sample_data(settings: ControlSettings, url: str, reset: bool) -> None
     engine, sessions = _sessions(url)
     try:
         js = nc.jetstream()
-        await mesh.ensure(js, mesh.MeshConfig())
+        await mesh.ensure(js, settings.mesh, FIELDS)
         blobs = NatsBlobStore(await js.object_store(mesh.FILES_BUCKET))
         async with sessions() as session:
             if reset:

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control.api.validate import text_field
 from control.auth import passwords
 from control.db.models import Profile, RefreshToken, User, UserRole
+from control.validate import text_field
 from voxmesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,64}$")

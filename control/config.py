@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from voxmesh.settings import MeshSettings as SharedMeshSettings
+
 
 class AuthSettings(BaseModel):
     """How tokens are signed and how long they live."""
@@ -30,14 +32,9 @@ class AuthSettings(BaseModel):
     """How long a refresh token works (each is usable once; rotation issues a new one)."""
 
 
-class MeshSettings(BaseModel):
-    """How jobs travel over NATS JetStream."""
-
-    ack_wait_seconds: float = Field(default=30.0, ge=0.5)
-    """A worker silent this long (no heartbeat) is presumed dead; its job is redelivered."""
-
-    max_deliver: int = Field(default=3, ge=1, le=100)
-    """Deliveries of one run before the job is FAILED (crashes and transient errors)."""
+class MeshSettings(SharedMeshSettings):
+    """How jobs travel over NATS JetStream: the shared mesh settings (provisioned from here),
+    plus the dispatcher's own."""
 
     dispatch_poll_seconds: float = Field(default=1.0, gt=0)
     """How often the dispatcher looks for jobs that may start (it is also woken at once)."""

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import accounts
-from control.api.convert import params_to_json
+from control.convert import params_to_json
 from control.db.models import (
     File,
     Job,

@@ -10,9 +10,9 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from control.api.validate import LANGUAGE_RE, VOICE_RE
-from voxmesh import voices
+from control.validate import LANGUAGE_RE, VOICE_RE
 from voxmesh.errors import InvalidArgument
+from voxmesh.speech import voices
 
 
 class Override(StrEnum):

@@ -115,6 +115,19 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     server.stop()
 
 
+async def provision(url: str, settings: MeshSettings | None = None) -> None:
+    """Create the mesh's streams, consumers and buckets as the control plane does at start (for
+    tests that run workers without a control plane)."""
+    from control.kinds import FIELDS
+    from voxmesh import mesh
+
+    nc = await mesh.connect(url, "test-provision")
+    try:
+        await mesh.ensure(nc.jetstream(), settings or TEST_MESH, FIELDS)
+    finally:
+        await nc.close()
+
+
 TEST_MESH = MeshSettings(ack_wait_seconds=2.0, max_deliver=3, dispatch_poll_seconds=0.2)
 
 

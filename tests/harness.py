@@ -16,10 +16,9 @@ import grpc
 from sqlalchemy import text
 
 from control import accounts
-from control.api.convert import params_to_json
 from control.app import ControlApp
+from control.convert import params_to_json
 from control.db.models import File, Job, JobResult, JobStatus, JobType, Project, Setting, UserRole
-from voxmesh import mesh
 from voxmesh.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -240,9 +239,14 @@ async def run_workers(
     """`count` real workers (the shared runtime) of `job_type` in this process, on the test's
     NATS; stopped when the block ends."""
     stop = asyncio.Event()
-    config = mesh.MeshConfig(ack_wait_seconds=ack_wait, max_deliver=3)
+    if h.app.mesh is not None and ack_wait != h.app.settings.mesh.ack_wait_seconds:
+        # What an operator does: the control plane re-provisions the consumers; workers read
+        # ack_wait from their consumer.
+        await h.app.mesh.provision(
+            h.app.settings.mesh.model_copy(update={"ack_wait_seconds": ack_wait})
+        )
     workers = [
-        Worker(job_type, handler, nats_url=h.nats.url, config=config,
+        Worker(job_type, handler, nats_url=h.nats.url,
                worker_id=f"{name or job_type}-{i}", shard_handler=shard_handler)
         for i in range(count)
     ]  # fmt: skip

@@ -17,7 +17,6 @@ import pytest
 
 from control.db.models import SavedVoice, UserRole
 from services.cloning import reference as ref_check
-from services.cloning import speaker
 from services.cloning.config import CloningSettings, WorkerSettings
 from services.cloning.handler import make_handler
 from services.stories.config import WorkerSettings as StoriesWorkerSettings
@@ -29,6 +28,7 @@ from tests.speech import RATE, passage, wav_bytes
 from tests.test_dispatch import watch
 from tests.test_files import download, upload
 from voxmesh import audio
+from voxmesh.speech import speaker
 from voxmesh.v1 import jobs_pb2, results_pb2, voices_pb2
 
 HELD_OUT = ("A journey of a thousand miles begins with a single step. "

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from control.api.convert import job_to_pb
+from control.convert import job_to_pb
 from control.db.models import File, Job, JobEvent, JobResult, JobStatus, OutboxEntry, UserRole
 from control.dispatch.dispatcher import build_dispatch
 from tests.harness import Caller, Harness, rpc_error, run_workers
@@ -174,7 +174,7 @@ async def test_nats_outage_delays_jobs_but_each_runs_exactly_once(harness: Harne
             ack = await harness.app.mesh.js.publish(
                 mesh.jobs_subject("tts"),
                 dispatch.SerializeToString(),
-                headers={"Nats-Msg-Id": mesh.msg_id(job.id, 1)},
+                headers={"Nats-Msg-Id": mesh.run_key(job.id, 1)},
             )
             assert ack.duplicate
         await asyncio.sleep(1.0)
@@ -305,7 +305,7 @@ async def test_killed_worker_job_completes_on_another(harness: Harness) -> None:
     editor, project = await setup(harness)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     doomed = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers", harness.nats.url, "2", "doomed"], env=env, cwd=ROOT
+        [sys.executable, "-m", "tests.workers", harness.nats.url, "doomed"], env=env, cwd=ROOT
     )
     try:
         job = await create(editor, project, "sleep:3")
@@ -404,7 +404,7 @@ async def test_run_whose_workers_always_crash_fails_with_the_reason(harness: Har
     job = await create(editor, project, "sleep:60")
     for delivery in (1, 2, 3):
         doomed = subprocess.Popen(
-            [sys.executable, "-m", "tests.workers", harness.nats.url, "2", f"doomed-{delivery}"],
+            [sys.executable, "-m", "tests.workers", harness.nats.url, f"doomed-{delivery}"],
             env=env, cwd=ROOT,
         )  # fmt: skip
         try:

@@ -17,12 +17,13 @@ import pytest
 from control.db.models import UserRole
 from services.dubbing.config import WorkerSettings
 from services.dubbing.handler import make_handler
-from services.tts.engines import load as load_voice
 from tests.harness import Caller, Harness, rpc_error, run_workers
 from tests.speech import RATE, passage, wav_bytes
 from tests.test_dispatch import watch
 from tests.test_files import download, upload
-from voxmesh import audio, voices
+from voxmesh import audio
+from voxmesh.speech import voices
+from voxmesh.speech.tts import load as load_voice
 from voxmesh.v1 import jobs_pb2
 
 pytestmark = pytest.mark.slow

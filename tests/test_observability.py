@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 
 from control.db.models import UserRole
 from control.dispatch.runtime import refresh_gauges
-from tests.conftest import free_port
+from tests.conftest import free_port, provision
 from tests.harness import Harness, run_workers
 from tests.test_dispatch import watch
 from tests.workers import behave, make_worker
@@ -169,6 +169,7 @@ async def test_worker_health_is_not_serving_until_its_model_is_loaded(
         release.wait(30)
         return {"test-model": 1.25}
 
+    await provision(nats_server.url)
     worker = make_worker(nats_server.url)
     service = asyncio.create_task(run_service(worker, slow_load))
     seen: list[int] = []
@@ -198,6 +199,7 @@ async def test_worker_health_is_not_serving_until_its_model_is_loaded(
 def test_a_real_worker_process_serves_health_metrics_and_json_logs(
     nats_server: EmbeddedNats,
 ) -> None:
+    asyncio.run(provision(nats_server.url))
     health_port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXMESH_")}
     env.update(NATS_URL=nats_server.url, VOXMESH_HEALTH_PORT=str(health_port),

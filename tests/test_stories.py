@@ -16,16 +16,16 @@ from pydantic import SecretStr
 
 from control.db.models import UserRole
 from services.stories.config import StoriesSettings, WorkerSettings
-from services.stories.generator import local_model, stream
 from services.stories.handler import make_handler
 from services.stories.writing import prompt
-from services.stt.engines import Options
-from services.stt.engines import load as load_stt
 from tests.harness import Caller, Harness, run_workers
 from tests.speech import normalize
 from tests.test_dispatch import wait_for, watch
 from tests.test_files import download
 from voxmesh import audio
+from voxmesh.speech.stt import Options
+from voxmesh.speech.stt import load as load_stt
+from voxmesh.speech.writer import local_model, stream
 from voxmesh.v1 import jobs_pb2, results_pb2
 from voxmesh.worker import Worker
 

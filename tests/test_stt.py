@@ -20,7 +20,6 @@ import webvtt
 
 from control.db.models import UserRole
 from services.stt.config import SttSettings
-from services.stt.engines import ModelError, OpenAIWhisperEngine, Options, load
 from services.stt.handler import make_handler, make_shard_handler
 from services.stt.shards import split_points
 from tests.harness import Caller, Harness, run_workers
@@ -28,6 +27,7 @@ from tests.speech import RATE, encode, normalize, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import download, upload
 from voxmesh.audio import AudioError, decode
+from voxmesh.speech.stt import ModelError, OpenAIWhisperEngine, Options, load
 from voxmesh.v1 import jobs_pb2, results_pb2
 from voxmesh.worker import Worker
 

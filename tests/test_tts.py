@@ -13,16 +13,16 @@ import jiwer
 import pytest
 
 from control.db.models import UserRole
-from services.stt.engines import Options
-from services.stt.engines import load as load_stt
 from services.tts.config import TtsSettings
 from services.tts.handler import make_handler
-from services.tts.text import split
 from tests.harness import Caller, Harness, run_workers
 from tests.speech import normalize
 from tests.test_dispatch import wait_for
 from tests.test_files import download
 from voxmesh import audio
+from voxmesh.speech.stt import Options
+from voxmesh.speech.stt import load as load_stt
+from voxmesh.speech.text import split
 from voxmesh.v1 import jobs_pb2, results_pb2, voices_pb2
 from voxmesh.worker import Worker
 

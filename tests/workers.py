@@ -8,7 +8,7 @@ chooses. No model: these tests are about the mesh, not speech.
     "flaky"          a transient error on the first delivery, success on the next
     "always-broken"  a transient error on every delivery
 
-Run as a process (for kill -9 tests): python -m tests.workers NATS_URL [ACK_WAIT]
+Run as a process (for kill -9 tests): python -m tests.workers NATS_URL [WORKER_ID] (ack_wait comes from the consumer)
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from voxmesh import mesh
+from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import JobContext, JobFailed, Outcome, Output, Worker
 
 
 async def behave(ctx: JobContext) -> Outcome:
-    text: str = ctx.params.get("text", "")
+    text = ctx.params_as(jobs_pb2.TtsParams).text
     kind, _, arg = text.partition(":")
     if kind == "fail":
         raise JobFailed("this input can never be processed (test)")
@@ -49,12 +49,10 @@ async def behave(ctx: JobContext) -> Outcome:
     )
 
 
-def make_worker(nats_url: str, ack_wait: float = 2.0, worker_id: str | None = None) -> Worker:
-    config = mesh.MeshConfig(ack_wait_seconds=ack_wait, max_deliver=3)
-    return Worker("tts", behave, nats_url=nats_url, config=config, worker_id=worker_id)
+def make_worker(nats_url: str, worker_id: str | None = None) -> Worker:
+    return Worker("tts", behave, nats_url=nats_url, worker_id=worker_id)
 
 
 if __name__ == "__main__":
     url = sys.argv[1]
-    ack_wait = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
-    asyncio.run(make_worker(url, ack_wait, sys.argv[3] if len(sys.argv) > 3 else None).run())
+    asyncio.run(make_worker(url, sys.argv[2] if len(sys.argv) > 2 else None).run())

@@ -9,6 +9,8 @@ from typing import Any
 import av
 import numpy as np
 
+from voxmesh.v1 import jobs_pb2
+
 SAMPLE_RATE = 16_000
 
 
@@ -47,13 +49,15 @@ def decode(data: bytes, rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.clip(samples, -1.0, 1.0, out=samples)
 
 
-# Output formats: (container, codec, sample rate, media type, file extension)
-FORMATS = {
-    "AUDIO_FORMAT_WAV": ("wav", "pcm_s16le", None, "audio/wav", "wav"),
-    "AUDIO_FORMAT_FLAC": ("flac", "flac", None, "audio/flac", "flac"),
-    "AUDIO_FORMAT_MP3": ("mp3", "libmp3lame", None, "audio/mpeg", "mp3"),
-    "AUDIO_FORMAT_OGG_OPUS": ("ogg", "libopus", 48_000, "audio/ogg", "ogg"),
+# Output formats, the one list the control plane validates against and the services encode
+# with: AudioFormat → (container, codec, sample rate, media type, file extension).
+FORMATS: dict[int, tuple[str, str, int | None, str, str]] = {
+    jobs_pb2.AUDIO_FORMAT_WAV: ("wav", "pcm_s16le", None, "audio/wav", "wav"),
+    jobs_pb2.AUDIO_FORMAT_FLAC: ("flac", "flac", None, "audio/flac", "flac"),
+    jobs_pb2.AUDIO_FORMAT_MP3: ("mp3", "libmp3lame", None, "audio/mpeg", "mp3"),
+    jobs_pb2.AUDIO_FORMAT_OGG_OPUS: ("ogg", "libopus", 48_000, "audio/ogg", "ogg"),
 }
+DEFAULT_FORMAT = jobs_pb2.AUDIO_FORMAT_WAV
 TARGET_LUFS = -23.0  # EBU R128: room for speech peaks under the -1 dBFS ceiling
 
 
@@ -84,12 +88,15 @@ def loudness(samples: np.ndarray, rate: int) -> float:
 
 
 def encode(
-    samples: np.ndarray, rate: int, audio_format: str = "AUDIO_FORMAT_WAV"
+    samples: np.ndarray, rate: int, audio_format: int = DEFAULT_FORMAT
 ) -> tuple[bytes, str, str, int]:
-    """(bytes, media type, extension, sample rate) of mono `samples` in `audio_format`."""
-    container_name, codec, forced_rate, media_type, extension = FORMATS.get(
-        audio_format or "AUDIO_FORMAT_WAV", FORMATS["AUDIO_FORMAT_WAV"]
-    )
+    """(bytes, media type, extension, sample rate) of mono `samples` in `audio_format` (an
+    AudioFormat; unspecified means WAV). ValueError for a format not in FORMATS."""
+    if audio_format not in FORMATS and audio_format:
+        raise ValueError(f"audio format {audio_format} cannot be encoded")
+    container_name, codec, forced_rate, media_type, extension = FORMATS[
+        audio_format or DEFAULT_FORMAT
+    ]
     out_rate = forced_rate or rate
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=container_name) as out:

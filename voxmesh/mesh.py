@@ -4,20 +4,27 @@ subjects, consumers and buckets, and their idempotent creation.
     VOXMESH_JOBS    work queue   voxmesh.jobs.<type>       one JobDispatch per attempt
     VOXMESH_EVENTS  limits       voxmesh.events.<job_id>   WorkerEvents from workers
     voxmesh.updates.<job_id>     core NATS                 persisted events, fanned out to watchers
-    voxmesh_job_control  KV      <job_id> -> cancel|done   what workers check at checkpoints
+    voxmesh_job_control  KV      <job_id>.<run> -> cancel|done   what workers check at checkpoints
     voxmesh_files   object store <sha256>                  inputs and outputs, content-addressed
+
+Only the control plane creates or changes these (`ensure`, from its MeshSettings); a worker
+binds to what exists and reads ack_wait and max_deliver from its consumer (`consumer_limits`),
+so one setting on the control plane governs every process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
+
+from voxmesh.settings import MeshSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,6 @@ SHARDS_BUCKET = "voxmesh_shards"
 EVENTS_CONSUMER = "control-events"
 CONTROL_BUCKET = "voxmesh_job_control"
 FILES_BUCKET = "voxmesh_files"
-JOB_TYPES = ("stt", "tts", "voice_cloning", "dubbing", "ai_stories")
 
 CANCEL = b"cancel"
 DONE = b"done"
@@ -58,33 +64,50 @@ def shard_consumer(job_type: str) -> str:
     return f"shards-{job_type}"
 
 
-def msg_id(job_id: str, attempt: int) -> str:
-    """The dispatch's Nats-Msg-Id: JetStream drops a second publish of the same attempt."""
-    return f"{job_id}.{attempt}"
+def run_key(job_id: str, run: int) -> str:
+    """A run's key: its dispatch's Nats-Msg-Id (JetStream drops a second publish of the same
+    run), its cancel|done mark in the control bucket, the prefix of its shard keys."""
+    return f"{job_id}.{run}"
 
 
 @dataclass(frozen=True)
-class MeshConfig:
-    ack_wait_seconds: float = 30.0
-    """How long a worker may go without a heartbeat before its job is redelivered."""
-    max_deliver: int = 3
-    """Deliveries of one attempt (first run + redeliveries after crashes or transient errors)."""
-    duplicate_window_seconds: float = 120.0
-    """How long JetStream remembers dispatch ids to drop duplicates."""
-    events_max_age_seconds: float = 7 * 24 * 3600
-    """How long raw worker events stay in NATS (they are persisted in PostgreSQL at once)."""
-    replicas: int = field(default_factory=lambda: int(os.environ.get("VOXMESH_NATS_REPLICAS", "1")))
-    """Copies JetStream keeps of every stream and bucket: 3 on a 3-node NATS cluster, so losing a
-    node loses nothing (VOXMESH_NATS_REPLICAS; never lowered on an existing stream)."""
+class ConsumerLimits:
+    """What a worker learns from its consumer: the control plane's mesh settings."""
+
+    ack_wait_seconds: float
+    max_deliver: int
 
     @property
     def heartbeat_seconds(self) -> float:
+        """How often a busy worker says it is alive: four times per ack_wait."""
         return max(0.1, self.ack_wait_seconds / 4)
 
 
-async def connect(url: str, name: str) -> NATS:
+async def consumer_limits(
+    js: JetStreamContext, stream: str, durable: str, *, wait: float = 2.0
+) -> ConsumerLimits:
+    """The consumer's ack_wait and max_deliver; waits (logging) until the control plane has
+    provisioned it."""
+    while True:
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            log.warning("consumer %s on %s does not exist yet: waiting for the control plane "
+                        "to provision the mesh", durable, stream)  # fmt: skip
+            await asyncio.sleep(wait)
+            continue
+        return ConsumerLimits(
+            ack_wait_seconds=float(info.config.ack_wait or 30.0),
+            max_deliver=int(info.config.max_deliver or 1),
+        )
+
+
+async def connect(
+    url: str, name: str, *, reconnected: Callable[[], Awaitable[None]] | None = None
+) -> NATS:
     """A connection that reconnects forever (a NATS outage delays work; it loses nothing),
-    logging one line per problem instead of a traceback per retry."""
+    logging one line per problem instead of a traceback per retry; `reconnected` runs after
+    each reconnect (what was published meanwhile on core NATS is lost)."""
 
     async def error(exc: Exception) -> None:
         log.warning("%s: NATS at %s: %s", name, url, exc or type(exc).__name__)
@@ -92,8 +115,10 @@ async def connect(url: str, name: str) -> NATS:
     async def disconnected() -> None:
         log.warning("%s: disconnected from NATS; reconnecting", name)
 
-    async def reconnected() -> None:
+    async def on_reconnect() -> None:
         log.info("%s: reconnected to NATS", name)
+        if reconnected is not None:
+            await reconnected()
 
     return await nats.connect(
         url.split(",") if "," in url else url,
@@ -104,7 +129,7 @@ async def connect(url: str, name: str) -> NATS:
         drain_timeout=5,
         error_cb=error,
         disconnected_cb=disconnected,
-        reconnected_cb=reconnected,
+        reconnected_cb=on_reconnect,
     )
 
 
@@ -117,8 +142,10 @@ async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
-    """Create or update every stream, consumer and bucket; safe to call from every process."""
+async def ensure(js: JetStreamContext, config: MeshSettings, job_types: Iterable[str]) -> None:
+    """Create or update every stream, consumer and bucket (the control plane, at start; safe to
+    repeat: the last call's settings hold)."""
+    job_types = tuple(job_types)
     await _stream(
         js,
         api.StreamConfig(
@@ -142,7 +169,7 @@ async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
             duplicate_window=config.duplicate_window_seconds,
         ),
     )
-    for job_type in JOB_TYPES:
+    for job_type in job_types:
         await js.add_consumer(
             JOBS_STREAM,
             api.ConsumerConfig(
@@ -165,7 +192,7 @@ async def ensure(js: JetStreamContext, config: MeshConfig) -> None:
             storage=api.StorageType.FILE,
         ),
     )
-    for job_type in JOB_TYPES:
+    for job_type in job_types:
         await js.add_consumer(
             TASKS_STREAM,
             api.ConsumerConfig(

@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 
 from voxmesh import mesh
 from voxmesh.blobs import NatsBlobStore
@@ -38,10 +39,13 @@ from voxmesh.observability import (
     WORKER_SECONDS,
     job_context,
 )
+from voxmesh.speech import voice_profile
+from voxmesh.speech.voice_profile import VoiceProfile
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 PROGRESS_INTERVAL = 0.25
 
 
@@ -60,6 +64,8 @@ class Output:
     name: str
     data: bytes
     content_type: str
+    role: str = ""
+    """What the file is to the job (voxmesh.roles), so others can find it by role."""
 
 
 @dataclass
@@ -82,7 +88,9 @@ class JobContext:
         self.job_id = dispatch.job_id
         self.run = dispatch.attempt
         self.delivery = msg.metadata.num_delivered or 1
-        self.params: dict[str, Any] = json_format.MessageToDict(dispatch.params)
+        which = dispatch.WhichOneof("params")
+        self.params: Message = getattr(dispatch, which) if which else struct_pb2.Struct()
+        """The job's typed params message (TtsParams, SttParams, ...), defaults filled in."""
         self.voice_profile: dict[str, Any] | None = (
             json_format.MessageToDict(dispatch.voice_profile)
             if dispatch.HasField("voice_profile")
@@ -92,6 +100,30 @@ class JobContext:
         self._cancel_checked = 0.0
         self._last_percent = -1
         self._last_report = 0.0
+
+    def saved_voice(self, name: str) -> VoiceProfile | None:
+        """The project's saved (cloned) voice `name`, from the profile the dispatch carried;
+        None for a stock voice; JobFailed if the project no longer has it."""
+        try:
+            return voice_profile.saved(name, self.voice_profile)
+        except ValueError as e:
+            raise JobFailed(str(e)) from None
+
+    @staticmethod
+    def in_saved_voice(speech: Any, rate: int, profile: VoiceProfile) -> Any:
+        """Base-voice speech at `rate` in the saved voice (JobFailed if it cannot apply)."""
+        try:
+            return voice_profile.apply(speech, rate, profile)
+        except ValueError as e:
+            raise JobFailed(f"the saved voice cannot be applied: {e}") from None
+
+    def params_as(self, kind: type[M]) -> M:
+        """The params, as the message type this handler takes (JobFailed if they are not)."""
+        if not isinstance(self.params, kind):
+            raise JobFailed(
+                f"this worker takes {kind.DESCRIPTOR.name}, not {self.params.DESCRIPTOR.name}"
+            )
+        return self.params
 
     async def progress(
         self, percent: float, stage: str, message: str = "", *, coalesce: bool = False
@@ -145,14 +177,17 @@ class JobContext:
         return their results in order. Progress goes from `low` to `high` as shards finish;
         cancellation is checked meanwhile; a shard that fails fails the job."""
         worker = self._worker
-        keys = [f"{self.job_id}.{self.run}.{i}" for i in range(len(payloads))]
+        keys = [f"{mesh.run_key(self.job_id, self.run)}.{i}" for i in range(len(payloads))]
         for index, (key, payload) in enumerate(zip(keys, payloads, strict=True)):
             if await worker.shard_result(key) is not None:
                 continue  # done before this delivery (the parent was redelivered)
             task = worker_pb2.ShardTask(
                 job_id=self.job_id, run=self.run, index=index, count=len(payloads),
-                sha256=await worker.blobs.put(payload), params=self.dispatch.params, result_key=key,
+                sha256=await worker.blobs.put(payload), result_key=key,
             )  # fmt: skip
+            which = self.dispatch.WhichOneof("params")
+            if which:
+                getattr(task, which).CopyFrom(self.params)
             await worker.js.publish(
                 mesh.tasks_subject(worker.job_type), task.SerializeToString(),
                 headers={"Nats-Msg-Id": key},
@@ -189,7 +224,8 @@ class ShardContext:
     run: int
     index: int
     count: int
-    params: dict[str, Any]
+    params: Message
+    """The job's typed params message."""
     data: bytes
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -211,24 +247,22 @@ class Worker:
         handler: Handler,
         *,
         nats_url: str,
-        config: mesh.MeshConfig | None = None,
         worker_id: str | None = None,
         shard_handler: ShardHandler | None = None,
     ) -> None:
-        if job_type not in mesh.JOB_TYPES:
-            raise ValueError(f"unknown job type {job_type!r}")
         self.job_type = job_type
         self.handler = handler
         self.nats_url = nats_url
-        self.config = config or mesh.MeshConfig()
         self.worker_id = worker_id or f"{job_type}@{socket.gethostname()}:{os.getpid()}"
         self.shard_handler = shard_handler
+        self.limits = mesh.ConsumerLimits(ack_wait_seconds=30.0, max_deliver=3)
+        """The control plane's ack_wait and max_deliver, read from the consumer at start."""
         self._seq = 0
         self.ready = asyncio.Event()
 
     async def run_state(self, job_id: str, run: int) -> bytes | None:
         try:
-            entry = await self.kv.get(f"{job_id}.{run}")
+            entry = await self.kv.get(mesh.run_key(job_id, run))
             return entry.value
         except KeyNotFoundError:
             return None
@@ -256,51 +290,56 @@ class Worker:
             },
         )
 
+    async def _bind(self) -> None:
+        """Bind to what the control plane provisioned, waiting for it if it has not yet."""
+        self.limits = await mesh.consumer_limits(
+            self.js, mesh.JOBS_STREAM, mesh.worker_consumer(self.job_type)
+        )
+        while True:
+            try:
+                self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
+                self.shards = await self.js.key_value(mesh.SHARDS_BUCKET)
+                self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
+                return
+            except (NotFoundError, BadRequestError):
+                log.warning("the mesh's buckets do not exist yet: waiting for the control plane")
+                await asyncio.sleep(2)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         self.nc = await mesh.connect(self.nats_url, self.worker_id)
         self.js = self.nc.jetstream()
-        await mesh.ensure(self.js, self.config)
-        self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
-        self.shards = await self.js.key_value(mesh.SHARDS_BUCKET)
-        self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
-        sub = await self.js.pull_subscribe_bind(
-            durable=mesh.worker_consumer(self.job_type), stream=mesh.JOBS_STREAM
-        )
-        shard_loop = (
-            asyncio.create_task(self._shard_loop(stop)) if self.shard_handler is not None else None
-        )
-        self.ready.set()
-        log.info("worker %s pulling %s jobs", self.worker_id, self.job_type)
         try:
-            while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(1, timeout=1)
-                except (NatsTimeout, TimeoutError):
-                    continue
-                for msg in msgs:
-                    await self._process(msg)
+            await self._bind()
+            loops = [self._pull(mesh.JOBS_STREAM, mesh.worker_consumer(self.job_type),
+                                self._process, stop)]  # fmt: skip
+            if self.shard_handler is not None:
+                loops.append(self._pull(mesh.TASKS_STREAM, mesh.shard_consumer(self.job_type),
+                                        self._process_shard, stop))  # fmt: skip
+            log.info(
+                "worker %s pulling %s jobs (ack_wait %gs, max_deliver %d, from the consumer)",
+                self.worker_id, self.job_type, self.limits.ack_wait_seconds,
+                self.limits.max_deliver,
+            )  # fmt: skip
+            self.ready.set()
+            await asyncio.gather(*loops)
         finally:
-            if shard_loop is not None:
-                shard_loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await shard_loop
             with contextlib.suppress(Exception):
                 await self.nc.close()  # between jobs: nothing in flight to drain
 
-    async def _shard_loop(self, stop: asyncio.Event) -> None:
-        """Pull shards of large jobs (any worker's) and write their results to KV."""
-        assert self.shard_handler is not None
-        sub = await self.js.pull_subscribe_bind(
-            durable=mesh.shard_consumer(self.job_type), stream=mesh.TASKS_STREAM
-        )
+    async def _pull(
+        self, stream: str, durable: str, process: Callable[[Msg], Awaitable[None]],
+        stop: asyncio.Event,
+    ) -> None:  # fmt: skip
+        """Pull one message at a time from a durable consumer and process it, until `stop`."""
+        sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(1, timeout=1)
             except (NatsTimeout, TimeoutError):
                 continue
             for msg in msgs:
-                await self._process_shard(msg)
+                await process(msg)
 
     async def _process_shard(self, msg: Msg) -> None:
         assert self.shard_handler is not None
@@ -314,18 +353,19 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         delivery = msg.metadata.num_delivered or 1
         result = worker_pb2.ShardResult(worker_id=self.worker_id)
+        which = task.WhichOneof("params")
         try:
             data = await self.blobs.get(task.sha256)
             shard = ShardContext(
                 task.job_id, task.run, task.index, task.count,
-                json_format.MessageToDict(task.params), data,
+                getattr(task, which) if which else struct_pb2.Struct(), data,
             )  # fmt: skip
             result.data = await self.shard_handler(shard)
         except JobFailed as e:
             result.error = str(e)
         except Exception as e:
             log.exception("shard %s failed (delivery %s)", task.result_key, delivery)
-            if delivery < self.config.max_deliver:
+            if delivery < self.limits.max_deliver:
                 heartbeat.cancel()
                 await msg.nak(delay=retry_delay(delivery))
                 return
@@ -337,7 +377,7 @@ class Worker:
 
     async def _heartbeat(self, msg: Msg) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_seconds)
+            await asyncio.sleep(self.limits.heartbeat_seconds)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
@@ -374,7 +414,7 @@ class Worker:
                 digest = await self.blobs.put(output.data)
                 stored.append(worker_pb2.StoredFile(
                     sha256=digest, size_bytes=len(output.data),
-                    content_type=output.content_type, filename=output.name,
+                    content_type=output.content_type, filename=output.name, role=output.role,
                 ))  # fmt: skip
             meta = struct_pb2.Struct()
             meta.update(outcome.meta)
@@ -399,7 +439,7 @@ class Worker:
             WORKER_ERRORS.labels(self.job_type, type(e).__name__).inc()
             reason = f"{type(e).__name__}: {e}"
             log.exception("job %s run %s delivery %s failed", ctx.job_id, ctx.run, ctx.delivery)
-            if ctx.delivery >= self.config.max_deliver:
+            if ctx.delivery >= self.limits.max_deliver:
                 await self.emit(ctx, failed=worker_pb2.WorkerFailed(
                     reason=f"failed {ctx.delivery} times; last error: {reason}",
                     category="error"))  # fmt: skip

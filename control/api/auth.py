@@ -9,11 +9,11 @@ import grpc
 from sqlalchemy import update
 
 from control import accounts
-from control.api.convert import role_to_pb, ts, user_to_pb
 from control.app import ControlApp
 from control.auth import passwords
 from control.auth.throttle import LoginThrottle
 from control.auth.tokens import Claims, TokenError, TokenKind
+from control.convert import role_to_pb, ts, user_to_pb
 from control.db.models import RefreshToken, User
 from voxmesh.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from voxmesh.v1 import auth_pb2, auth_pb2_grpc

@@ -12,11 +12,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import media, settings_catalog
-from control.api.convert import ts
-from control.api.validate import required_uuid, text_field
 from control.app import ControlApp
 from control.auth import principal
+from control.convert import ts
 from control.db.models import File, Upload, UploadChunk
+from control.validate import required_uuid, text_field
 from voxmesh.blobs import BlobStore
 from voxmesh.errors import (
     FailedPrecondition,

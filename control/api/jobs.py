@@ -1,53 +1,37 @@
-"""JobService: create (validated per type, stored PENDING), read, list, update, delete."""
+"""JobService: create (validated by the job's kind), read, list, update, delete, and the
+lifecycle requests (start, cancel, retry) and watches. Generic: job types live in
+control/kinds, status changes in control/lifecycle."""
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control import job_params, settings_catalog
+from control import settings_catalog
 from control.api import pagination
-from control.api.convert import (
-    PARAMS_FIELD,
-    TYPE_OF_PARAMS_FIELD,
+from control.api.projects import get_project
+from control.app import ControlApp
+from control.auth import policy, principal
+from control.convert import (
     job_status_from_pb,
     job_to_pb,
     job_type_from_pb,
     params_to_json,
 )
-from control.api.projects import get_project
-from control.api.validate import enum_field, mask_paths, required_uuid, text_field, uuid_field
-from control.app import ControlApp
-from control.auth import policy, principal
-from control.auth.principal import Principal
-from control.db.models import (
-    File,
-    Job,
-    JobEvent,
-    JobResult,
-    JobStatus,
-    JobType,
-    Project,
-    SavedVoice,
-)
-from control.dispatch.journal import TERMINAL, Journal
-from voxmesh.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
-)
+from control.db.models import Job, Project, SavedVoice
+from control.dispatch.watch import job_events
+from control.kinds import kind_for_field, kind_of
+from control.kinds.base import Request, UserDefaults
+from control.lifecycle.transitions import Lifecycle
+from control.validate import enum_field, mask_paths, required_uuid, text_field, uuid_field
+from voxmesh.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from voxmesh.v1 import jobs_pb2, jobs_pb2_grpc
-
-TYPE_NAMES = ", ".join(sorted(TYPE_OF_PARAMS_FIELD))
-WATCH_RESYNC_SECONDS = 2.0
 
 
 async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = False) -> Job:
@@ -62,14 +46,14 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fals
 
 async def _defaults(
     session: AsyncSession, user_id: uuid.UUID, project_id: uuid.UUID
-) -> tuple[job_params.UserDefaults, bool]:
+) -> tuple[UserDefaults, bool]:
     """The creator's defaults for job parameters (and the voices the project saved), and
     whether their jobs start at once."""
     values = await settings_catalog.resolve(session, user_id)
     saved = await session.scalars(
         select(SavedVoice.name).where(SavedVoice.project_id == project_id)
     )
-    defaults = job_params.UserDefaults(
+    defaults = UserDefaults(
         preferred_voice=str(values["preferred_voice"][0]),
         default_language=str(values["default_language"][0]),
         max_text_length=int(values["max_text_length"][0]),
@@ -78,53 +62,9 @@ async def _defaults(
     return defaults, bool(values["auto_start_jobs"][0])
 
 
-async def _check_file(
-    session: AsyncSession, who: Principal, raw_id: str, field: str
-) -> uuid.UUID | None:
-    file_id = uuid_field(raw_id, field, required=False)
-    if file_id is None:
-        return None
-    stored = await session.get(File, file_id)
-    if stored is None:
-        raise NotFound(f"no file with id {file_id}; upload it first", field=field)
-    if stored.owner_id != who.user_id and not who.is_admin:
-        raise PermissionDenied(f"file {file_id} belongs to another user", field=field)
-    return file_id
-
-
-async def _revised_input(
-    session: AsyncSession, project_id: uuid.UUID, request: jobs_pb2.CreateJobRequest,
-    input_file: uuid.UUID | None,
-) -> uuid.UUID | None:  # fmt: skip
-    """A dubbing revision re-renders a finished dub of the same project, from its recording."""
-    field = "dubbing.revise_job_id"
-    revised = await session.get(Job, uuid.UUID(request.dubbing.revise_job_id))
-    if revised is None or revised.project_id != project_id:
-        raise NotFound(
-            f"no dubbing job {request.dubbing.revise_job_id} in this project", field=field
-        )
-    if revised.type is not JobType.DUBBING or revised.status is not JobStatus.COMPLETED:
-        raise FailedPrecondition(
-            f"only a COMPLETED dubbing job can be revised; that one is a {revised.type.value} job, "
-            f"{revised.status.value}"
-        )
-    if input_file is not None and input_file != revised.input_file_id:
-        raise InvalidArgument(
-            "a revision re-renders the revised job's recording: leave input_file_id empty",
-            field="input_file_id",
-        )
-    return revised.input_file_id
-
-
 class JobService(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, app: ControlApp) -> None:
         self.app = app
-
-    async def _published(self, journal: Journal) -> None:
-        """After commit: watchers hear of the change and the dispatcher wakes."""
-        if self.app.mesh is not None:
-            await self.app.mesh.publish(journal)
-            self.app.mesh.wake()
 
     async def _editable(
         self, session: AsyncSession, job_id: uuid.UUID, action: str
@@ -141,53 +81,26 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         who = principal.current()
         project_id = required_uuid(request.project_id, "project_id")
         which = request.WhichOneof("params")
-        if which is None:
-            raise InvalidArgument(
-                f"set the parameters of one job type: one of {TYPE_NAMES}", field="params"
-            )
-        job_type = TYPE_OF_PARAMS_FIELD[which]
+        kind = kind_for_field(which)
         title = text_field(request.title, "title", max_len=200)
-        revising = which == "dubbing" and bool(request.dubbing.revise_job_id)
-        if not revising:
-            job_params.check_input_file(job_type, request.input_file_id)
         async with self.app.sessions() as session:
             project = await get_project(session, project_id)
             policy.require_project_owner(who, project, "create jobs in it")
             defaults, auto_start = await _defaults(session, who.user_id, project.id)
-            params = job_params.normalize(job_type, getattr(request, which), defaults)
-            input_file = await _check_file(session, who, request.input_file_id, "input_file_id")
-            if revising:
-                input_file = await _revised_input(session, project.id, request, input_file)
-            if which == "voice_cloning":
-                await _check_file(
-                    session,
-                    who,
-                    request.voice_cloning.source_file_id,
-                    "voice_cloning.source_file_id",
-                )
+            req = Request(session, who, project.id, defaults)
+            params = kind.normalize(getattr(request, kind.field), defaults)
+            input_file = await kind.input_file(req, params, request.input_file_id)
+            await kind.check(req, params)
             job = Job(
-                id=uuid.uuid4(),
-                project_id=project.id,
-                created_by=who.user_id,
-                type=job_type,
-                status=JobStatus.PENDING,
-                title=title,
-                params=params_to_json(params),
+                id=uuid.uuid4(), project_id=project.id, created_by=who.user_id,
+                type=kind.job_type, title=title, params=params_to_json(params),
                 input_file_id=input_file,
-                progress=0,
-                attempts=0,
-                run=0,
-                last_event_seq=0,
-            )
+            )  # fmt: skip
             session.add(job)
-            journal = Journal()
-            if auto_start:
-                journal.queue(session, job)
-            else:
-                job.awaiting_start = True
-                journal.changed[job.id] = job
+            lifecycle = Lifecycle(session)
+            lifecycle.create(job, auto_start=auto_start)
             await session.commit()
-        await self._published(journal)
+        await lifecycle.after_commit(self.app.mesh)
         return jobs_pb2.CreateJobResponse(job=job_to_pb(job))
 
     async def GetJob(
@@ -230,32 +143,18 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         title = text_field(request.title, "title", max_len=200) if "title" in paths else None
         async with self.app.sessions() as session:
             job, _ = await self._editable(session, job_id, "change it")
+            lifecycle = Lifecycle(session)
             if "params" in paths:
-                which = request.WhichOneof("params")
-                expected = PARAMS_FIELD[job.type]
-                if which != expected:
+                kind = kind_of(job.type)
+                if request.WhichOneof("params") != kind.field:
                     raise InvalidArgument(
-                        f"this is a {job.type.value} job: send its parameters in {expected!r}",
+                        f"this is a {job.type.value} job: send its parameters in {kind.field!r}",
                         field="params",
                     )
-                if job.status is not JobStatus.PENDING:
-                    raise FailedPrecondition(
-                        f"parameters can only change while the job is PENDING; it is "
-                        f"{job.status.value} (RetryJob re-queues a finished job)"
-                    )
-                if job.queued_at is not None:
-                    raise FailedPrecondition(
-                        "the job is already queued for a worker; cancel it and create a new one"
-                    )
+                lifecycle.check_params_editable(job)
                 defaults, _ = await _defaults(session, job.created_by, job.project_id)
-                params = job_params.normalize(job.type, getattr(request, which), defaults)
-                if which == "voice_cloning":
-                    await _check_file(
-                        session,
-                        who,
-                        params.source_file_id,  # type: ignore[attr-defined]
-                        "voice_cloning.source_file_id",
-                    )
+                params = kind.normalize(getattr(request, kind.field), defaults)
+                await kind.check(Request(session, who, job.project_id, defaults), params)
                 job.params = params_to_json(params)
             if title is not None:
                 job.title = title
@@ -268,67 +167,47 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         job_id = required_uuid(request.job_id, "job_id")
         async with self.app.sessions() as session:
             job, _ = await self._editable(session, job_id, "delete it")
-            if job.status is JobStatus.RUNNING:
-                raise FailedPrecondition("the job is RUNNING; cancel it before deleting it")
-            queued_run = job.run if job.queued_at is not None else None
-            await session.delete(job)
+            lifecycle = Lifecycle(session)
+            await lifecycle.delete(job)
             await session.commit()
-        if queued_run is not None and self.app.mesh is not None:
-            await self.app.mesh.request_cancel(str(job_id), queued_run)  # the worker skips it
+        await lifecycle.after_commit(self.app.mesh)  # a queued run: the worker skips it
         return jobs_pb2.DeleteJobResponse()
 
     async def StartJob(
         self, request: jobs_pb2.StartJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.StartJobResponse:
-        job_id = required_uuid(request.job_id, "job_id")
-        journal = Journal()
-        async with self.app.sessions() as session:
-            job, _ = await self._editable(session, job_id, "start it")
-            if job.status is not JobStatus.PENDING or not job.awaiting_start:
-                raise FailedPrecondition(
-                    f"only a PENDING job waiting for StartJob can be started; this one is "
-                    f"{job.status.value}{' and already queued' if job.status is JobStatus.PENDING else ''}"
-                )
-            journal.queue(session, job)
-            await session.commit()
-        await self._published(journal)
+        job = await self._transition(request.job_id, "start it", lambda lc, job: lc.start(job))
         return jobs_pb2.StartJobResponse(job=job_to_pb(job))
 
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
-        job_id = required_uuid(request.job_id, "job_id")
-        journal = Journal()
-        async with self.app.sessions() as session:
-            job, _ = await self._editable(session, job_id, "cancel it")
-            if job.status not in (JobStatus.PENDING, JobStatus.RUNNING):
-                raise FailedPrecondition(
-                    f"the job is {job.status.value}; only PENDING or RUNNING jobs can be cancelled"
-                )
-            journal.log(session, job, f"cancelled by {principal.current().username}")
-            await journal.finish(session, job, JobStatus.CANCELLED, error="cancelled")
-            await session.commit()
-        await self._published(journal)  # marks the run cancelled in KV: the worker stops
+        by = principal.current().username
+        job = await self._transition(request.job_id, "cancel it", lambda lc, j: lc.cancel(j, by=by))
         return jobs_pb2.CancelJobResponse(job=job_to_pb(job))
 
     async def RetryJob(
         self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.RetryJobResponse:
-        job_id = required_uuid(request.job_id, "job_id")
-        journal = Journal()
-        async with self.app.sessions() as session:
-            job, _ = await self._editable(session, job_id, "retry it")
-            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-                raise FailedPrecondition(
-                    f"the job is {job.status.value}; only FAILED or CANCELLED jobs can be retried"
-                )
-            await session.execute(delete(JobResult).where(JobResult.job_id == job.id))
-            journal.queue(session, job)
-            journal.log(session, job, f"retried by {principal.current().username} as run {job.run}")
-            journal.status(session, job, JobStatus.PENDING)
-            await session.commit()
-        await self._published(journal)
+        by = principal.current().username
+        job = await self._transition(request.job_id, "retry it", lambda lc, j: lc.retry(j, by=by))
         return jobs_pb2.RetryJobResponse(job=job_to_pb(job))
+
+    async def _transition(
+        self, raw_id: str, action: str, change: Callable[[Lifecycle, Job], object]
+    ) -> Job:
+        """Lock the job, check the caller may `action`, make the lifecycle change, commit, and
+        run its after-commit effects (StartJob, CancelJob, RetryJob)."""
+        job_id = required_uuid(raw_id, "job_id")
+        async with self.app.sessions() as session:
+            job, _ = await self._editable(session, job_id, action)
+            lifecycle = Lifecycle(session)
+            done = change(lifecycle, job)
+            if inspect.isawaitable(done):
+                await done
+            await session.commit()
+        await lifecycle.after_commit(self.app.mesh)
+        return job
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
@@ -340,60 +219,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             )
         if self.app.mesh is None:
             raise Unavailable("job events are not available: this server runs without NATS")
-        with self.app.mesh.broadcaster.watch_job(str(job_id)) as live:
-            async with self.app.sessions() as session:
-                job = await get_job(session, job_id)
-                if request.after_seq > job.last_event_seq:
-                    raise InvalidArgument(
-                        f"after_seq {request.after_seq} is beyond the job's last event "
-                        f"({job.last_event_seq})", field="after_seq",
-                    )  # fmt: skip
-                snapshot = job_to_pb(job)
-            yield jobs_pb2.WatchJobResponse(
-                job_id=snapshot.id, seq=job.last_event_seq, time=snapshot.update_time,
-                snapshot=snapshot,
-            )  # fmt: skip
-            last = request.after_seq
-            async for old in self._replay(job_id, last):
-                yield old
-                last = old.seq
-                if old.WhichOneof("event") == "result":
-                    return  # it finished between the snapshot and the replay: that was the end
-            if job.status in TERMINAL and last >= job.last_event_seq:
-                return
-            while True:
-                event: jobs_pb2.WatchJobResponse | None
-                try:
-                    event = await asyncio.wait_for(live.get(), WATCH_RESYNC_SECONDS)
-                except TimeoutError:
-                    event = None  # quiet: check the log in case a live message was lost
-                if event is not None and event.seq <= last:
-                    continue
-                if event is None or event.seq > last + 1:
-                    async for missed in self._replay(job_id, last):
-                        yield missed
-                        last = missed.seq
-                        if missed.WhichOneof("event") == "result":
-                            return
-                    continue
-                yield event
-                last = event.seq
-                if event.WhichOneof("event") == "result":
-                    return
-
-    async def _replay(
-        self, job_id: uuid.UUID, after: int
-    ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
-        async with self.app.sessions() as session:
-            payloads = list(
-                await session.scalars(
-                    select(JobEvent.payload)
-                    .where(JobEvent.job_id == job_id, JobEvent.seq > after)
-                    .order_by(JobEvent.seq)
-                )
-            )
-        for payload in payloads:
-            yield jobs_pb2.WatchJobResponse.FromString(payload)
+        events = job_events(self.app.sessions, self.app.mesh.broadcaster, job_id, request.after_seq)
+        async for event in events:
+            yield event
 
     async def WatchJobs(
         self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext

@@ -11,11 +11,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control.api import pagination
-from control.api.convert import project_to_pb
-from control.api.validate import mask_paths, required_uuid, text_field, uuid_field
 from control.app import ControlApp
 from control.auth import policy, principal
+from control.convert import project_to_pb
 from control.db.models import Job, JobStatus, Project
+from control.validate import mask_paths, required_uuid, text_field, uuid_field
 from voxmesh.errors import AlreadyExists, FailedPrecondition, NotFound
 from voxmesh.v1 import projects_pb2, projects_pb2_grpc
 

@@ -6,12 +6,12 @@ import grpc
 from sqlalchemy import select
 
 from control.api import pagination
-from control.api.convert import job_type_from_pb, result_to_pb
 from control.api.jobs import get_job
 from control.api.projects import get_project
-from control.api.validate import enum_field, required_uuid, uuid_field
 from control.app import ControlApp
+from control.convert import job_type_from_pb, result_to_pb
 from control.db.models import Job, JobResult
+from control.validate import enum_field, required_uuid, uuid_field
 from voxmesh.errors import NotFound
 from voxmesh.v1 import jobs_pb2, results_pb2, results_pb2_grpc
 

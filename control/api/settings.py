@@ -10,12 +10,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import settings_catalog
-from control.api.convert import ts
-from control.api.validate import enum_field, uuid_field
 from control.app import ControlApp
 from control.auth import principal
+from control.convert import ts
 from control.db.models import Setting, User
 from control.settings_catalog import CATALOG, Override, Source, lookup, to_value
+from control.validate import enum_field, uuid_field
 from voxmesh.errors import InvalidArgument, NotFound, PermissionDenied
 from voxmesh.v1 import settings_pb2, settings_pb2_grpc
 

@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import accounts
 from control.api import pagination
-from control.api.convert import role_from_pb, user_to_pb
-from control.api.validate import enum_field, mask_paths, required_uuid
 from control.app import ControlApp
 from control.auth import passwords, principal
+from control.convert import role_from_pb, user_to_pb
 from control.db.models import File, Job, Profile, Project, User
+from control.validate import enum_field, mask_paths, required_uuid
 from voxmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from voxmesh.v1 import users_pb2, users_pb2_grpc
 

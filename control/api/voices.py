@@ -7,12 +7,12 @@ import grpc
 from sqlalchemy import func, select
 
 from control.api.projects import get_project
-from control.api.validate import required_uuid, text_field
 from control.app import ControlApp
 from control.auth import policy, principal
 from control.db.models import File, Job, SavedVoice
-from voxmesh import voices
+from control.validate import required_uuid, text_field
 from voxmesh.errors import InvalidArgument, NotFound
+from voxmesh.speech import voices
 from voxmesh.v1 import voices_pb2, voices_pb2_grpc
 
 ENGINES = (*voices.ENGINES, "clone")

@@ -10,72 +10,53 @@ import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from google.protobuf import struct_pb2
 from nats.js import JetStreamContext
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control import settings_catalog
-from control.api.convert import PARAMS_FIELD, job_type_to_pb
-from control.db.models import File, Job, JobResult, JobStatus, OutboxEntry, SavedVoice
-from voxmesh import mesh, voices
-from voxmesh.observability import ADMISSION_WAIT
+from control.convert import job_type_to_pb
+from control.db.models import File, Job, JobStatus, OutboxEntry
+from control.kinds import kind_of
+from control.kinds.base import stored_file
+from control.lifecycle.states import State, state_of
+from control.lifecycle.transitions import Lifecycle, Mesh
+from voxmesh import mesh
 from voxmesh.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
 BATCH = 200
 
 
-def stored_file(row: File) -> worker_pb2.StoredFile:
-    return worker_pb2.StoredFile(
-        file_id=str(row.id), sha256=row.sha256, size_bytes=row.size_bytes,
-        content_type=row.content_type, filename=row.filename,
-    )  # fmt: skip
-
-
 async def build_dispatch(session: AsyncSession, job: Job) -> worker_pb2.JobDispatch:
-    params = struct_pb2.Struct()
-    params.update(job.params)
+    """A run as its worker receives it: the typed params, the input file, and what the job's
+    kind adds (other files, a saved voice's profile)."""
+    kind = kind_of(job.type)
+    params = kind.parse(job.params)
     dispatch = worker_pb2.JobDispatch(
         job_id=str(job.id), type=job_type_to_pb(job.type), attempt=job.run,
-        params=params, created_by=str(job.created_by),
+        created_by=str(job.created_by),
     )  # fmt: skip
+    getattr(dispatch, kind.field).CopyFrom(params)
     if job.input_file_id is not None:
         row = await session.get(File, job.input_file_id)
         if row is not None:
             dispatch.input_file.CopyFrom(stored_file(row))
-    voice = str(job.params.get("voice", ""))
-    if voice and voice not in voices.CATALOG:  # a voice the project saved: send its profile
-        saved = await session.scalar(
-            select(SavedVoice).where(
-                SavedVoice.project_id == job.project_id,
-                func.lower(SavedVoice.name) == voice.lower(),
-            )
-        )
-        if saved is not None:
-            dispatch.voice_profile.update(saved.profile)
-    revised = job.params.get("revise_job_id") if PARAMS_FIELD[job.type] == "dubbing" else None
-    if revised:  # a dubbing revision: the revised job's segments, their speech, its voice
-        result = await session.get(JobResult, uuid.UUID(revised))
-        for entry in result.files if result is not None else []:
-            if entry.get("name") in ("segments.json", "segment-audio.npz", "voice.json"):
-                row = await session.get(File, uuid.UUID(entry["file_id"]))
-                if row is not None:
-                    dispatch.files[f"revise:{entry['name']}"].CopyFrom(stored_file(row))
-    source = job.params.get("source_file_id") if PARAMS_FIELD[job.type] == "voice_cloning" else None
-    if source:
-        row = await session.get(File, uuid.UUID(source))
-        if row is not None:
-            dispatch.files["source_file_id"].CopyFrom(stored_file(row))
+    await kind.prepare_dispatch(session, job, params, dispatch)
     return dispatch
 
 
 class Dispatcher:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, poll: float
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        js: JetStreamContext,
+        poll: float,
+        mesh_: Mesh,
     ) -> None:
         self._sessions = sessions
         self._js = js
+        self._mesh = mesh_
         self._poll = poll
         self._wake = asyncio.Event()
 
@@ -146,7 +127,7 @@ class Dispatcher:
                 job = jobs.get(row.job_id)
                 if job is None:
                     continue  # locked elsewhere right now (a deleted job takes its rows along)
-                if job.status is not JobStatus.PENDING or job.run != row.run:
+                if state_of(job) is not State.WAITING_FOR_SLOT or job.run != row.run:
                     row.published_at = now  # superseded (cancelled or retried)
                     continue
                 user = job.created_by
@@ -163,28 +144,24 @@ class Dispatcher:
             acks = await asyncio.gather(
                 *(
                     self._js.publish(
-                        mesh.jobs_subject(PARAMS_FIELD[job.type]),
+                        mesh.jobs_subject(kind_of(job.type).field),
                         dispatch.SerializeToString(),
-                        headers={"Nats-Msg-Id": mesh.msg_id(str(job.id), row.run)},
+                        headers={"Nats-Msg-Id": mesh.run_key(str(job.id), row.run)},
                     )
                     for row, job, dispatch in ready
                 ),
                 return_exceptions=True,
             )
             failure: BaseException | None = None
-            waits: list[tuple[str, float]] = []
+            lifecycle = Lifecycle(session)
             for (row, job, _), ack in zip(ready, acks, strict=True):
                 if isinstance(ack, BaseException):
                     failure = failure or ack
                     continue
-                row.published_at = job.queued_at = datetime.now(UTC)
-                waits.append(
-                    (PARAMS_FIELD[job.type], (row.published_at - row.created_at).total_seconds())
-                )
+                lifecycle.admit(job, row)
                 published += 1
             await session.commit()
-            for kind, seconds in waits:
-                ADMISSION_WAIT.labels(kind).observe(max(0.0, seconds))
+            await lifecycle.after_commit(self._mesh)  # metrics, and project watchers see QUEUED
             if failure is not None and not published:
                 raise failure  # NATS is unreachable: back off
         return published

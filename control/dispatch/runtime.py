@@ -19,9 +19,8 @@ from control.config import MeshSettings
 from control.db.models import Job, JobStatus, JobType, OutboxEntry
 from control.dispatch.broadcast import Broadcaster
 from control.dispatch.dispatcher import Dispatcher
-from control.dispatch.ingest import EventIngester, fail_exhausted, finalize
-from control.dispatch.journal import Journal
-from control.job_params import PREFIX as PARAMS_FIELD
+from control.dispatch.ingest import EventIngester, give_up_exhausted
+from control.kinds import FIELDS, kind_of
 from voxmesh import mesh
 from voxmesh.blobs import NatsBlobStore
 from voxmesh.observability import JOBS, QUEUE_DEPTH
@@ -48,7 +47,7 @@ async def refresh_gauges(sessions: async_sessionmaker[AsyncSession], js: JetStre
         ):
             held[job_type] = count
     for job_type in JobType:
-        kind = PARAMS_FIELD[job_type]
+        kind = kind_of(job_type).field
         for status in JobStatus:
             JOBS.labels(kind, status.value.lower()).set(counts.get((job_type, status), 0))
         QUEUE_DEPTH.labels(kind, "admission").set(held.get(job_type, 0))
@@ -76,20 +75,22 @@ class MeshRuntime:
         settings: MeshSettings,
     ) -> MeshRuntime:
         self = cls()
-        self.nc = await mesh.connect(url, "voxmesh-control")
-        self.js = self.nc.jetstream()
-        await mesh.ensure(
-            self.js,
-            mesh.MeshConfig(
-                ack_wait_seconds=settings.ack_wait_seconds, max_deliver=settings.max_deliver
-            ),
+        self.nc = await mesh.connect(
+            url, "voxmesh-control", reconnected=self.broadcaster.reconnected
         )
+        self.js = self.nc.jetstream()
+        await self.provision(settings)
         self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
         self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
-        await self.broadcaster.start(self.nc)
-        self.dispatcher = Dispatcher(sessions, self.js, settings.dispatch_poll_seconds)
+        await self.broadcaster.start(self.nc, sessions)
+        self.dispatcher = Dispatcher(sessions, self.js, settings.dispatch_poll_seconds, self)
         self._tasks.append(asyncio.create_task(self._lead(engine, sessions), name="mesh-leader"))
         return self
+
+    async def provision(self, settings: MeshSettings) -> None:
+        """Create or update the mesh's streams, consumers and buckets with `settings`: the only
+        place they are written (workers read ack_wait and max_deliver from their consumer)."""
+        await mesh.ensure(self.js, settings, FIELDS)
 
     async def _lead(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
         """Wait to hold the leader lock, then run the dispatcher and the event ingester."""
@@ -104,13 +105,11 @@ class MeshRuntime:
             await conn.close()
             await asyncio.sleep(2)
         log.info("this control plane leads dispatch and event ingestion")
-        ingester = EventIngester(sessions, self.nc, self.js, self.kv, self.dispatcher.wake)
+        ingester = EventIngester(sessions, self.js, self)
 
         async def exhausted(msg: Msg) -> None:
             try:
-                if await fail_exhausted(sessions, self.nc, self.js, self.kv, msg.data):
-                    assert self.dispatcher is not None
-                    self.dispatcher.wake()
+                await give_up_exhausted(sessions, self.js, self, msg.data)
             except Exception:
                 log.exception("could not handle a max-deliveries advisory")
 
@@ -135,18 +134,10 @@ class MeshRuntime:
         if self.dispatcher is not None:
             self.dispatcher.wake()
 
-    async def publish(self, journal: Journal) -> None:
-        """After an RPC's commit: KV marks for finished runs, then the events."""
-        await finalize(journal, self.nc, self.kv)
-        if journal.finished:
-            self.wake()
-
-    async def request_cancel(self, job_id: str, run: int) -> None:
-        await self.kv.put(f"{job_id}.{run}", mesh.CANCEL)
-
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.broadcaster.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

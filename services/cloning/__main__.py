@@ -3,11 +3,11 @@ encoders load before jobs are pulled; health NOT_SERVING meanwhile)."""
 
 from __future__ import annotations
 
-from services.cloning import speaker
 from services.cloning.config import WorkerSettings
 from services.cloning.handler import make_handler
-from services.tts.engines import load as load_voice
-from voxmesh import service, voices
+from voxmesh import service
+from voxmesh.speech import speaker, voices
+from voxmesh.speech.tts import load as load_voice
 from voxmesh.worker import Worker
 
 

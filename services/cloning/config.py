@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from services.tts.config import TtsSettings
 from voxmesh.settings import BaseWorkerSettings
+from voxmesh.speech.tts import TtsSettings
 
 
 class CloningSettings(BaseModel):

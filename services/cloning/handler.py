@@ -12,17 +12,25 @@ from typing import Any
 
 import numpy as np
 
-from services.cloning import bark_prompt, speaker
 from services.cloning import reference as ref_check
 from services.cloning.config import CloningSettings, WorkerSettings
-from services.cloning.fitting import CALIBRATION_TEXT, fit
-from services.tts import text as text_split
-from services.tts.engines import BarkEngine, EngineError, for_voice, speak
-from voxmesh import audio, voice_profile, voices
+from voxmesh import audio, roles
+from voxmesh.speech import bark_prompt, speaker, voice_profile, voices
+from voxmesh.speech import text as text_split
+from voxmesh.speech.fitting import CALIBRATION_TEXT, fit
+from voxmesh.speech.measures import word_error_rate
+from voxmesh.speech.tts import BarkEngine, EngineError, for_voice, speak
+from voxmesh.stages import Stages
+from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
 RATE = voice_profile.RATE
 METHOD = "world-vocoder conversion fitted by speaker encoder"
+PROGRESS = {
+    "analysing reference": (0, 40),
+    "synthesising": (40, 80),
+    "post-processing": (80, 100),
+}
 
 
 def decode(data: bytes, what: str) -> np.ndarray:
@@ -41,16 +49,8 @@ def synthesize(text: str, settings: WorkerSettings) -> np.ndarray:
     return speech
 
 
-def word_error_rate(expected: str, heard: str) -> float:
-    import jiwer
-
-    clean = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                           jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])  # fmt: skip
-    return float(jiwer.wer(expected, heard, reference_transform=clean, hypothesis_transform=clean))
-
-
 def transcribe(samples: np.ndarray, settings: CloningSettings) -> str:
-    from services.stt.engines import Options, load
+    from voxmesh.speech.stt import Options, load
 
     engine = load(settings.asr_model)
     result = engine.transcribe(samples, Options(language="en", beam_size=5))
@@ -59,10 +59,11 @@ def transcribe(samples: np.ndarray, settings: CloningSettings) -> str:
 
 def make_handler(settings: WorkerSettings) -> Handler:
     async def handle(ctx: JobContext) -> Outcome:
-        params = ctx.params
-        text = str(params.get("text", "")).strip()
+        params = ctx.params_as(jobs_pb2.VoiceCloningParams)
+        stages: Stages[None] = Stages(ctx, PROGRESS)
+        text = params.text.strip()
         mode = "text" if text else "conversion"
-        await ctx.progress(1, "analysing reference", "decoding")
+        await stages.report("analysing reference", 0.02, "decoding")
         reference = decode(await ctx.input_bytes(), "reference recording")
         try:
             report = await ctx.run_blocking(ref_check.check, reference, settings.cloning)
@@ -72,8 +73,8 @@ def make_handler(settings: WorkerSettings) -> Handler:
         await ctx.log(f"reference: {report.seconds:.1f} s, {report.speech_seconds:.1f} s of speech, "
                       f"{report.loudness_lufs:.0f} LUFS")  # fmt: skip
         if settings.cloning.engine == "bark-prompt":
-            return await _bark_clone(ctx, settings, reference, report, text)
-        await ctx.progress(5, "analysing reference", "fitting the voice")
+            return await _bark_clone(ctx, stages, settings, reference, report, params)
+        await stages.report("analysing reference", 0.12, "fitting the voice")
         loop = asyncio.get_running_loop()
         progress: list[tuple[int, int]] = []
 
@@ -88,8 +89,8 @@ def make_handler(settings: WorkerSettings) -> Handler:
             await asyncio.sleep(0.25)
             if progress:
                 done, total = progress[-1]
-                await ctx.progress(5 + 35 * done / total, "analysing reference",
-                                   f"candidate {done} of {total}", coalesce=True)  # fmt: skip
+                await stages.report("analysing reference", 0.12 + 0.88 * done / total,
+                                    f"candidate {done} of {total}", coalesce=True)  # fmt: skip
         try:
             profile, fit_score = await fitting
         except ValueError as e:
@@ -100,30 +101,30 @@ def make_handler(settings: WorkerSettings) -> Handler:
 
         started = time.perf_counter()
         if mode == "text":
-            await ctx.progress(45, "synthesising", f"{len(text)} characters in the base voice")
+            await stages.report("synthesising", 0.1, f"{len(text)} characters in the base voice")
             try:
                 base = await ctx.run_blocking(synthesize, text, settings)
             except EngineError as e:
                 raise JobFailed(str(e)) from None
         else:
-            source = ctx.dispatch.files.get("source_file_id")
+            source = ctx.dispatch.files.get(roles.SOURCE)
             if source is None or not source.sha256:
                 raise JobFailed("voice conversion needs the source recording (source_file_id)")
-            await ctx.progress(45, "synthesising", "decoding the source recording")
+            await stages.report("synthesising", 0.1, "decoding the source recording")
             base = decode(await ctx.file_bytes(source), "source recording")
             if await ctx.run_blocking(ref_check.speech_seconds, base) < 0.5:
                 raise JobFailed("the source recording has no speech to convert")
-        await ctx.progress(60, "synthesising", "converting into the reference voice")
+        await stages.report("synthesising", 0.5, "converting into the reference voice")
         try:
             cloned = await ctx.run_blocking(voice_profile.convert, base, profile)
         except ValueError as e:
             raise JobFailed(f"the speech cannot be converted: {e}") from None
         compute = time.perf_counter() - started
 
-        await ctx.progress(80, "post-processing", "loudness and encoding")
+        await stages.report("post-processing", 0, "loudness and encoding")
         cloned = audio.normalize_loudness(cloned, RATE, settings.tts.target_lufs)
         data, media_type, extension, out_rate = await ctx.run_blocking(
-            audio.encode, cloned, RATE, str(params.get("format") or "AUDIO_FORMAT_WAV")
+            audio.encode, cloned, RATE, params.format
         )
         meta: dict[str, Any] = {
             "mode": mode, "method": METHOD, "base_voice": profile.base_voice,
@@ -134,7 +135,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
             "rtf": round(compute / (len(cloned) / RATE), 4),
         }  # fmt: skip
         if settings.cloning.measure:
-            await ctx.progress(88, "post-processing", "measuring similarity and intelligibility")
+            await stages.report("post-processing", 0.4, "measuring similarity and intelligibility")
             judge = await ctx.run_blocking(speaker.judge)
             target = await ctx.run_blocking(judge.embed, reference)
             clone_sim = speaker.cosine(target, await ctx.run_blocking(judge.embed, cloned))
@@ -148,12 +149,11 @@ def make_handler(settings: WorkerSettings) -> Handler:
                     wer=round(word_error_rate(text, heard), 4), asr_model=settings.cloning.asr_model
                 )
                 await ctx.log(f"heard back: {heard}")
-        files = [Output(f"cloned.{extension}", data, media_type)]
-        saved = str(params.get("save_as_voice", "")).strip()
+        files = [Output(f"cloned.{extension}", data, media_type, roles.AUDIO)]
+        saved = params.save_as_voice.strip()
         if saved:
-            files.append(
-                Output("voice.json", json.dumps(profile.to_json()).encode(), "application/json")
-            )
+            files.append(Output("voice.json", json.dumps(profile.to_json()).encode(),
+                                "application/json", roles.VOICE))  # fmt: skip
             meta["saved_voice"] = saved
         return Outcome(files=files, meta=meta, voice_profile=profile.to_json() if saved else None)
 
@@ -161,15 +161,16 @@ def make_handler(settings: WorkerSettings) -> Handler:
 
 
 async def _bark_clone(
-    ctx: JobContext, settings: WorkerSettings, reference: np.ndarray,
-    report: ref_check.ReferenceReport, text: str,
+    ctx: JobContext, stages: Stages[None], settings: WorkerSettings, reference: np.ndarray,
+    report: ref_check.ReferenceReport, params: jobs_pb2.VoiceCloningParams,
 ) -> Outcome:  # fmt: skip
     """Text in the reference voice through a Bark speaker prompt (see bark_prompt.py)."""
+    text = params.text.strip()
     if not text:
         raise JobFailed(
             "the bark-prompt engine speaks text; voice conversion needs the world engine"
         )
-    if str(ctx.params.get("save_as_voice", "")).strip():
+    if params.save_as_voice.strip():
         raise JobFailed(
             "voices made with the bark-prompt engine cannot be saved; use the world engine"
         )
@@ -179,10 +180,10 @@ async def _bark_clone(
     except EngineError as e:
         raise JobFailed(str(e)) from None
     assert isinstance(engine, BarkEngine)
-    await ctx.progress(10, "analysing reference", "transcribing the reference")
+    await stages.report("analysing reference", 0.25, "transcribing the reference")
     transcript = await ctx.run_blocking(transcribe, reference, settings.cloning)
-    await ctx.progress(
-        25, "analysing reference", "encoding the reference into a Bark speaker prompt"
+    await stages.report(
+        "analysing reference", 0.6, "encoding the reference into a Bark speaker prompt"
     )
     prompt = await ctx.run_blocking(
         bark_prompt.speaker_prompt, engine, reference, RATE, transcript,
@@ -199,14 +200,14 @@ async def _bark_clone(
             audio.resample(said, engine.sample_rate, RATE),
             np.zeros(int(0.25 * RATE), np.float32),
         ]
-        await ctx.progress(30 + 50 * (i + 1) / len(pieces), "synthesising",
-                           f"sentence {i + 1} of {len(pieces)}")  # fmt: skip
+        await stages.report("synthesising", (i + 1) / len(pieces),
+                            f"sentence {i + 1} of {len(pieces)}")  # fmt: skip
     cloned = np.concatenate(parts[:-1]) if parts else np.zeros(0, np.float32)
     compute = time.perf_counter() - started
-    await ctx.progress(85, "post-processing", "loudness and encoding")
+    await stages.report("post-processing", 0.25, "loudness and encoding")
     cloned = audio.normalize_loudness(cloned, RATE, settings.tts.target_lufs)
     data, media_type, extension, out_rate = await ctx.run_blocking(
-        audio.encode, cloned, RATE, str(ctx.params.get("format") or "AUDIO_FORMAT_WAV")
+        audio.encode, cloned, RATE, params.format
     )
     duration = len(cloned) / RATE
     meta: dict[str, Any] = {
@@ -223,4 +224,4 @@ async def _bark_clone(
         meta["similarity_clone"] = round(
             speaker.cosine(target, await ctx.run_blocking(judge.embed, cloned)), 4
         )
-    return Outcome(files=[Output(f"cloned.{extension}", data, media_type)], meta=meta)
+    return Outcome(files=[Output(f"cloned.{extension}", data, media_type, roles.AUDIO)], meta=meta)

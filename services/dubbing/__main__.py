@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services.cloning import speaker
 from services.dubbing.config import WorkerSettings
 from services.dubbing.handler import make_handler
-from services.dubbing.translate import translator
-from services.stt.engines import load as load_stt
-from services.tts.engines import load as load_voice
-from voxmesh import service, voices
+from voxmesh import service
+from voxmesh.speech import speaker, voices
+from voxmesh.speech.stt import load as load_stt
+from voxmesh.speech.translate import translator
+from voxmesh.speech.tts import load as load_voice
 from voxmesh.worker import Worker
 
 

@@ -17,23 +17,26 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from services.cloning import speaker
-from services.cloning.fitting import CALIBRATION_TEXT
-from services.cloning.fitting import fit as fit_profile
 from services.dubbing import mix, timing
 from services.dubbing.config import WorkerSettings
-from services.dubbing.translate import LANGUAGES, PAIRS, Translator, translator
-from services.stt import formats
-from services.stt.engines import Options, Segment
-from services.stt.engines import load as load_stt
-from services.tts.engines import EngineError, speak
-from voxmesh import audio, voice_profile, voices
-from voxmesh.voice_profile import VoiceProfile
+from voxmesh import audio, roles
+from voxmesh.speech import languages, speaker, voice_profile, voices
+from voxmesh.speech import subtitles as formats
+from voxmesh.speech.fitting import CALIBRATION_TEXT
+from voxmesh.speech.fitting import fit as fit_profile
+from voxmesh.speech.measures import word_error_rate
+from voxmesh.speech.stt import Options, Segment
+from voxmesh.speech.stt import load as load_stt
+from voxmesh.speech.translate import LANGUAGES, Translator, translator
+from voxmesh.speech.tts import EngineError, speak
+from voxmesh.speech.voice_profile import VoiceProfile
+from voxmesh.stages import Stages
+from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
 RATE = voice_profile.RATE
@@ -70,11 +73,6 @@ def _transcribe(
     return result.language, [s for s in result.segments if s.text.strip()]
 
 
-def _speak(text: str, voice: voices.Voice, settings: WorkerSettings) -> np.ndarray:
-    """`text` in `voice`, 16 kHz, sentences joined with short pauses (a dub is tight on time)."""
-    return speak(text, voice, settings.tts, pause_seconds=0.15, rate=RATE)
-
-
 def _trim(samples: np.ndarray, threshold: float = 0.01) -> np.ndarray:
     loud = np.where(np.abs(samples) > threshold)[0]
     return samples[max(0, loud[0] - 480) : loud[-1] + 480] if len(loud) else samples
@@ -92,217 +90,292 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+PROGRESS = {
+    "decoding": (0, 3),
+    "transcribing": (3, 25),
+    "translating": (25, 35),
+    "voice": (35, 40),
+    "synthesising": (40, 80),
+    "mixing": (80, 85),
+    "encoding": (85, 90),
+    "measuring": (90, 100),
+}
+
+
+@dataclass
+class Dub:
+    """The state the stages share: each reads what earlier ones filled in."""
+
+    ctx: JobContext
+    settings: WorkerSettings
+    params: jobs_pb2.DubbingParams
+    target: str
+    source_lang: str
+    revising: bool
+    raw: bytes = b""
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    total: float = 0.0
+    is_video: bool = False
+    found: list[Segment] = field(default_factory=list)
+    segments: list[DubSegment] = field(default_factory=list)
+    previous_audio: dict[str, np.ndarray] = field(default_factory=dict)
+    profile: VoiceProfile | None = None
+    base_voice: voices.Voice | None = None
+    placements: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    plain: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    """The same placements without voice conversion, for the similarity comparison."""
+    synthesized: int = 0
+    dubbed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    files: list[Output] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def speak(self, text: str) -> np.ndarray:
+        """`text` in the base voice, 16 kHz, sentences joined with short pauses (a dub is
+        tight on time), silence trimmed."""
+        assert self.base_voice is not None
+        return _trim(speak(text, self.base_voice, self.settings.tts, pause_seconds=0.15, rate=RATE))
+
+    def in_voice(self, base: np.ndarray) -> np.ndarray:
+        return base if self.profile is None else voice_profile.convert(base, self.profile)
+
+
+async def decoding(st: Stages[Dub], dub: Dub) -> None:
+    dub.raw = await dub.ctx.input_bytes()
+    try:
+        dub.source = await dub.ctx.run_blocking(audio.decode, dub.raw, RATE)
+    except Exception as e:
+        raise JobFailed(f"the input could not be decoded as audio or video: {e}") from None
+    dub.total = len(dub.source) / RATE
+    if dub.total < 1:
+        raise JobFailed("the input is shorter than a second; there is nothing to dub")
+    dub.is_video = await dub.ctx.run_blocking(mix.video_stream, dub.raw)
+
+
+async def transcribing(st: Stages[Dub], dub: Dub) -> None:
+    ctx = dub.ctx
+    if dub.revising:
+        dub.segments, dub.profile, dub.previous_audio, dub.source_lang = await _load_revision(
+            ctx, dub.params, dub.target
+        )
+        await st.report(
+            "transcribing", 1, f"reusing {len(dub.segments)} segments of the revised job"
+        )
+        return
+    await st.report("transcribing", 0, f"{dub.total:.0f} s of audio")
+    detected, found = await ctx.run_blocking(_transcribe, dub.source, dub.source_lang, dub.settings)
+    dub.source_lang = dub.source_lang or detected
+    if not found:
+        raise JobFailed("no speech was found in the input")
+    if (dub.source_lang, dub.target) not in languages.TRANSLATION_PAIRS:
+        raise JobFailed(
+            f"dubbing {dub.source_lang} → {dub.target} is not available: the shipped "
+            f"translation models cover {languages.pairs_text()}"
+        )
+    dub.found = sentences(found)
+    await ctx.log(f"{len(dub.found)} segments in {dub.source_lang}")
+
+
+async def translating(st: Stages[Dub], dub: Dub) -> None:
+    if dub.revising:
+        return
+    mt = translator()
+    for i, s in enumerate(dub.found):
+        translated = await dub.ctx.run_blocking(mt.translate, s.text, dub.source_lang, dub.target)
+        dub.segments.append(
+            DubSegment(i, round(s.start, 3), round(s.end, 3), s.text.strip(), translated)
+        )
+        await st.report("translating", (i + 1) / len(dub.found),
+                        f"segment {i + 1} of {len(dub.found)}, {dub.source_lang} → {dub.target}",
+                        coalesce=True)  # fmt: skip
+
+
+async def voicing(st: Stages[Dub], dub: Dub) -> None:
+    """A stock voice as named, else the target language's voice converted into a saved voice
+    or into the source speaker's own voice (fitted from the recording)."""
+    ctx, chosen = dub.ctx, dub.params.voice
+    reference = _speaker_reference(
+        dub.source, dub.segments, dub.settings.dubbing.max_reference_seconds
+    )
+    gender = await ctx.run_blocking(_voice_gender, reference)
+    try:
+        dub.base_voice = (
+            voices.CATALOG[chosen] if chosen in voices.CATALOG
+            else voices.for_language(dub.target, gender)
+        )  # fmt: skip
+    except KeyError as e:
+        raise JobFailed(str(e)) from None
+    if chosen in voices.CATALOG:
+        if languages.base(dub.base_voice.language) != dub.target:
+            raise JobFailed(
+                f"the voice {chosen} speaks {dub.base_voice.language}, not {dub.target}"
+            )
+        dub.profile = None
+    elif chosen:
+        dub.profile = ctx.saved_voice(chosen)
+    elif dub.profile is None:
+        await st.report("voice", 0.2, "fitting the speaker's voice from the recording")
+        mt = translator()
+        calibration_text = (
+            await ctx.run_blocking(mt.translate, CALIBRATION_TEXT, "en", dub.target)
+            if dub.target != "en"
+            else CALIBRATION_TEXT
+        )
+        calibration = await ctx.run_blocking(dub.speak, calibration_text)
+        try:
+            fitted, score = await ctx.run_blocking(
+                fit_profile, reference, calibration, dub.base_voice.id, speaker.fitter()
+            )
+        except ValueError as e:
+            raise JobFailed(f"the speaker's voice could not be analysed: {e}") from None
+        dub.profile = fitted
+        await ctx.log(
+            f"speaker voice fitted: warp {fitted.warp:g}, eq {fitted.eq:g} (score {score:.3f})"
+        )
+
+
+async def synthesising(st: Stages[Dub], dub: Dub) -> None:
+    """Each segment in the voice, fitted into its slot: spill into silence, stretch up to
+    max_stretch, re-phrase shorter; a revision reuses every unedited segment's speech."""
+    ctx, segments = dub.ctx, dub.segments
+    max_stretch = dub.params.max_stretch or 1.3
+    edited = {e.index for e in dub.params.edits}
+    prev_end = 0.0
+    mt_shorter: Translator | None = None
+    for n, seg in enumerate(segments):
+        next_start = segments[n + 1].start if n + 1 < len(segments) else dub.total + 2.0
+        key = f"segment_{seg.index}"
+        reuse = dub.revising and seg.index not in edited and key in dub.previous_audio
+        if reuse:
+            spoken = base = dub.previous_audio[key]
+        else:
+            try:
+                base = await ctx.run_blocking(dub.speak, seg.translation)
+            except EngineError as e:
+                raise JobFailed(str(e)) from None
+            spoken = await ctx.run_blocking(dub.in_voice, base)
+            dub.synthesized += 1
+        seg.natural_seconds = round(len(spoken) / RATE, 3)
+        seg.duration_ratio = round(seg.natural_seconds / max(0.05, seg.end - seg.start), 3)
+        # Where it starts: on time, or a little late (at most MAX_DELAY) if the previous
+        # segment spilled past this one's start.
+        place = min(max(seg.start, prev_end), seg.start + timing.MAX_DELAY)
+        slot_end = max(seg.end, place + 0.05)
+        fitted = timing.fit(spoken, place, slot_end, next_start, max_stretch)
+        if fitted.overflow_seconds > 0.05 and not reuse and dub.source_lang in LANGUAGES:
+            mt_shorter = mt_shorter or translator()
+            shorter = await ctx.run_blocking(
+                mt_shorter.shorter, seg.text, dub.source_lang, dub.target
+            )
+            if shorter and len(shorter) < len(seg.translation):
+                again = await ctx.run_blocking(dub.speak, shorter)
+                again = await ctx.run_blocking(dub.in_voice, again)
+                refit = timing.fit(again, place, slot_end, next_start, max_stretch)
+                if refit.overflow_seconds < fitted.overflow_seconds:
+                    seg.translation, seg.rephrased, fitted, base = shorter, True, refit, again
+        seg.stretch = round(fitted.stretch, 3)
+        seg.spilled = fitted.spilled
+        seg.delay_seconds = round(place - seg.start, 3)
+        seg.placed_start = round(place, 3)
+        seg.placed_end = round(place + len(fitted.audio) / RATE, 3)
+        prev_end = seg.placed_end
+        dub.placements.append((place, fitted.audio))
+        dub.plain.append((place, timing.fit(base, place, slot_end, next_start, max_stretch).audio))
+        await st.report("synthesising", (n + 1) / len(segments),
+                        f"segment {n + 1} of {len(segments)}", coalesce=True)  # fmt: skip
+    for seg, following in zip(segments, [*segments[1:], None], strict=True):
+        # Overflow: how far a segment runs past the start of the next one, as placed.
+        limit = following.placed_start if following is not None else dub.total + 2.0
+        seg.overflow_seconds = round(max(0.0, seg.placed_end - limit), 3)
+
+
+async def mixing(st: Stages[Dub], dub: Dub) -> None:
+    await st.report("mixing", 0, "placing segments at their original times")
+    keep = dub.params.keep_background
+    dub.dubbed = mix.mix(
+        dub.total, dub.placements, dub.source if keep else None, dub.settings.dubbing.background_db
+    )
+
+
+async def encoding(st: Stages[Dub], dub: Dub) -> None:
+    ctx, segments = dub.ctx, dub.segments
+    dub.dubbed = audio.normalize_loudness(dub.dubbed, RATE, dub.settings.tts.target_lufs)
+    data, media_type, extension, out_rate = await ctx.run_blocking(
+        audio.encode, dub.dubbed, RATE, dub.params.format
+    )
+    dub.files = [Output(f"dubbed.{extension}", data, media_type, roles.AUDIO)]
+    if dub.is_video:
+        try:
+            video, video_type, video_ext = await ctx.run_blocking(
+                mix.mux, dub.raw, dub.dubbed, RATE
+            )
+            dub.files.insert(0, Output(f"dubbed.{video_ext}", video, video_type, roles.VIDEO))
+        except Exception as e:  # the audio is still delivered
+            await ctx.log(f"could not put the dub back into the video: {e}")
+    assert dub.base_voice is not None
+    dub.meta = {
+        "source_language": dub.source_lang, "target_language": dub.target,
+        "segments": len(segments), "synthesized_segments": dub.synthesized,
+        "revised_job_id": dub.params.revise_job_id,
+        "voice": dub.params.voice or "the speaker's own (fitted)", "base_voice": dub.base_voice.id,
+        "duration_seconds": round(len(dub.dubbed) / RATE, 3), "sample_rate": out_rate,
+        "overflow_seconds": round(sum(s.overflow_seconds for s in segments), 3),
+        "segments_overflowing": sum(s.overflow_seconds > 0.05 for s in segments),
+        "max_duration_ratio": max(s.duration_ratio for s in segments),
+        "mean_duration_ratio": round(float(np.mean([s.duration_ratio for s in segments])), 3),
+        "max_stretch_applied": max(s.stretch for s in segments),
+        "max_delay_seconds": max(s.delay_seconds for s in segments),
+        "rephrased_segments": sum(s.rephrased for s in segments),
+        "video": dub.is_video, "keep_background": dub.params.keep_background,
+    }  # fmt: skip
+
+
+async def measuring(st: Stages[Dub], dub: Dub) -> None:
+    await st.report("measuring", 0, "intelligibility and speaker similarity")
+    dub.meta.update(
+        await _measure(dub.ctx, dub.settings, dub.source, dub.segments, dub.placements,
+                       dub.plain, dub.total, dub.target)
+    )  # fmt: skip
+
+
+def _documents(dub: Dub) -> list[Output]:
+    """Subtitles in both languages, the segments, their speech and the voice (what a revision
+    reuses, by role)."""
+    source_srt, source_vtt = _subtitles(dub.segments, "text")
+    target_srt, target_vtt = _subtitles(dub.segments, "translation")
+    document = {"meta": dub.meta, "segments": [asdict(s) for s in dub.segments]}
+    out = [
+        Output(f"subtitles.{dub.source_lang}.srt", source_srt.encode(), "application/x-subrip", roles.SUBTITLES),
+        Output(f"subtitles.{dub.source_lang}.vtt", source_vtt.encode(), "text/vtt", roles.SUBTITLES),
+        Output(f"subtitles.{dub.target}.srt", target_srt.encode(), "application/x-subrip", roles.SUBTITLES),
+        Output(f"subtitles.{dub.target}.vtt", target_vtt.encode(), "text/vtt", roles.SUBTITLES),
+        Output("segments.json", json.dumps(document, ensure_ascii=False, indent=1).encode(),
+               "application/json", roles.SEGMENTS),
+        Output("segment-audio.npz",
+               _npz({f"segment_{s.index}": a for s, (_, a) in zip(dub.segments, dub.placements, strict=True)}),
+               "application/octet-stream", roles.SEGMENT_AUDIO),
+    ]  # fmt: skip
+    if dub.profile is not None:
+        out.append(Output("voice.json", json.dumps(dub.profile.to_json()).encode(),
+                          "application/json", roles.VOICE))  # fmt: skip
+    return out
+
+
 def make_handler(settings: WorkerSettings) -> Handler:
     async def handle(ctx: JobContext) -> Outcome:
-        p = ctx.params
-        target = str(p.get("target_language", "")).split("-")[0].lower()
-        source_lang = str(p.get("source_language", "")).split("-")[0].lower()
-        max_stretch = float(p.get("max_stretch") or 1.3)
-        revising = bool(p.get("revise_job_id"))
-
-        await ctx.progress(1, "decoding", "")
-        raw = await ctx.input_bytes()
-        try:
-            source = await ctx.run_blocking(audio.decode, raw, RATE)
-        except Exception as e:
-            raise JobFailed(f"the input could not be decoded as audio or video: {e}") from None
-        total = len(source) / RATE
-        if total < 1:
-            raise JobFailed("the input is shorter than a second; there is nothing to dub")
-        is_video = await ctx.run_blocking(mix.video_stream, raw)
-
-        previous_audio: dict[str, np.ndarray] = {}
-        profile: VoiceProfile | None = None
-        if revising:
-            segments, profile, previous_audio, source_lang = await _load_revision(ctx, p, target)
-            await ctx.progress(
-                30, "transcribing", f"reusing {len(segments)} segments of the revised job"
-            )
-        else:
-            await ctx.progress(3, "transcribing", f"{total:.0f} s of audio")
-            detected, found = await ctx.run_blocking(_transcribe, source, source_lang, settings)
-            source_lang = source_lang or detected
-            if not found:
-                raise JobFailed("no speech was found in the input")
-            if (source_lang, target) not in PAIRS:
-                raise JobFailed(
-                    f"dubbing {source_lang} → {target} is not available: the shipped translation "
-                    f"models cover {', '.join(f'{a} → {b}' for a, b in sorted(PAIRS))}"
-                )
-            found = sentences(found)
-            await ctx.log(f"{len(found)} segments in {source_lang}")
-            await ctx.progress(
-                25, "translating", f"{len(found)} segments, {source_lang} → {target}"
-            )
-            mt = translator()
-            segments = []
-            for i, s in enumerate(found):
-                translated = await ctx.run_blocking(mt.translate, s.text, source_lang, target)
-                segments.append(
-                    DubSegment(i, round(s.start, 3), round(s.end, 3), s.text.strip(), translated)
-                )
-                await ctx.progress(25 + 10 * (i + 1) / len(found), "translating",
-                                   f"segment {i + 1} of {len(found)}", coalesce=True)  # fmt: skip
-
-        # The voice: a stock voice as named, else the target language's voice converted into a
-        # saved voice or into the source speaker's own voice (fitted from the recording).
-        chosen = str(p.get("voice", ""))
-        reference = _speaker_reference(source, segments, settings.dubbing.max_reference_seconds)
-        gender = await ctx.run_blocking(_voice_gender, reference)
-        try:
-            base_voice = (
-                voices.CATALOG[chosen]
-                if chosen in voices.CATALOG
-                else voices.for_language(target, gender)
-            )
-        except KeyError as e:
-            raise JobFailed(str(e)) from None
-        if chosen in voices.CATALOG:
-            if not base_voice.language.lower().startswith(target):
-                raise JobFailed(f"the voice {chosen} speaks {base_voice.language}, not {target}")
-            profile = None
-        elif chosen:
-            if ctx.voice_profile is None:
-                raise JobFailed(f"the saved voice {chosen!r} no longer exists in this project")
-            profile = VoiceProfile.from_json(ctx.voice_profile)
-        elif profile is None:
-            await ctx.progress(38, "voice", "fitting the speaker's voice from the recording")
-            mt = translator()
-            calibration_text = (
-                await ctx.run_blocking(mt.translate, CALIBRATION_TEXT, "en", target)
-                if target != "en"
-                else CALIBRATION_TEXT
-            )
-            calibration = await ctx.run_blocking(_speak, calibration_text, base_voice, settings)
-            try:
-                speaker_profile, score = await ctx.run_blocking(
-                    fit_profile, reference, calibration, base_voice.id, speaker.fitter()
-                )
-            except ValueError as e:
-                raise JobFailed(f"the speaker's voice could not be analysed: {e}") from None
-            profile = speaker_profile
-            await ctx.log(
-                f"speaker voice fitted: warp {speaker_profile.warp:g}, eq {speaker_profile.eq:g} "
-                f"(score {score:.3f})"
-            )
-
-        edited = {int(e.get("index", -1)) for e in p.get("edits", [])}
-        placements: list[tuple[float, np.ndarray]] = []
-        plain: list[tuple[float, np.ndarray]] = []  # without conversion, for the comparison
-        synthesized = 0
-        prev_end = 0.0
-        mt_shorter: Translator | None = None
-        for n, seg in enumerate(segments):
-            next_start = segments[n + 1].start if n + 1 < len(segments) else total + 2.0
-            key = f"segment_{seg.index}"
-            reuse = revising and seg.index not in edited and key in previous_audio
-            if reuse:
-                spoken = previous_audio[key]
-                base = spoken
-            else:
-                try:
-                    base = _trim(
-                        await ctx.run_blocking(_speak, seg.translation, base_voice, settings)
-                    )
-                except EngineError as e:
-                    raise JobFailed(str(e)) from None
-                spoken = (
-                    base
-                    if profile is None
-                    else await ctx.run_blocking(voice_profile.convert, base, profile)
-                )
-                synthesized += 1
-            seg.natural_seconds = round(len(spoken) / RATE, 3)
-            seg.duration_ratio = round(seg.natural_seconds / max(0.05, seg.end - seg.start), 3)
-            # Where it starts: on time, or a little late (at most MAX_DELAY) if the previous
-            # segment spilled past this one's start.
-            place = min(max(seg.start, prev_end), seg.start + timing.MAX_DELAY)
-            slot_end = max(seg.end, place + 0.05)
-            fitted = timing.fit(spoken, place, slot_end, next_start, max_stretch)
-            if fitted.overflow_seconds > 0.05 and not reuse and source_lang in LANGUAGES:
-                mt_shorter = mt_shorter or translator()
-                shorter = await ctx.run_blocking(mt_shorter.shorter, seg.text, source_lang, target)
-                if shorter and len(shorter) < len(seg.translation):
-                    again = _trim(await ctx.run_blocking(_speak, shorter, base_voice, settings))
-                    again = (
-                        again
-                        if profile is None
-                        else await ctx.run_blocking(voice_profile.convert, again, profile)
-                    )
-                    refit = timing.fit(again, place, slot_end, next_start, max_stretch)
-                    if refit.overflow_seconds < fitted.overflow_seconds:
-                        seg.translation, seg.rephrased, fitted, base = shorter, True, refit, again
-            seg.stretch = round(fitted.stretch, 3)
-            seg.spilled = fitted.spilled
-            seg.delay_seconds = round(place - seg.start, 3)
-            seg.placed_start = round(place, 3)
-            seg.placed_end = round(place + len(fitted.audio) / RATE, 3)
-            prev_end = seg.placed_end
-            placements.append((place, fitted.audio))
-            plain.append((place, timing.fit(base, place, slot_end, next_start, max_stretch).audio))
-            await ctx.progress(40 + 40 * (n + 1) / len(segments), "synthesising",
-                               f"segment {n + 1} of {len(segments)}", coalesce=True)  # fmt: skip
-
-        for seg, following in zip(segments, [*segments[1:], None], strict=True):
-            # Overflow: how far a segment runs past the start of the next one, as placed.
-            limit = following.placed_start if following is not None else total + 2.0
-            seg.overflow_seconds = round(max(0.0, seg.placed_end - limit), 3)
-        await ctx.progress(82, "mixing", "placing segments at their original times")
-        keep = bool(p.get("keep_background"))
-        dubbed = mix.mix(
-            total, placements, source if keep else None, settings.dubbing.background_db
-        )
-        await ctx.progress(86, "encoding", "")
-        dubbed = audio.normalize_loudness(dubbed, RATE, settings.tts.target_lufs)
-        fmt = str(p.get("format") or "AUDIO_FORMAT_WAV")
-        data, media_type, extension, out_rate = await ctx.run_blocking(
-            audio.encode, dubbed, RATE, fmt
-        )
-        files = [Output(f"dubbed.{extension}", data, media_type)]
-        if is_video:
-            try:
-                video, video_type, video_ext = await ctx.run_blocking(mix.mux, raw, dubbed, RATE)
-                files.insert(0, Output(f"dubbed.{video_ext}", video, video_type))
-            except Exception as e:  # the audio is still delivered
-                await ctx.log(f"could not put the dub back into the video: {e}")
-
-        overflow = round(sum(s.overflow_seconds for s in segments), 3)
-        meta: dict[str, Any] = {
-            "source_language": source_lang, "target_language": target, "segments": len(segments),
-            "synthesized_segments": synthesized, "revised_job_id": str(p.get("revise_job_id", "")),
-            "voice": chosen or "the speaker's own (fitted)", "base_voice": base_voice.id,
-            "duration_seconds": round(len(dubbed) / RATE, 3), "sample_rate": out_rate,
-            "overflow_seconds": overflow,
-            "segments_overflowing": sum(s.overflow_seconds > 0.05 for s in segments),
-            "max_duration_ratio": max(s.duration_ratio for s in segments),
-            "mean_duration_ratio": round(float(np.mean([s.duration_ratio for s in segments])), 3),
-            "max_stretch_applied": max(s.stretch for s in segments),
-            "max_delay_seconds": max(s.delay_seconds for s in segments),
-            "rephrased_segments": sum(s.rephrased for s in segments),
-            "video": is_video, "keep_background": keep,
-        }  # fmt: skip
+        p = ctx.params_as(jobs_pb2.DubbingParams)
+        dub = Dub(
+            ctx, settings, p, target=languages.base(p.target_language),
+            source_lang=languages.base(p.source_language) if p.source_language else "",
+            revising=bool(p.revise_job_id),
+        )  # fmt: skip
+        plan = [("decoding", decoding), ("transcribing", transcribing),
+                ("translating", translating), ("voice", voicing),
+                ("synthesising", synthesising), ("mixing", mixing), ("encoding", encoding)]  # fmt: skip
         if settings.dubbing.measure:
-            await ctx.progress(90, "measuring", "intelligibility and speaker similarity")
-            meta.update(
-                await _measure(ctx, settings, source, segments, placements, plain, total, target)
-            )
-        source_srt, source_vtt = _subtitles(segments, "text")
-        target_srt, target_vtt = _subtitles(segments, "translation")
-        document = {"meta": meta, "segments": [asdict(s) for s in segments]}
-        files += [
-            Output(f"subtitles.{source_lang}.srt", source_srt.encode(), "application/x-subrip"),
-            Output(f"subtitles.{source_lang}.vtt", source_vtt.encode(), "text/vtt"),
-            Output(f"subtitles.{target}.srt", target_srt.encode(), "application/x-subrip"),
-            Output(f"subtitles.{target}.vtt", target_vtt.encode(), "text/vtt"),
-            Output("segments.json", json.dumps(document, ensure_ascii=False, indent=1).encode(), "application/json"),
-            Output("segment-audio.npz", _npz({f"segment_{s.index}": a for s, (_, a) in zip(segments, placements, strict=True)}),
-                   "application/octet-stream"),
-        ]  # fmt: skip
-        if profile is not None:
-            files.append(
-                Output("voice.json", json.dumps(profile.to_json()).encode(), "application/json")
-            )
-        return Outcome(files=files, meta=meta)
+            plan.append(("measuring", measuring))
+        stages: Stages[Dub] = Stages(ctx, PROGRESS)
+        await stages.run(dub, plan)
+        return Outcome(files=dub.files + _documents(dub), meta=dub.meta)
 
     return handle
 
@@ -351,8 +424,6 @@ async def _measure(
     placements: list[tuple[float, np.ndarray]], plain: list[tuple[float, np.ndarray]],
     total: float, target: str,
 ) -> dict[str, Any]:  # fmt: skip
-    from services.cloning.handler import word_error_rate
-
     voice_only = mix.mix(total, placements, None, 0.0)
     engine = await ctx.run_blocking(load_stt, settings.dubbing.stt_model)
     result = await ctx.run_blocking(
@@ -376,19 +447,21 @@ async def _measure(
 
 
 async def _load_revision(
-    ctx: JobContext, p: dict[str, Any], target: str
+    ctx: JobContext, p: jobs_pb2.DubbingParams, target: str
 ) -> tuple[list[DubSegment], VoiceProfile | None, dict[str, np.ndarray], str]:
-    """The revised job's segments (with the edits applied), voice profile and segment speech."""
+    """The revised job's segments (with the edits applied), voice profile and segment speech,
+    from the files its dispatch carried by role."""
     stored = ctx.dispatch.files
-    if "revise:segments.json" not in stored or "revise:segment-audio.npz" not in stored:
+    segments_key, audio_key = roles.revised(roles.SEGMENTS), roles.revised(roles.SEGMENT_AUDIO)
+    if segments_key not in stored or audio_key not in stored:
         raise JobFailed("the revised job's segments are missing; dub the recording again instead")
-    document = json.loads(await ctx.file_bytes(stored["revise:segments.json"]))
-    with np.load(io.BytesIO(await ctx.file_bytes(stored["revise:segment-audio.npz"]))) as npz:
+    document = json.loads(await ctx.file_bytes(stored[segments_key]))
+    with np.load(io.BytesIO(await ctx.file_bytes(stored[audio_key]))) as npz:
         previous = {k: npz[k] for k in npz.files}
     profile = None
-    if "revise:voice.json" in stored:
+    if roles.revised(roles.VOICE) in stored:
         profile = VoiceProfile.from_json(
-            json.loads(await ctx.file_bytes(stored["revise:voice.json"]))
+            json.loads(await ctx.file_bytes(stored[roles.revised(roles.VOICE)]))
         )
     source_lang = str(document["meta"]["source_language"])
     if document["meta"]["target_language"] != target:
@@ -397,17 +470,15 @@ async def _load_revision(
                 for s in document["segments"]]  # fmt: skip
     by_index = {s.index: s for s in segments}
     mt: Translator | None = None
-    for edit in p.get("edits", []):
-        seg = by_index.get(int(edit.get("index", -1)))
+    for edit in p.edits:
+        seg = by_index.get(edit.index)
         if seg is None:
-            raise JobFailed(
-                f"segment {edit.get('index')} does not exist (0 to {len(segments) - 1})"
-            )
-        if edit.get("text"):
-            seg.text = str(edit["text"])
-        if edit.get("translation"):
-            seg.translation = str(edit["translation"])
-        elif edit.get("text"):
+            raise JobFailed(f"segment {edit.index} does not exist (0 to {len(segments) - 1})")
+        if edit.text:
+            seg.text = edit.text
+        if edit.translation:
+            seg.translation = edit.translation
+        elif edit.text:
             mt = mt or translator()
             seg.translation = await ctx.run_blocking(mt.translate, seg.text, source_lang, target)
         await ctx.log(f"segment {seg.index} edited: {seg.translation}")

@@ -5,10 +5,11 @@ configured)."""
 from __future__ import annotations
 
 from services.stories.config import WorkerSettings
-from services.stories.generator import local_model
 from services.stories.handler import make_handler
-from services.tts.engines import load as load_voice
-from voxmesh import service, voices
+from voxmesh import service
+from voxmesh.speech import voices
+from voxmesh.speech.tts import load as load_voice
+from voxmesh.speech.writer import local_model
 from voxmesh.worker import Worker
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
 
-from services.tts.config import TtsSettings
 from voxmesh.settings import BaseWorkerSettings
+from voxmesh.speech.tts import TtsSettings
 
 
 class StoriesSettings(BaseModel):

@@ -9,7 +9,6 @@ import time
 import numpy as np
 
 from services.stories.config import WorkerSettings
-from services.stories.generator import Endpoint, GeneratorError, local_model, stream
 from services.stories.writing import (
     OPENING,
     clean_title,
@@ -19,36 +18,46 @@ from services.stories.writing import (
     shape,
     title_prompt,
 )
-from services.tts import text as text_split
-from services.tts.engines import EngineError, for_voice
-from services.tts.handler import apply_profile, saved_voice
-from voxmesh import audio, voice_profile, voices
+from voxmesh import audio, roles
+from voxmesh.speech import languages, voice_profile, voices
+from voxmesh.speech import text as text_split
+from voxmesh.speech.tts import EngineError, for_voice
+from voxmesh.speech.writer import Endpoint, GeneratorError, local_model, stream
+from voxmesh.stages import Stages
+from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
 FLUSH_SECONDS = 0.3
+PROGRESS = {
+    "writing": (0, 60),
+    "narrating title": (60, 62),
+    "narrating": (62, 95),
+    "encoding": (95, 100),
+}
 
 
 def make_handler(settings: WorkerSettings) -> Handler:
     config = settings.stories
 
     async def handle(ctx: JobContext) -> Outcome:
-        p = ctx.params
-        premise = str(p.get("prompt", "")).strip()
-        target = int(p.get("target_words") or 400)
-        language = str(p.get("language") or "en")
-        if language.split("-")[0] != "en":
+        p = ctx.params_as(jobs_pb2.AiStoriesParams)
+        stages: Stages[None] = Stages(ctx, PROGRESS)
+        premise = p.prompt.strip()
+        target = p.target_words or 400
+        language = p.language or "en"
+        if languages.base(language) not in languages.STORY_LANGUAGES:
             raise JobFailed(
                 f"stories in {language!r} are not available yet: the shipped writer and "
                 "narration voice are English"
             )
-        profile = saved_voice(ctx)  # a voice the project saved: its base voice, converted
+        profile = ctx.saved_voice(p.voice)  # a voice the project saved: its base voice, converted
         try:
-            voice = voices.resolve(profile.base_voice if profile else str(p.get("voice", "")), "")
+            voice = voices.resolve(profile.base_voice if profile else p.voice, "")
         except (KeyError, ValueError) as e:
             raise JobFailed(f"narrator voice: {e}") from None
-        seed = int(p.get("seed") or 0) or int(time.time()) % 2**31
+        seed = p.seed or int(time.time()) % 2**31
 
-        await ctx.progress(0, "writing", "")
+        await stages.report("writing")
         if config.base_url:
             endpoint = Endpoint(
                 config.base_url,
@@ -61,20 +70,20 @@ def make_handler(settings: WorkerSettings) -> Handler:
         started = last_flush = time.perf_counter()
         try:
             async for piece in stream(
-                endpoint, prompt(premise, str(p.get("genre", "")), str(p.get("audience", "")), target),
+                endpoint, prompt(premise, p.genre, p.audience, target),
                 max_tokens=int(target * 1.8) + 40, temperature=config.temperature, seed=seed,
                 repeat_penalty=config.repeat_penalty,
             ):  # fmt: skip
                 raw, pending, tokens = raw + piece, pending + piece, tokens + 1
                 if time.perf_counter() - last_flush >= FLUSH_SECONDS:
                     words = len(raw.split())
-                    await ctx.progress(min(60, 60 * words / target), "writing", pending)
+                    await stages.report("writing", words / target, pending)
                     pending, last_flush = "", time.perf_counter()
         except GeneratorError as e:
             raise JobFailed(str(e)) from None
         writing_seconds = time.perf_counter() - started
         if pending:
-            await ctx.progress(min(60, 60 * len(raw.split()) / target), "writing", pending)
+            await stages.report("writing", len(raw.split()) / target, pending)
         story = shape(raw, target, title="")
         try:  # a second, short completion names the story
             named = ""
@@ -91,9 +100,9 @@ def make_handler(settings: WorkerSettings) -> Handler:
         await ctx.log(f"wrote {story.words} words in {writing_seconds:.1f} s ({tokens} tokens)")
 
         dialogue = None
-        if p.get("dialogue_voice"):
+        if p.dialogue_voice:
             try:
-                dialogue = voices.resolve(str(p["dialogue_voice"]), "")
+                dialogue = voices.resolve(p.dialogue_voice, "")
             except (KeyError, ValueError) as e:
                 raise JobFailed(f"dialogue voice: {e}") from None
 
@@ -127,7 +136,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
                         raise JobFailed(str(e)) from None
                     if profile is not None and speaker is voice:
                         converted = await ctx.run_blocking(
-                            apply_profile, samples, speaker_engine.sample_rate, profile
+                            ctx.in_saved_voice, samples, speaker_engine.sample_rate, profile
                         )
                         samples = audio.resample(converted, voice_profile.RATE, rate)
                     else:
@@ -139,15 +148,15 @@ def make_handler(settings: WorkerSettings) -> Handler:
                              "text": block, "start": round(start, 3), "end": round(position, 3)})  # fmt: skip
             parts.append(np.zeros(int(settings.tts.paragraph_pause_seconds * rate), np.float32))
             position += settings.tts.paragraph_pause_seconds
-            await ctx.progress(
-                60 + 35 * (i + 1) / len(blocks),
-                "narrating" if i else "narrating title", f"paragraph {i} of {len(blocks) - 1}",
-                coalesce=True,
+            await stages.report(
+                "narrating" if i else "narrating title", i / max(1, len(blocks) - 1) if i else 1,
+                f"paragraph {i} of {len(blocks) - 1}", coalesce=True,
             )  # fmt: skip
         narration_seconds = time.perf_counter() - narrate_started
+        await stages.report("encoding", 0, "loudness and encoding")
         speech = audio.normalize_loudness(np.concatenate(parts), rate, settings.tts.target_lufs)
         data, media_type, extension, out_rate = await ctx.run_blocking(
-            audio.encode, speech, rate, str(p.get("format") or "AUDIO_FORMAT_WAV")
+            audio.encode, speech, rate, p.format
         )
         duration = len(speech) / rate
         meta = {
@@ -157,7 +166,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
             "tokens_per_second": round(tokens / writing_seconds, 1) if writing_seconds else 0.0,
             "writing_seconds": round(writing_seconds, 2),
             "distinct_3gram_ratio": round(distinct_ngram_ratio(" ".join(story.paragraphs)), 3),
-            "voice": str(p["voice"]) if profile else voice.id,
+            "voice": p.voice if profile else voice.id,
             "dialogue_voice": dialogue.id if dialogue else "",
             "dialogue_lines": dialogue_lines,
             "duration_seconds": round(duration, 3), "sample_rate": out_rate,
@@ -166,13 +175,14 @@ def make_handler(settings: WorkerSettings) -> Handler:
         document = {**meta, "timeline": timeline, "paragraph_texts": story.paragraphs}
         return Outcome(
             files=[
-                Output("story.md", story.markdown().encode(), "text/markdown"),
+                Output("story.md", story.markdown().encode(), "text/markdown", roles.STORY),
                 Output(
                     "story.json",
                     json.dumps(document, ensure_ascii=False, indent=2).encode(),
                     "application/json",
+                    roles.STORY,
                 ),
-                Output(f"narration.{extension}", data, media_type),
+                Output(f"narration.{extension}", data, media_type, roles.AUDIO),
             ],
             meta=meta,
         )

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from services.stt.config import WorkerSettings
-from services.stt.engines import from_settings
 from services.stt.handler import make_handler, make_shard_handler
 from voxmesh import service
+from voxmesh.speech.stt import from_settings
 from voxmesh.worker import Worker
 
 

@@ -11,10 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from services.stt import formats, shards
+from services.stt import shards
 from services.stt.config import SttSettings
-from services.stt.engines import Engine, ModelError, Options, Segment, from_settings
+from voxmesh import roles
 from voxmesh.audio import SAMPLE_RATE, AudioError, decode
+from voxmesh.speech import subtitles as formats
+from voxmesh.speech.stt import Engine, ModelError, Options, Segment, from_settings
+from voxmesh.stages import Stages
+from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import (
     Handler,
     JobContext,
@@ -26,15 +30,21 @@ from voxmesh.worker import (
 )
 
 MIN_SECONDS = 0.1
+PROGRESS = {
+    "decoding": (0, 3),
+    "loading model": (3, 5),
+    "transcribing": (5, 95),
+    "writing": (95, 100),
+}
 
 
-def options_from(params: dict[str, Any], settings: SttSettings) -> Options:
+def options_from(params: jobs_pb2.SttParams, settings: SttSettings) -> Options:
     return Options(
-        language=params.get("language") or None,
-        task="translate" if params.get("task") == "STT_TASK_TRANSLATE" else "transcribe",
-        word_timestamps=bool(params.get("word_timestamps")),
-        vad_filter=bool(params.get("vad_filter")),
-        initial_prompt=params.get("initial_prompt") or None,
+        language=params.language or None,
+        task="translate" if params.task == jobs_pb2.STT_TASK_TRANSLATE else "transcribe",
+        word_timestamps=params.word_timestamps,
+        vad_filter=params.vad_filter,
+        initial_prompt=params.initial_prompt or None,
         beam_size=settings.beam_size,
     )
 
@@ -103,7 +113,9 @@ async def transcribe_streaming(
 def make_handler(settings: SttSettings) -> Handler:
     async def handle(ctx: JobContext) -> Outcome:
         started = time.perf_counter()
-        await ctx.progress(0, "decoding", "reading the input")
+        params = ctx.params_as(jobs_pb2.SttParams)
+        stages: Stages[None] = Stages(ctx, PROGRESS)
+        await stages.report("decoding", 0, "reading the input")
         data = await ctx.input_bytes()
         try:
             audio = await ctx.run_blocking(decode, data)
@@ -113,12 +125,12 @@ def make_handler(settings: SttSettings) -> Handler:
         if duration < MIN_SECONDS:
             raise JobFailed(f"the audio is {duration:.2f} s long; nothing to transcribe")
         await ctx.log(f"decoded {duration:.1f} s of audio")
-        await ctx.progress(3, "loading model", settings.model)
+        await stages.report("loading model", 0, settings.model)
         try:
             engine = await ctx.run_blocking(from_settings, settings)
         except ModelError as e:
             raise JobFailed(str(e)) from None
-        options = options_from(ctx.params, settings)
+        options = options_from(params, settings)
         decode_started = time.perf_counter()
         cuts = (
             shards.split_points(audio, settings.shard_seconds)
@@ -128,10 +140,11 @@ def make_handler(settings: SttSettings) -> Handler:
         if cuts:  # long audio: every STT worker takes parts at once
             pieces = shards.parts(audio, cuts)
             await ctx.log(f"split into {len(pieces)} parts at silences for parallel workers")
+            low, high = PROGRESS["transcribing"]
             results = await ctx.run_shards(
                 [shards.to_wav(samples) for _, samples in pieces],
-                low=5,
-                high=95,
+                low=low,
+                high=high,
                 stage="transcribing",
             )
             segments, language = [], ""
@@ -140,11 +153,12 @@ def make_handler(settings: SttSettings) -> Handler:
                 segments += part
                 language = language or part_language
         else:
+            low, high = PROGRESS["transcribing"]
             segments, language = await transcribe_streaming(
-                ctx, engine, audio, options, low=5, high=95
+                ctx, engine, audio, options, low=low, high=high
             )
         compute = time.perf_counter() - decode_started
-        await ctx.progress(97, "writing", "transcript files")
+        await stages.report("writing", 0.4, "transcript files")
         meta = summarize(segments, language, duration)
         meta.update(
             model=engine.name, task=options.task, parts=len(cuts) + 1,
@@ -152,11 +166,26 @@ def make_handler(settings: SttSettings) -> Handler:
         )  # fmt: skip
         return Outcome(
             files=[
-                Output("transcript.txt", formats.to_text(segments).encode(), "text/plain"),
-                Output("transcript.srt", formats.to_srt(segments).encode(), "application/x-subrip"),
-                Output("transcript.vtt", formats.to_vtt(segments).encode(), "text/vtt"),
                 Output(
-                    "transcript.json", formats.to_json(segments, meta).encode(), "application/json"
+                    "transcript.txt",
+                    formats.to_text(segments).encode(),
+                    "text/plain",
+                    roles.TRANSCRIPT,
+                ),
+                Output(
+                    "transcript.srt",
+                    formats.to_srt(segments).encode(),
+                    "application/x-subrip",
+                    roles.SUBTITLES,
+                ),
+                Output(
+                    "transcript.vtt", formats.to_vtt(segments).encode(), "text/vtt", roles.SUBTITLES
+                ),
+                Output(
+                    "transcript.json",
+                    formats.to_json(segments, meta).encode(),
+                    "application/json",
+                    roles.TRANSCRIPT,
                 ),
             ],
             meta=meta,
@@ -172,6 +201,8 @@ def make_shard_handler(settings: SttSettings) -> ShardHandler:
         try:
             audio = await shard.run_blocking(decode, shard.data)
             engine = await shard.run_blocking(from_settings, settings)
+            if not isinstance(shard.params, jobs_pb2.SttParams):
+                raise JobFailed("an STT shard needs STT params")
             options = options_from(shard.params, settings)
 
             def run() -> tuple[list[Segment], str]:

@@ -14,8 +14,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from services.stt.engines import Segment, Word
 from voxmesh.audio import SAMPLE_RATE
+from voxmesh.speech.stt import Segment, Word
 
 FRAME = 320  # 20 ms
 SMOOTH = 15  # 300 ms

@@ -4,9 +4,10 @@ health NOT_SERVING meanwhile; other voices load on first use and stay warm)."""
 from __future__ import annotations
 
 from services.tts.config import WorkerSettings
-from services.tts.engines import load as load_voice
 from services.tts.handler import make_handler
-from voxmesh import service, voices
+from voxmesh import service
+from voxmesh.speech import voices
+from voxmesh.speech.tts import load as load_voice
 from voxmesh.worker import Worker
 
 

@@ -42,7 +42,7 @@ FANOUT_EVENTS = 50
 async def noop(ctx: JobContext) -> Outcome:
     """Start time on the worker, then done; or, for "fanout", timestamped progress."""
     started = time.time()
-    if ctx.params.get("text") == "fanout":
+    if ctx.params_as(jobs_pb2.TtsParams).text == "fanout":
         for i in range(FANOUT_EVENTS):
             await ctx.progress(100 * (i + 1) / FANOUT_EVENTS, "fanout", repr(time.time()))
             await asyncio.sleep(0.02)

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 from control.db.models import UserRole
-from services.stt.engines import Options, load
 from tests.bench.platform import running_platform
 from tests.harness import Harness
 from tests.speech import RATE, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import upload
 from voxmesh.audio import decode
+from voxmesh.speech.stt import Options, load
 from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 from control.db.models import UserRole
-from services.tts.engines import load
-from services.tts.text import split
 from tests.bench.platform import running_platform
 from tests.test_dispatch import wait_for
 from tests.test_tts import HARVARD, speak
-from voxmesh import audio, voices
+from voxmesh import audio
+from voxmesh.speech import voices
+from voxmesh.speech.text import split
+from voxmesh.speech.tts import load
 from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import threading
-from functools import cache
 
-PAIRS = {("en", "pt"), ("pt", "en")}
+from voxmesh.speech.languages import TRANSLATION_PAIRS as PAIRS
+from voxmesh.speech.models import MODELS
+
 LANGUAGES = sorted({a for a, _ in PAIRS})
 FILLERS = re.compile(
     r"\b(well|so|you know|i mean|actually|really|very|just|basically|quite|rather|indeed)\b,?\s*",
@@ -45,6 +46,6 @@ class Translator:
         return self.translate(compact or text, source, target)
 
 
-@cache
 def translator() -> Translator:
-    return Translator()
+    """The translation models (loaded once)."""
+    return MODELS.get(("translate", "bergamot"), Translator)

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from services.cloning.speaker import DVectorEncoder, cosine
-from voxmesh import voice_profile
-from voxmesh.voice_profile import VoiceProfile
+from voxmesh.speech import voice_profile
+from voxmesh.speech.speaker import DVectorEncoder, cosine
+from voxmesh.speech.voice_profile import VoiceProfile
 
 CALIBRATION_TEXT = (
     "The quick brown fox jumps over the lazy dog. "

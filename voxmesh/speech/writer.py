@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from voxmesh.speech.models import MODELS
 
 
 class GeneratorError(Exception):
@@ -49,16 +50,9 @@ class LocalModel:
         )
 
 
-_local: LocalModel | None = None
-_lock = threading.Lock()
-
-
 def local_model(threads: int = 2) -> LocalModel:
-    global _local
-    with _lock:
-        if _local is None:
-            _local = LocalModel(threads)
-        return _local
+    """The shipped writer model, started once per process."""
+    return MODELS.get(("writer", "gemma-3-270m"), lambda: LocalModel(threads))
 
 
 async def stream(

@@ -10,7 +10,7 @@ from typing import Any
 import srt
 import webvtt
 
-from services.stt.engines import Segment
+from voxmesh.speech.stt import Segment
 
 
 def to_text(segments: list[Segment]) -> str:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.tts.engines import BarkEngine
 from voxmesh import audio
+from voxmesh.speech.tts import BarkEngine
 
 PROMPT_SECONDS = 10.0
 

@@ -8,11 +8,9 @@ from typing import Any, cast
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from control.db import models
-from control.job_params import PREFIX as PARAMS_FIELD
+from control.kinds import kind_of
+from control.lifecycle.states import State, state_of
 from voxmesh.v1 import jobs_pb2, projects_pb2, users_pb2
-
-# Job params are stored as JSON of the type's params message; its oneof field is named by PREFIX.
-TYPE_OF_PARAMS_FIELD = {field: job_type for job_type, field in PARAMS_FIELD.items()}
 
 
 def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -77,9 +75,22 @@ def project_to_pb(project: models.Project, jobs_count: int) -> projects_pb2.Proj
 
 
 def params_to_json(message: Any) -> dict[str, Any]:
+    """A params message as the JSON a job stores."""
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+
+
+PENDING_STATES = {
+    State.AWAITING_START: jobs_pb2.PENDING_STATE_AWAITING_START,
+    State.WAITING_FOR_SLOT: jobs_pb2.PENDING_STATE_WAITING_FOR_SLOT,
+    State.QUEUED: jobs_pb2.PENDING_STATE_QUEUED,
+}
+
+
+def pending_state(job: models.Job) -> jobs_pb2.PendingState:
+    """What a PENDING job waits for (unspecified in any other status)."""
+    return PENDING_STATES.get(state_of(job), jobs_pb2.PENDING_STATE_UNSPECIFIED)
 
 
 def job_to_pb(job: models.Job) -> jobs_pb2.Job:
@@ -100,8 +111,9 @@ def job_to_pb(job: models.Job) -> jobs_pb2.Job:
         finish_time=ts(job.finished_at),
         last_event_seq=job.last_event_seq,
         awaiting_start=job.awaiting_start,
+        pending_state=pending_state(job),
     )
-    field = PARAMS_FIELD[job.type]
+    field = kind_of(job.type).field
     json_format.ParseDict(job.params, getattr(out, field), ignore_unknown_fields=True)
     if not job.params:  # an empty params message still says which type it is
         getattr(out, field).SetInParent()
@@ -122,6 +134,7 @@ def result_to_pb(result: models.JobResult) -> jobs_pb2.JobResult:
                 name=str(f.get("name", "")),
                 content_type=str(f.get("content_type", "")),
                 size_bytes=int(f.get("size_bytes", 0)),
+                role=str(f.get("role", "")),
             )
             for f in result.files
         ],

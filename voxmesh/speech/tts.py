@@ -16,8 +16,32 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import BaseModel, Field
 
-from voxmesh.voices import Voice
+from voxmesh.speech.models import MODELS
+from voxmesh.speech.voices import Voice
+
+
+class TtsSettings(BaseModel):
+    bark_dir: str = ""
+    """A local Bark checkpoint directory (transformers format, e.g. a copy of suno/bark-small
+    with its tokenizer and speaker_embeddings); empty: Bark voices fail with a clear reason."""
+
+    bark_device: str = "cpu"
+    """Where Bark runs ("cuda" on a GPU host)."""
+
+    bark_max_semantic_tokens: int = Field(default=0, ge=0)
+    """Cap on Bark's semantic tokens per sentence (0: Bark's own limit)."""
+
+    sentence_pause_seconds: float = Field(default=0.25, ge=0, le=3)
+    """Silence between sentences."""
+
+    paragraph_pause_seconds: float = Field(default=0.6, ge=0, le=5)
+    """Silence between paragraphs."""
+
+    target_lufs: float = Field(default=-23.0, ge=-40, le=-5)
+    """Loudness every output is normalised to (EBU R128 / ITU-R BS.1770), peaks kept under
+    -1 dBFS."""
 
 
 class EngineError(Exception):
@@ -172,10 +196,6 @@ class KokoroEngine:
         return np.concatenate(parts[:-1]) if parts else np.zeros(0, np.float32)
 
 
-_cache: dict[str, Engine] = {}
-_lock = threading.Lock()
-
-
 def for_voice(voice: Voice, settings: Any) -> Engine:
     """The engine that speaks `voice` under a worker's TtsSettings."""
     return load(
@@ -187,25 +207,26 @@ def for_voice(voice: Voice, settings: Any) -> Engine:
 def load(
     voice: Voice, *, bark_dir: str = "", bark_device: str = "cpu", bark_max_semantic_tokens: int = 0
 ) -> Engine:
+    """The engine that speaks `voice`, loaded once per process (one per Piper voice)."""
     key = {"bark": f"bark:{bark_dir}", "kokoro": "kokoro"}.get(voice.engine, f"piper:{voice.id}")
-    with _lock:
-        if key not in _cache:
-            if voice.engine == "piper":
-                _cache[key] = PiperEngine(voice)
-            elif voice.engine == "bark":
-                _cache[key] = BarkEngine(bark_dir, bark_device, bark_max_semantic_tokens)
-            elif voice.engine == "kokoro":
-                _cache[key] = KokoroEngine()
-            else:
-                raise EngineError(f"unknown engine {voice.engine}")
-        return _cache[key]
+
+    def build() -> Engine:
+        if voice.engine == "piper":
+            return PiperEngine(voice)
+        if voice.engine == "bark":
+            return BarkEngine(bark_dir, bark_device, bark_max_semantic_tokens)
+        if voice.engine == "kokoro":
+            return KokoroEngine()
+        raise EngineError(f"unknown engine {voice.engine}")
+
+    return MODELS.get(("tts", key), build)
 
 
 def speak(text: str, voice: Voice, settings: Any, *, pause_seconds: float, rate: int) -> np.ndarray:
     """`text` in `voice`, sentence by sentence with `pause_seconds` between, resampled to
     `rate`: what voice cloning and dubbing synthesise before converting into a voice."""
-    from services.tts.text import split
     from voxmesh.audio import resample
+    from voxmesh.speech.text import split
 
     engine = for_voice(voice, settings)
     parts: list[np.ndarray] = []

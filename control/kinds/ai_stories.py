@@ -1,0 +1,74 @@
+"""AI stories: a language model writes a story, TTS narrates it (services/stories)."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control.db.models import Job, JobType
+from control.kinds.base import (
+    JobKind,
+    UserDefaults,
+    any_voice,
+    attach_saved_voice,
+    audio_format,
+    voice_id,
+)
+from control.validate import language_field, number_range, text_field
+from voxmesh.errors import InvalidArgument
+from voxmesh.speech import languages, voices
+from voxmesh.v1 import jobs_pb2, worker_pb2
+
+
+class AiStories(JobKind[jobs_pb2.AiStoriesParams]):
+    job_type = JobType.AI_STORIES
+    field = "ai_stories"
+    params_type = jobs_pb2.AiStoriesParams
+
+    def normalize(
+        self, params: jobs_pb2.AiStoriesParams, defaults: UserDefaults
+    ) -> jobs_pb2.AiStoriesParams:
+        out = jobs_pb2.AiStoriesParams()
+        out.CopyFrom(params)
+        out.prompt = text_field(
+            out.prompt, "ai_stories.prompt", min_len=1, max_len=2000, multiline=True
+        )
+        out.genre = text_field(out.genre, "ai_stories.genre", max_len=50)
+        out.audience = text_field(out.audience, "ai_stories.audience", max_len=50)
+        out.target_words = int(
+            number_range(
+                out.target_words, "ai_stories.target_words", low=50, high=5000, zero_means=400
+            )
+        )
+        out.language = (
+            language_field(out.language, "ai_stories.language") or defaults.default_language
+        )
+        if languages.base(out.language) not in languages.STORY_LANGUAGES:
+            raise InvalidArgument(
+                f"stories in {out.language!r} are not available: the shipped writer and "
+                f"narration voices cover {', '.join(sorted(languages.STORY_LANGUAGES))}",
+                field="ai_stories.language",
+            )
+        narrator = voice_id(out.voice, "ai_stories.voice")
+        if not narrator and defaults.preferred_voice in voices.CATALOG:
+            narrator = defaults.preferred_voice
+        out.voice = any_voice(narrator, "", "ai_stories.voice", defaults)
+        if out.dialogue_voice:
+            out.dialogue_voice = any_voice(
+                voice_id(out.dialogue_voice, "ai_stories.dialogue_voice"),
+                "",
+                "ai_stories.dialogue_voice",
+                defaults,
+            )
+        if out.seed < 0:
+            raise InvalidArgument("ai_stories.seed must be 0 or positive", field="ai_stories.seed")
+        out.format = audio_format(out.format, "ai_stories.format")
+        return out
+
+    async def prepare_dispatch(
+        self,
+        session: AsyncSession,
+        job: Job,
+        params: jobs_pb2.AiStoriesParams,
+        dispatch: worker_pb2.JobDispatch,
+    ) -> None:
+        await attach_saved_voice(session, job, params.voice, dispatch)
