@@ -82,7 +82,7 @@ async def test_admin_may_change_any_project_and_viewers_read_all(harness: Harnes
 async def test_create_job_of_each_type_stores_pending_with_defaults(harness: Harness) -> None:
     editor = await harness.user(UserRole.EDITOR)
     await harness.setting("preferred_voice", "en_US-joe-medium", editor.user_id)
-    await harness.setting("default_language", "pt")  # global
+    await harness.setting("default_language", "en-GB")  # global
     project = str(await harness.project(editor.user_id))
     audio = str(await harness.file(editor.user_id))
     requests = {
@@ -105,7 +105,7 @@ async def test_create_job_of_each_type_stores_pending_with_defaults(harness: Har
     assert jobs["tts"].tts.voice == "en_US-joe-medium"  # the user's preferred_voice
     assert jobs["tts"].tts.speed == 1.0 and jobs["tts"].tts.format == jobs_pb2.AUDIO_FORMAT_WAV
     assert abs(jobs["dubbing"].dubbing.max_stretch - 1.3) < 1e-6  # a float32 field
-    assert jobs["ai_stories"].ai_stories.language == "pt"  # the global default_language
+    assert jobs["ai_stories"].ai_stories.language == "en-GB"  # the global default_language
     assert jobs["ai_stories"].ai_stories.target_words == 400
     fetched = (await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=jobs["tts"].id))).job
     assert fetched.tts == jobs["tts"].tts and fetched.create_time == jobs["tts"].create_time

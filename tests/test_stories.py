@@ -10,15 +10,17 @@ import json
 import re
 from collections.abc import AsyncIterator
 
+import grpc
 import jiwer
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import func, select
 
-from control.db.models import UserRole
+from control.db.models import Job, UserRole
 from services.stories.config import StoriesSettings, WorkerSettings
 from services.stories.handler import make_handler
 from services.stories.writing import prompt
-from tests.harness import Caller, Harness, run_workers
+from tests.harness import Caller, Harness, rpc_error, run_workers
 from tests.speech import normalize
 from tests.test_dispatch import wait_for, watch
 from tests.test_files import download
@@ -166,12 +168,18 @@ async def test_openai_compatible_endpoint_with_its_key(harness: Harness) -> None
     del server
 
 
-async def test_unsupported_language_fails_clearly(harness: Harness) -> None:
+async def test_unsupported_language_is_refused_at_create(harness: Harness) -> None:
+    """Refused before anything is queued, asked for or defaulted from default_language."""
     editor = await harness.user(UserRole.EDITOR)
-    async with stories_worker(harness):
-        job = await story_job(harness, editor, prompt="um gato curioso", language="pt")
-        failed = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_FAILED}, timeout=60)
-    assert "'pt' are not available yet" in failed.error
+    asked = await rpc_error(story_job(harness, editor, prompt="um gato curioso", language="pt"))
+    assert asked.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'pt' are not available yet" in (asked.details() or "")
+    await harness.setting("default_language", "pt", editor.user_id)
+    defaulted = await rpc_error(story_job(harness, editor, prompt="um gato curioso"))
+    assert defaulted.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "your default_language setting" in (defaulted.details() or "")
+    async with harness.app.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Job)) == 0
 
 
 @pytest.fixture(autouse=True)

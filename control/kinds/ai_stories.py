@@ -24,11 +24,7 @@ class AiStories(JobKind[jobs_pb2.AiStoriesParams]):
     field = "ai_stories"
     params_type = jobs_pb2.AiStoriesParams
 
-    def normalize(
-        self, params: jobs_pb2.AiStoriesParams, defaults: UserDefaults
-    ) -> jobs_pb2.AiStoriesParams:
-        out = jobs_pb2.AiStoriesParams()
-        out.CopyFrom(params)
+    def fill(self, out: jobs_pb2.AiStoriesParams, defaults: UserDefaults) -> None:
         out.prompt = text_field(
             out.prompt, "ai_stories.prompt", min_len=1, max_len=2000, multiline=True
         )
@@ -39,13 +35,14 @@ class AiStories(JobKind[jobs_pb2.AiStoriesParams]):
                 out.target_words, "ai_stories.target_words", low=50, high=5000, zero_means=400
             )
         )
-        out.language = (
-            language_field(out.language, "ai_stories.language") or defaults.default_language
-        )
+        given = language_field(out.language, "ai_stories.language")
+        out.language = given or defaults.default_language
         if languages.base(out.language) not in languages.STORY_LANGUAGES:
+            source = "" if given else " (your default_language setting)"
             raise InvalidArgument(
-                f"stories in {out.language!r} are not available: the shipped writer and "
-                f"narration voices cover {', '.join(sorted(languages.STORY_LANGUAGES))}",
+                f"stories in {out.language!r}{source} are not available yet: the shipped writer "
+                f"and narration voices cover {', '.join(sorted(languages.STORY_LANGUAGES))}; "
+                "set ai_stories.language",
                 field="ai_stories.language",
             )
         narrator = voice_id(out.voice, "ai_stories.voice")
@@ -62,7 +59,6 @@ class AiStories(JobKind[jobs_pb2.AiStoriesParams]):
         if out.seed < 0:
             raise InvalidArgument("ai_stories.seed must be 0 or positive", field="ai_stories.seed")
         out.format = audio_format(out.format, "ai_stories.format")
-        return out
 
     async def prepare_dispatch(
         self,

@@ -158,6 +158,13 @@ class JobKind(Generic[P]):
     # --- creating and changing a job ------------------------------------------------------
     def normalize(self, params: P, defaults: UserDefaults) -> P:
         """A validated copy of `params` with every default filled in, or InvalidArgument."""
+        out = self.params_type()
+        out.CopyFrom(params)
+        self.fill(out, defaults)  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
+
+    def fill(self, out: P, defaults: UserDefaults) -> None:
+        """Validate `out` (a copy of the caller's params) and fill in its defaults, in place."""
         raise NotImplementedError
 
     async def check(self, req: Request, params: P) -> None:

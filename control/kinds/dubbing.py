@@ -38,11 +38,7 @@ class Dubbing(JobKind[jobs_pb2.DubbingParams]):
     params_type = jobs_pb2.DubbingParams
     input_meaning = "the recording or video to dub"
 
-    def normalize(
-        self, params: jobs_pb2.DubbingParams, defaults: UserDefaults
-    ) -> jobs_pb2.DubbingParams:
-        out = jobs_pb2.DubbingParams()
-        out.CopyFrom(params)
+    def fill(self, out: jobs_pb2.DubbingParams, defaults: UserDefaults) -> None:
         out.target_language = language_field(
             out.target_language, "dubbing.target_language", required=True
         )
@@ -87,7 +83,6 @@ class Dubbing(JobKind[jobs_pb2.DubbingParams]):
             out.max_stretch, "dubbing.max_stretch", low=1.0, high=2.0, zero_means=1.3
         )
         out.format = audio_format(out.format, "dubbing.format")
-        return out
 
     async def input_file(
         self, req: Request, params: jobs_pb2.DubbingParams, raw_id: str

@@ -14,13 +14,10 @@ class Stt(JobKind[jobs_pb2.SttParams]):
     params_type = jobs_pb2.SttParams
     input_meaning = "the audio to transcribe"
 
-    def normalize(self, params: jobs_pb2.SttParams, defaults: UserDefaults) -> jobs_pb2.SttParams:
-        out = jobs_pb2.SttParams()
-        out.CopyFrom(params)
+    def fill(self, out: jobs_pb2.SttParams, defaults: UserDefaults) -> None:
         out.language = language_field(out.language, "stt.language")
         enum_field(jobs_pb2.SttTask, out.task, "stt.task")
         out.task = out.task or jobs_pb2.STT_TASK_TRANSCRIBE
         out.initial_prompt = text_field(
             out.initial_prompt, "stt.initial_prompt", max_len=1000, multiline=True
         )
-        return out

@@ -25,9 +25,7 @@ class Tts(JobKind[jobs_pb2.TtsParams]):
     field = "tts"
     params_type = jobs_pb2.TtsParams
 
-    def normalize(self, params: jobs_pb2.TtsParams, defaults: UserDefaults) -> jobs_pb2.TtsParams:
-        out = jobs_pb2.TtsParams()
-        out.CopyFrom(params)
+    def fill(self, out: jobs_pb2.TtsParams, defaults: UserDefaults) -> None:
         out.text = spoken_text(out.text, "tts.text", defaults.max_text_length)
         out.engine = out.engine.strip().lower()
         if out.engine and out.engine not in voices.ENGINES:
@@ -44,7 +42,6 @@ class Tts(JobKind[jobs_pb2.TtsParams]):
         out.engine = voices.CATALOG[voices.DEFAULT_VOICE if saved else out.voice].engine
         out.format = audio_format(out.format, "tts.format")
         out.speed = number_range(out.speed, "tts.speed", low=0.5, high=2.0, zero_means=1.0)
-        return out
 
     async def prepare_dispatch(
         self,

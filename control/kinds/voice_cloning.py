@@ -37,11 +37,7 @@ class VoiceCloning(JobKind[jobs_pb2.VoiceCloningParams]):
     params_type = jobs_pb2.VoiceCloningParams
     input_meaning = "the reference recording of the voice"
 
-    def normalize(
-        self, params: jobs_pb2.VoiceCloningParams, defaults: UserDefaults
-    ) -> jobs_pb2.VoiceCloningParams:
-        out = jobs_pb2.VoiceCloningParams()
-        out.CopyFrom(params)
+    def fill(self, out: jobs_pb2.VoiceCloningParams, defaults: UserDefaults) -> None:
         has_text, has_source = bool(out.text.strip()), bool(out.source_file_id)
         if has_text == has_source:
             raise InvalidArgument(
@@ -70,7 +66,6 @@ class VoiceCloning(JobKind[jobs_pb2.VoiceCloningParams]):
                 field="voice_cloning.keep_reference",
             )
         out.format = audio_format(out.format, "voice_cloning.format")
-        return out
 
     async def check(self, req: Request, params: jobs_pb2.VoiceCloningParams) -> None:
         await owned_file(req, params.source_file_id, "voice_cloning.source_file_id")

@@ -129,11 +129,12 @@ class Dub:
     files: list[Output] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def speak(self, text: str) -> np.ndarray:
+    def speak(self, text: str, *, trim: bool = True) -> np.ndarray:
         """`text` in the base voice, 16 kHz, sentences joined with short pauses (a dub is
-        tight on time), silence trimmed."""
+        tight on time), leading and trailing silence trimmed unless `trim` is off."""
         assert self.base_voice is not None
-        return _trim(speak(text, self.base_voice, self.settings.tts, pause_seconds=0.15, rate=RATE))
+        said = speak(text, self.base_voice, self.settings.tts, pause_seconds=0.15, rate=RATE)
+        return _trim(said) if trim else said
 
     def in_voice(self, base: np.ndarray) -> np.ndarray:
         return base if self.profile is None else voice_profile.convert(base, self.profile)
@@ -220,7 +221,7 @@ async def voicing(st: Stages[Dub], dub: Dub) -> None:
             if dub.target != "en"
             else CALIBRATION_TEXT
         )
-        calibration = await ctx.run_blocking(dub.speak, calibration_text)
+        calibration = await ctx.run_blocking(lambda: dub.speak(calibration_text, trim=False))
         try:
             fitted, score = await ctx.run_blocking(
                 fit_profile, reference, calibration, dub.base_voice.id, speaker.fitter()
