@@ -6,6 +6,7 @@ never stores a second result."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -25,6 +26,9 @@ from voxmesh import mesh
 from voxmesh.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
+BATCH = 256
+BATCH_LINGER_SECONDS = 0.005
+"""How long the ingester waits for more events to apply in the same transaction."""
 
 
 def _job_id(event: worker_pb2.WorkerEvent) -> uuid.UUID | None:
@@ -138,7 +142,12 @@ class EventIngester:
         )
         while True:
             try:
-                msgs = await sub.fetch(256, timeout=1)
+                # Wait for the first event, then take what else is there within a few ms: a
+                # single fetch of a batch would hold the first event until the batch filled or
+                # its timeout passed (a second of latency on every progress event).
+                msgs = await sub.fetch(1, timeout=1)
+                with contextlib.suppress(NatsTimeout, TimeoutError):
+                    msgs += await sub.fetch(BATCH - 1, timeout=BATCH_LINGER_SECONDS)
             except (NatsTimeout, TimeoutError):
                 continue
             except asyncio.CancelledError:
