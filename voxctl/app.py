@@ -66,6 +66,20 @@ def _name(value: int, enum: Any, prefix: str) -> str:
     return str(enum.Name(value)).removeprefix(prefix).lower()
 
 
+PENDING_WORDS = {
+    jobs_pb2.PENDING_STATE_AWAITING_START: "waiting for start",
+    jobs_pb2.PENDING_STATE_WAITING_FOR_SLOT: "waiting for a slot",
+    jobs_pb2.PENDING_STATE_QUEUED: "queued",
+}
+
+
+def _status(job: jobs_pb2.Job) -> str:
+    """The status, with what a PENDING job waits for: "pending (queued)"."""
+    status = _name(job.status, jobs_pb2.JobStatus, "JOB_STATUS_")
+    waiting = PENDING_WORDS.get(job.pending_state)
+    return f"{status} ({waiting})" if waiting else status
+
+
 @app.command()
 def login(
     username: Annotated[str, typer.Option("--username", "-u", prompt=True)],
@@ -166,7 +180,7 @@ def jobs(
         title=f"{reply.page.total_size} jobs",
     )
     for j in reply.jobs:
-        table.add_row(j.id, _name(j.type, jobs_pb2.JobType, "JOB_TYPE_"), _name(j.status, jobs_pb2.JobStatus, "JOB_STATUS_"),
+        table.add_row(j.id, _name(j.type, jobs_pb2.JobType, "JOB_TYPE_"), _status(j),
                       f"{j.progress}%", j.title, j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"))  # fmt: skip
     console.print(table)
 
@@ -258,9 +272,7 @@ def submit(
         request.ai_stories.CopyFrom(jobs_pb2.AiStoriesParams(prompt=prompt, target_words=words, seed=seed,
                                                              language=language, voice=voice, format=fmt))  # fmt: skip
     job = _call(s.stub("jobs").CreateJob, request, s).job
-    console.print(
-        f"Created job [bold]{job.id}[/bold] ({_name(job.status, jobs_pb2.JobStatus, 'JOB_STATUS_')})"
-    )
+    console.print(f"Created job [bold]{job.id}[/bold] ({_status(job)})")
     if watch_:
         watch(job.id, server=s.server)
 

@@ -1,0 +1,94 @@
+"""One lifecycle: PENDING's sub-states as a client sees them, and the transition table's
+refusals, each a FAILED_PRECONDITION with a sentence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from control.lifecycle.states import ALLOWED, REFUSALS, State, Transition
+from tests.harness import Caller, Harness, rpc_error
+from tests.test_dispatch import create, setup
+from voxmesh.v1 import jobs_pb2
+
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def pending_state_of(who: Caller, job_id: str, want: int, timeout: float = 15) -> None:
+    """Wait (with a deadline) until the job's pending_state is `want`, as GetJob shows it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = (await who.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id))).job
+        if job.pending_state == want:
+            return
+        assert time.monotonic() < deadline, (
+            f"pending_state stayed {jobs_pb2.PendingState.Name(job.pending_state)}, "
+            f"not {jobs_pb2.PendingState.Name(want)}"
+        )
+        await asyncio.sleep(0.05)
+
+
+async def test_a_client_can_tell_what_a_pending_job_waits_for(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    await harness.setting("auto_start_jobs", False, editor.user_id)
+    await harness.setting("max_concurrent_jobs", 1, editor.user_id)
+    first = await create(editor, project, "steps:1")  # no worker runs: it stays queued
+    assert first.status == jobs_pb2.JOB_STATUS_PENDING
+    assert first.pending_state == jobs_pb2.PENDING_STATE_AWAITING_START and first.awaiting_start
+    started = (await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=first.id))).job
+    assert started.pending_state in (
+        jobs_pb2.PENDING_STATE_WAITING_FOR_SLOT, jobs_pb2.PENDING_STATE_QUEUED
+    )  # fmt: skip
+    await pending_state_of(editor, first.id, jobs_pb2.PENDING_STATE_QUEUED)
+
+    second = await create(editor, project, "steps:1")
+    await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=second.id))
+    # The first holds the user's only slot.
+    await pending_state_of(editor, second.id, jobs_pb2.PENDING_STATE_WAITING_FOR_SLOT)
+    await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=first.id))
+    await pending_state_of(editor, second.id, jobs_pb2.PENDING_STATE_QUEUED)
+    cancelled = (await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=first.id))).job
+    assert cancelled.status == jobs_pb2.JOB_STATUS_CANCELLED
+    assert cancelled.pending_state == jobs_pb2.PENDING_STATE_UNSPECIFIED
+
+
+async def test_illegal_transitions_are_refused_with_a_sentence(harness: Harness) -> None:
+    editor, project = await setup(harness)
+    queued = await create(editor, project, "steps:1")  # no worker: it stays QUEUED
+    await pending_state_of(editor, queued.id, jobs_pb2.PENDING_STATE_QUEUED)
+    jobs = editor.client.jobs
+    cases = [
+        (jobs.StartJob(jobs_pb2.StartJobRequest(job_id=queued.id)),
+         "only a PENDING job waiting for StartJob can be started; this one is PENDING (queued"),
+        (jobs.RetryJob(jobs_pb2.RetryJobRequest(job_id=queued.id)),
+         "only FAILED or CANCELLED jobs can be retried"),
+        (jobs.UpdateJob(jobs_pb2.UpdateJobRequest(
+            job_id=queued.id, update_mask=field_mask_pb2.FieldMask(paths=["params"]),
+            tts=jobs_pb2.TtsParams(text="changed"))),
+         "not yet queued for a worker; it is PENDING (queued for a worker)"),
+    ]  # fmt: skip
+    for call, sentence in cases:
+        err = await rpc_error(call)
+        assert err.code() == PRECONDITION and sentence in (err.details() or ""), err.details()
+    await jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=queued.id))
+    again = await rpc_error(jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=queued.id)))
+    assert again.code() == PRECONDITION
+    assert "the job is CANCELLED; only PENDING or RUNNING jobs can be cancelled" in (
+        again.details() or ""
+    )
+    # Nothing changed by the refused requests: one run, cancelled.
+    job = (await jobs.GetJob(jobs_pb2.GetJobRequest(job_id=queued.id))).job
+    assert job.status == jobs_pb2.JOB_STATUS_CANCELLED and job.tts.text == "steps:1"
+
+
+def test_the_table_names_every_transition_and_state() -> None:
+    assert set(ALLOWED) == set(Transition)
+    reachable = {to for _, to in ALLOWED.values() if to is not None}
+    assert reachable | {State.AWAITING_START} == set(State)
+    for transition, (sources, _) in ALLOWED.items():
+        assert sources or transition is Transition.CREATE
+    for transition in REFUSALS:
+        assert "{state}" in REFUSALS[transition]
