@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import grpc
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +15,7 @@ from control.app import ControlApp
 from control.auth import policy, principal
 from control.convert import project_to_pb
 from control.db.models import Job, JobStatus, Project
+from control.lifecycle.transitions import Lifecycle
 from control.validate import mask_paths, required_uuid, text_field, uuid_field
 from voxmesh.errors import AlreadyExists, FailedPrecondition, NotFound
 from voxmesh.v1 import projects_pb2, projects_pb2_grpc
@@ -137,13 +138,12 @@ class ProjectService(projects_pb2_grpc.ProjectServiceServicer):
             project = await get_project(session, project_id)
             policy.require_project_owner(principal.current(), project, "delete it")
             # Lock the project's jobs so none starts running while we decide.
-            statuses = list(
-                (
-                    await session.execute(
-                        select(Job.status).where(Job.project_id == project_id).with_for_update()
-                    )
-                ).scalars()
+            jobs = list(
+                await session.scalars(
+                    select(Job).where(Job.project_id == project_id).with_for_update()
+                )
             )
+            statuses = [job.status for job in jobs]
             running = sum(1 for s in statuses if s is JobStatus.RUNNING)
             if running:
                 raise FailedPrecondition(
@@ -154,7 +154,10 @@ class ProjectService(projects_pb2_grpc.ProjectServiceServicer):
                     f"project {project.name!r} has {len(statuses)} job(s); "
                     "pass force=true to delete them and their results too"
                 )
-            await session.execute(delete(Job).where(Job.project_id == project_id))
+            lifecycle = Lifecycle(session)
+            for job in jobs:  # a queued run is marked so that the worker that takes it skips it
+                await lifecycle.delete(job)
             await session.delete(project)
             await session.commit()
+        await lifecycle.after_commit(self.app.mesh)
         return projects_pb2.DeleteProjectResponse(deleted_jobs=len(statuses))

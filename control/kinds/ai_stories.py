@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from control.db.models import Job, JobType
+from control.db.models import JobType
 from control.kinds.base import (
     JobKind,
     UserDefaults,
     any_voice,
-    attach_saved_voice,
     audio_format,
     voice_id,
 )
 from control.validate import language_field, number_range, text_field
 from voxmesh.errors import InvalidArgument
 from voxmesh.speech import languages, voices
-from voxmesh.v1 import jobs_pb2, worker_pb2
+from voxmesh.v1 import jobs_pb2
 
 
 class AiStories(JobKind[jobs_pb2.AiStoriesParams]):
     job_type = JobType.AI_STORIES
     field = "ai_stories"
+    voice_field = "voice"
     params_type = jobs_pb2.AiStoriesParams
 
     def fill(self, out: jobs_pb2.AiStoriesParams, defaults: UserDefaults) -> None:
@@ -59,12 +57,3 @@ class AiStories(JobKind[jobs_pb2.AiStoriesParams]):
         if out.seed < 0:
             raise InvalidArgument("ai_stories.seed must be 0 or positive", field="ai_stories.seed")
         out.format = audio_format(out.format, "ai_stories.format")
-
-    async def prepare_dispatch(
-        self,
-        session: AsyncSession,
-        job: Job,
-        params: jobs_pb2.AiStoriesParams,
-        dispatch: worker_pb2.JobDispatch,
-    ) -> None:
-        await attach_saved_voice(session, job, params.voice, dispatch)

@@ -147,6 +147,9 @@ class JobKind(Generic[P]):
     params_type: ClassVar[type[Message]]
     input_meaning: ClassVar[str | None] = None
     """What the job's input file is ("the audio to transcribe"); None: it takes none."""
+    voice_field: ClassVar[str | None] = None
+    """The params field naming the voice; a voice the project saved travels with the dispatch
+    as its profile."""
 
     # --- the stored form --------------------------------------------------------------------
     def parse(self, stored: dict[str, Any]) -> P:
@@ -189,7 +192,10 @@ class JobKind(Generic[P]):
     async def prepare_dispatch(
         self, session: AsyncSession, job: Job, params: P, dispatch: worker_pb2.JobDispatch
     ) -> None:
-        """Add what this kind's worker needs beyond params and the input file."""
+        """Add what this kind's worker needs beyond params and the input file (by default the
+        profile of the saved voice `voice_field` names)."""
+        if self.voice_field is not None:
+            await attach_saved_voice(session, job, getattr(params, self.voice_field), dispatch)
 
     async def on_completed(
         self,

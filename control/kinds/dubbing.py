@@ -14,7 +14,6 @@ from control.kinds.base import (
     UserDefaults,
     any_voice,
     attach_file,
-    attach_saved_voice,
     audio_format,
     owned_file,
     voice_id,
@@ -36,6 +35,7 @@ class Dubbing(JobKind[jobs_pb2.DubbingParams]):
     job_type = JobType.DUBBING
     field = "dubbing"
     params_type = jobs_pb2.DubbingParams
+    voice_field = "voice"
     input_meaning = "the recording or video to dub"
 
     def fill(self, out: jobs_pb2.DubbingParams, defaults: UserDefaults) -> None:
@@ -114,7 +114,7 @@ class Dubbing(JobKind[jobs_pb2.DubbingParams]):
         params: jobs_pb2.DubbingParams,
         dispatch: worker_pb2.JobDispatch,
     ) -> None:
-        await attach_saved_voice(session, job, params.voice, dispatch)
+        await super().prepare_dispatch(session, job, params, dispatch)
         if not params.revise_job_id:
             return
         # A revision: the revised job's segments, their speech and its voice, by role.

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from control.db.models import Job, JobType
+from control.db.models import JobType
 from control.kinds.base import (
     JobKind,
     UserDefaults,
     any_voice,
-    attach_saved_voice,
     audio_format,
     spoken_text,
     voice_id,
@@ -17,12 +14,13 @@ from control.kinds.base import (
 from control.validate import number_range
 from voxmesh.errors import InvalidArgument
 from voxmesh.speech import voices
-from voxmesh.v1 import jobs_pb2, worker_pb2
+from voxmesh.v1 import jobs_pb2
 
 
 class Tts(JobKind[jobs_pb2.TtsParams]):
     job_type = JobType.TTS
     field = "tts"
+    voice_field = "voice"
     params_type = jobs_pb2.TtsParams
 
     def fill(self, out: jobs_pb2.TtsParams, defaults: UserDefaults) -> None:
@@ -42,12 +40,3 @@ class Tts(JobKind[jobs_pb2.TtsParams]):
         out.engine = voices.CATALOG[voices.DEFAULT_VOICE if saved else out.voice].engine
         out.format = audio_format(out.format, "tts.format")
         out.speed = number_range(out.speed, "tts.speed", low=0.5, high=2.0, zero_means=1.0)
-
-    async def prepare_dispatch(
-        self,
-        session: AsyncSession,
-        job: Job,
-        params: jobs_pb2.TtsParams,
-        dispatch: worker_pb2.JobDispatch,
-    ) -> None:
-        await attach_saved_voice(session, job, params.voice, dispatch)
