@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import secrets
 import signal
@@ -99,6 +101,12 @@ def jwt_secret(settings: ControlSettings) -> str:
     return path.read_text().strip()
 
 
+def run_secret(settings: ControlSettings) -> bytes:
+    """The key run tokens are made with: derived from the signing secret, so every replica
+    has the same one and nothing more needs configuring."""
+    return hmac.new(jwt_secret(settings).encode(), b"voxmesh run tokens", hashlib.sha256).digest()
+
+
 def build_app(settings: ControlSettings, database_url: str) -> ControlApp:
     engine = create_engine(database_url)
     tokens = TokenService(
@@ -179,7 +187,14 @@ async def serve(settings: ControlSettings) -> None:
     nats_url, nats_server = prepare_nats(settings)
     try:
         app.mesh = await asyncio.wait_for(
-            MeshRuntime.start(nats_url, app.engine, app.sessions, settings.mesh), 20
+            MeshRuntime.start(
+                nats_url,
+                app.engine,
+                app.sessions,
+                settings.mesh,
+                run_secret=run_secret(settings),
+            ),
+            20,
         )
     except (OSError, NatsError, TimeoutError) as e:
         raise ConfigurationError(

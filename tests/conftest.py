@@ -24,7 +24,7 @@ from control.config import AuthSettings, ControlSettings, MeshSettings
 from control.db import migrate
 from control.db.embedded import EmbeddedPostgres
 from control.dispatch.runtime import MeshRuntime
-from control.server import build_app, create_server
+from control.server import build_app, create_server, run_secret
 from tests.harness import Harness
 from voxmesh.nats_embedded import EmbeddedNats
 
@@ -137,7 +137,9 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     """The control plane as `make run` runs it: PostgreSQL, NATS, dispatch, gRPC."""
     app = build_app(make_settings(tmp_path, database_url, mesh=TEST_MESH), database_url)
-    app.mesh = await MeshRuntime.start(nats_server.url, app.engine, app.sessions, TEST_MESH)
+    app.mesh = await MeshRuntime.start(
+        nats_server.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
+    )
     server, port = await create_server(app, "127.0.0.1", 0)
     h = Harness(app, port, nats_server, server)
     try:

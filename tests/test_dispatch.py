@@ -170,7 +170,7 @@ async def test_nats_outage_delays_jobs_but_each_runs_exactly_once(harness: Harne
             async with harness.app.sessions() as session:
                 row = await session.get(Job, uuid.UUID(job.id))
                 assert row is not None
-                dispatch = await build_dispatch(session, row)
+                dispatch = await build_dispatch(session, row, harness.app.mesh.run_secret)
             ack = await harness.app.mesh.js.publish(
                 mesh.jobs_subject("tts"),
                 dispatch.SerializeToString(),
@@ -371,7 +371,7 @@ async def test_control_plane_restart_watchers_miss_nothing(
     """The control plane goes away mid-job and comes back; the worker keeps going, and a
     watcher that reconnects with its last seq gets every event exactly once."""
     from control.dispatch.runtime import MeshRuntime
-    from control.server import create_server
+    from control.server import create_server, run_secret
     from tests.conftest import TEST_MESH
 
     editor, project = await setup(harness)
@@ -384,7 +384,13 @@ async def test_control_plane_restart_watchers_miss_nothing(
         await harness.server.stop(None)
         await app.mesh.stop()
         await asyncio.sleep(1.0)  # the worker goes on; its events wait in JetStream
-        app.mesh = await MeshRuntime.start(harness.nats.url, app.engine, app.sessions, TEST_MESH)
+        app.mesh = await MeshRuntime.start(
+            harness.nats.url,
+            app.engine,
+            app.sessions,
+            TEST_MESH,
+            run_secret=run_secret(app.settings),
+        )
         harness.server, port = await create_server(app, "127.0.0.1", 0)
         await harness.reconnect(port)
         await harness.login(editor)

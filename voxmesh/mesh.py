@@ -15,6 +15,8 @@ so one setting on the control plane governs every process.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -68,6 +70,17 @@ def run_key(job_id: str, run: int) -> str:
     """A run's key: its dispatch's Nats-Msg-Id (JetStream drops a second publish of the same
     run), its cancel|done mark in the control bucket, the prefix of its shard keys."""
     return f"{job_id}.{run}"
+
+
+def run_token(secret: bytes, job_id: str, run: int) -> str:
+    """A run's token: only the control plane (which holds `secret`) can make it, and only a
+    holder of the run's dispatch knows it; a worker's events carry it as proof."""
+    return hmac.new(secret, run_key(job_id, run).encode(), hashlib.sha256).hexdigest()
+
+
+def holds_run(secret: bytes, job_id: str, run: int, token: str) -> bool:
+    """True when `token` is the run's (compared in constant time)."""
+    return hmac.compare_digest(run_token(secret, job_id, run), token)
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,12 @@ JOB_SECONDS = Histogram(
     "voxmesh_job_processing_seconds", "From a worker's start until the run ended, by outcome",
     ["type", "status"], buckets=_PROCESSING,
 )  # fmt: skip
+REJECTED_EVENTS = Counter(
+    "voxmesh_rejected_events_total",
+    "Worker events the control plane dropped: forged (no valid proof of holding the run) or "
+    "unreadable",
+    ["reason"],
+)
 JOB_FAILURES = Counter(
     "voxmesh_job_failures_total",
     "Failed runs by reason: input (unusable input, not retried), error (failed on every "

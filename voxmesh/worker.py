@@ -280,7 +280,7 @@ class Worker:
         stamp.FromDatetime(datetime.now(UTC))
         message = worker_pb2.WorkerEvent(
             job_id=ctx.job_id, attempt=ctx.run, worker_id=self.worker_id, time=stamp,
-            local_seq=self._seq, delivery=ctx.delivery, **event,
+            local_seq=self._seq, delivery=ctx.delivery, run_token=ctx.dispatch.run_token, **event,
         )  # fmt: skip
         await self.js.publish(
             mesh.events_subject(ctx.job_id),

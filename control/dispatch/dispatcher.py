@@ -28,14 +28,16 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
-async def build_dispatch(session: AsyncSession, job: Job) -> worker_pb2.JobDispatch:
-    """A run as its worker receives it: the typed params, the input file, and what the job's
-    kind adds (other files, a saved voice's profile)."""
+async def build_dispatch(
+    session: AsyncSession, job: Job, run_secret: bytes
+) -> worker_pb2.JobDispatch:
+    """A run as its worker receives it: the typed params, the input file, what the job's kind
+    adds (other files, a saved voice's profile), and the run's token."""
     kind = kind_of(job.type)
     params = kind.parse(job.params)
     dispatch = worker_pb2.JobDispatch(
         job_id=str(job.id), type=job_type_to_pb(job.type), attempt=job.run,
-        created_by=str(job.created_by),
+        created_by=str(job.created_by), run_token=mesh.run_token(run_secret, str(job.id), job.run),
     )  # fmt: skip
     getattr(dispatch, kind.field).CopyFrom(params)
     if job.input_file_id is not None:
@@ -53,10 +55,12 @@ class Dispatcher:
         js: JetStreamContext,
         poll: float,
         mesh_: Mesh,
+        run_secret: bytes,
     ) -> None:
         self._sessions = sessions
         self._js = js
         self._mesh = mesh_
+        self._run_secret = run_secret
         self._poll = poll
         self._wake = asyncio.Event()
 
@@ -136,7 +140,7 @@ class Dispatcher:
                     limits[user] = int(values["max_concurrent_jobs"][0])
                 if active[user] >= limits[user]:
                     continue  # waits for a slot
-                dispatch = await build_dispatch(session, job)
+                dispatch = await build_dispatch(session, job, self._run_secret)
                 dispatch.traceparent = row.traceparent
                 ready.append((row, job, dispatch))
                 active[user] += 1

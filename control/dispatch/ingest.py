@@ -23,6 +23,7 @@ from control.kinds import kind_of
 from control.lifecycle.states import Transition, allowed
 from control.lifecycle.transitions import Lifecycle, Mesh
 from voxmesh import mesh
+from voxmesh.observability import REJECTED_EVENTS
 from voxmesh.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,26 @@ async def apply_event(lifecycle: Lifecycle, event: worker_pb2.WorkerEvent, job: 
 
 class EventIngester:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, mesh_: Mesh
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        js: JetStreamContext,
+        mesh_: Mesh,
+        run_secret: bytes,
     ) -> None:
         self._sessions = sessions
         self._js = js
         self._mesh = mesh_
+        self._run_secret = run_secret
+
+    def _genuine(self, event: worker_pb2.WorkerEvent) -> bool:
+        """Whether the event proves it comes from a holder of its run (the run token)."""
+        if mesh.holds_run(self._run_secret, event.job_id, event.attempt, event.run_token):
+            return True
+        REJECTED_EVENTS.labels("forged").inc()
+        log.warning("dropping a %s event for job %s run %s from %r: it does not carry the run's "
+                    "token (forged or replayed from elsewhere)", event.WhichOneof("event"),
+                    event.job_id[:36], event.attempt, event.worker_id[:100])  # fmt: skip
+        return False
 
     async def _apply(self, pairs: list[tuple[Msg, worker_pb2.WorkerEvent]]) -> None:
         """Apply events in order in one transaction, then the after-commit effects, then ack."""
@@ -121,10 +137,16 @@ class EventIngester:
         pairs = []
         for msg in msgs:
             try:
-                pairs.append((msg, worker_pb2.WorkerEvent.FromString(msg.data)))
+                event = worker_pb2.WorkerEvent.FromString(msg.data)
             except Exception:
+                REJECTED_EVENTS.labels("unreadable").inc()
                 log.warning("dropping an unreadable worker event on %s", msg.subject)
                 await msg.term()
+                continue
+            if not self._genuine(event):
+                await msg.term()
+                continue
+            pairs.append((msg, event))
         try:
             await self._apply(pairs)  # one transaction for the whole batch
         except Exception:

@@ -61,6 +61,8 @@ class MeshRuntime:
         self.js: JetStreamContext
         self.kv: KeyValue
         self.blobs: NatsBlobStore
+        self.run_secret = b""
+        """The key run tokens are made and checked with."""
         self.broadcaster = Broadcaster()
         self.dispatcher: Dispatcher | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -73,8 +75,12 @@ class MeshRuntime:
         engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         settings: MeshSettings,
+        *,
+        run_secret: bytes,
     ) -> MeshRuntime:
+        """`run_secret`: the key run tokens are made with (the same on every replica)."""
         self = cls()
+        self.run_secret = run_secret
         self.nc = await mesh.connect(
             url, "voxmesh-control", reconnected=self.broadcaster.reconnected
         )
@@ -83,7 +89,9 @@ class MeshRuntime:
         self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
         self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
         await self.broadcaster.start(self.nc, sessions)
-        self.dispatcher = Dispatcher(sessions, self.js, settings.dispatch_poll_seconds, self)
+        self.dispatcher = Dispatcher(
+            sessions, self.js, settings.dispatch_poll_seconds, self, run_secret
+        )
         self._tasks.append(asyncio.create_task(self._lead(engine, sessions), name="mesh-leader"))
         return self
 
@@ -105,7 +113,7 @@ class MeshRuntime:
             await conn.close()
             await asyncio.sleep(2)
         log.info("this control plane leads dispatch and event ingestion")
-        ingester = EventIngester(sessions, self.js, self)
+        ingester = EventIngester(sessions, self.js, self, self.run_secret)
 
         async def exhausted(msg: Msg) -> None:
             try:

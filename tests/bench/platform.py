@@ -14,7 +14,7 @@ from control.config import AuthSettings, ControlSettings, MeshSettings
 from control.db import migrate
 from control.db.embedded import EmbeddedPostgres
 from control.dispatch.runtime import MeshRuntime
-from control.server import build_app, create_server
+from control.server import build_app, create_server, run_secret
 from tests.conftest import free_port
 from tests.harness import Harness
 from voxmesh.nats_embedded import EmbeddedNats
@@ -33,7 +33,13 @@ async def running_platform(mesh_settings: MeshSettings | None = None) -> AsyncIt
             auth=AuthSettings(jwt_secret=SecretStr("b" * 48)),
         )  # fmt: skip
         app = build_app(settings, url)
-        app.mesh = await MeshRuntime.start(nats_server.url, app.engine, app.sessions, mesh_settings)
+        app.mesh = await MeshRuntime.start(
+            nats_server.url,
+            app.engine,
+            app.sessions,
+            mesh_settings,
+            run_secret=run_secret(app.settings),
+        )
         server, port = await create_server(app, "127.0.0.1", 0)
         harness = Harness(app, port, nats_server, server)
         try:
