@@ -15,6 +15,7 @@ import sys
 
 from control.config import ControlSettings
 from control.db.models import UserRole
+from control.kinds import FIELDS
 from control.server import ConfigurationError, prepare_database, serve
 from voxmesh.errors import ApiError
 from voxmesh.observability import setup_logging
@@ -31,14 +32,15 @@ async def _sample_data(settings: ControlSettings, url: str, reset: bool) -> None
     """Files go to the shared store in NATS, where workers find them: the running platform's
     NATS (NATS_URL, or the embedded one if `make run` is up), else a temporary embedded one."""
     from control import sample_data
-    from control.kinds import FIELDS
     from voxmesh import mesh
     from voxmesh.blobs import NatsBlobStore
     from voxmesh.nats_embedded import EmbeddedNats
 
     started = None
-    nats_url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
-    embedded = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
+    embedded = EmbeddedNats(
+        settings.data_dir / "nats", port=settings.nats_port, worker_types=FIELDS
+    )
+    nats_url = settings.nats_url or embedded.url
     if not settings.nats_url and not embedded.accepting():
         started = embedded.start()
     nc = await mesh.connect(nats_url, "voxmesh-sample-data")

@@ -34,7 +34,9 @@ from control.config import ControlSettings
 from control.db import embedded, migrate
 from control.db.session import create_engine, create_sessionmaker, normalize_url
 from control.dispatch.runtime import MeshRuntime
+from control.kinds import FIELDS
 from voxmesh.grpc_server import GuardInterceptor, add_operator_services, set_serving
+from voxmesh.nats_auth import redacted
 from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.observability import serve_metrics
 from voxmesh.v1 import (
@@ -154,7 +156,7 @@ def prepare_nats(settings: ControlSettings) -> tuple[str, EmbeddedNats | None]:
     """NATS_URL, or the embedded nats-server (JetStream store in `<data_dir>/nats`)."""
     if settings.nats_url:
         return settings.nats_url, None
-    server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
+    server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port, worker_types=FIELDS)
     try:
         server.start()
     except RuntimeError as e:
@@ -198,7 +200,7 @@ async def serve(settings: ControlSettings) -> None:
         )
     except (OSError, NatsError, TimeoutError) as e:
         raise ConfigurationError(
-            f"cannot reach NATS at {nats_url}: {str(e) or 'no answer in 20 s'}"
+            f"cannot reach NATS at {redacted(nats_url)}: {str(e) or 'no answer in 20 s'}"
         ) from None
     server, port = await create_server(app, settings.host, settings.port)
     serve_metrics()
@@ -207,7 +209,7 @@ async def serve(settings: ControlSettings) -> None:
         settings.host,
         port,
         "embedded" if settings.embedded else "external",
-        nats_url,
+        redacted(nats_url),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

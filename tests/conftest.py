@@ -24,6 +24,7 @@ from control.config import AuthSettings, ControlSettings, MeshSettings
 from control.db import migrate
 from control.db.embedded import EmbeddedPostgres
 from control.dispatch.runtime import MeshRuntime
+from control.kinds import FIELDS
 from control.server import build_app, create_server, run_secret
 from tests.harness import Harness
 from voxmesh.nats_embedded import EmbeddedNats
@@ -110,7 +111,7 @@ def free_port() -> int:
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A real nats-server with JetStream of this test's own (a few ms to start)."""
-    server = EmbeddedNats(tmp_path / "nats", port=free_port()).start()
+    server = EmbeddedNats(tmp_path / "nats", port=free_port(), worker_types=FIELDS).start()
     yield server
     server.stop()
 

@@ -19,6 +19,7 @@ from control import accounts
 from control.app import ControlApp
 from control.convert import params_to_json
 from control.db.models import File, Job, JobResult, JobStatus, JobType, Project, Setting, UserRole
+from voxmesh.nats_auth import worker_user
 from voxmesh.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -246,7 +247,7 @@ async def run_workers(
             h.app.settings.mesh.model_copy(update={"ack_wait_seconds": ack_wait})
         )
     workers = [
-        Worker(job_type, handler, nats_url=h.nats.url,
+        Worker(job_type, handler, nats_url=h.nats.url_for(worker_user(job_type)),
                worker_id=f"{name or job_type}-{i}", shard_handler=shard_handler)
         for i in range(count)
     ]  # fmt: skip

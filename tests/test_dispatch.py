@@ -305,7 +305,9 @@ async def test_killed_worker_job_completes_on_another(harness: Harness) -> None:
     editor, project = await setup(harness)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     doomed = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers", harness.nats.url, "doomed"], env=env, cwd=ROOT
+        [sys.executable, "-m", "tests.workers", harness.nats.url_for("worker-tts"), "doomed"],
+        env=env,
+        cwd=ROOT,
     )
     try:
         job = await create(editor, project, "sleep:3")
@@ -410,7 +412,7 @@ async def test_run_whose_workers_always_crash_fails_with_the_reason(harness: Har
     job = await create(editor, project, "sleep:60")
     for delivery in (1, 2, 3):
         doomed = subprocess.Popen(
-            [sys.executable, "-m", "tests.workers", harness.nats.url, f"doomed-{delivery}"],
+            [sys.executable, "-m", "tests.workers", harness.nats.url_for("worker-tts"), f"doomed-{delivery}"],
             env=env, cwd=ROOT,
         )  # fmt: skip
         try:

@@ -41,7 +41,9 @@ async def test_a_killed_job_is_redelivered_after_the_control_planes_ack_wait(
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VOXMESH_MESH__ACK_WAIT_SECONDS": "60",
            "VOXMESH_MESH__MAX_DELIVER": "9"}  # fmt: skip
     doomed = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers", harness.nats.url, "doomed"], env=env, cwd=ROOT
+        [sys.executable, "-m", "tests.workers", harness.nats.url_for("worker-tts"), "doomed"],
+        env=env,
+        cwd=ROOT,
     )
     try:
         job = await create(editor, project, "sleep:4")
@@ -77,7 +79,7 @@ async def test_a_worker_waits_for_the_control_plane_to_provision(
     nats_server: EmbeddedNats,
 ) -> None:
     """A worker binds to what the control plane made; it creates and changes nothing."""
-    worker = Worker("tts", behave, nats_url=nats_server.url, worker_id="early")
+    worker = Worker("tts", behave, nats_url=nats_server.url_for("worker-tts"), worker_id="early")
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:

@@ -11,13 +11,17 @@ import hashlib
 import time
 import uuid
 
+import nats
+import pytest
 from prometheus_client import REGISTRY
 
 from control.db.models import JobResult, UserRole
 from tests.harness import Harness, run_workers
 from tests.test_dispatch import create, setup, wait_for
+from tests.test_lifecycle import pending_state_of
 from tests.workers import behave
 from voxmesh import mesh
+from voxmesh.nats_auth import with_user
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
 
@@ -84,3 +88,62 @@ async def test_forged_and_replayed_worker_events_are_dropped(harness: Harness) -
     assert [f.name for f in result.files] == ["result.txt"]
     assert str(stolen) not in {f.file_id for f in result.files}
     assert rejected() == before + 2 * len(tokens)  # nothing genuine was dropped
+
+
+async def test_nats_refuses_a_client_without_credentials(harness: Harness) -> None:
+    for url in (harness.nats.address, with_user(harness.nats.address, "control", "guess")):
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0,
+                               allow_reconnect=False)  # fmt: skip
+
+
+async def test_a_worker_user_may_only_do_its_own_work(harness: Harness) -> None:
+    """What the tts worker's credentials refuse: dispatching, watching, marking runs, reading
+    the event stream, and another type's consumer."""
+    editor, project = await setup(harness)
+    audio = await harness.file(editor.user_id)
+    stt = await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
+        project_id=project, input_file_id=str(audio), stt=jobs_pb2.SttParams()))  # fmt: skip
+    await pending_state_of(editor, stt.job.id, jobs_pb2.PENDING_STATE_QUEUED)
+    assert harness.app.mesh is not None
+    control_js = harness.app.mesh.js
+    info = await control_js.consumer_info(mesh.JOBS_STREAM, "worker-stt")
+    assert info.num_pending == 1
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(harness.nats.url_for("worker-tts"), error_cb=on_error,
+                            inbox_prefix="_INBOX.worker-tts", max_reconnect_attempts=0)  # fmt: skip
+    try:
+        js = nc.jetstream(timeout=2)
+        refused = {
+            "voxmesh.jobs.tts": lambda: nc.publish("voxmesh.jobs.tts", b"x"),
+            "voxmesh.updates.x": lambda: nc.publish("voxmesh.updates.x", b"x"),
+            "voxmesh.jobstate.p.j": lambda: nc.publish("voxmesh.jobstate.p.j", b"x"),
+            "$KV.voxmesh_job_control.j.1": lambda: nc.publish("$KV.voxmesh_job_control.j.1", b"done"),
+            "voxmesh.updates.>": lambda: nc.subscribe("voxmesh.updates.>"),
+            "_INBOX.>": lambda: nc.subscribe("_INBOX.>"),
+        }  # fmt: skip
+        for subject, attempt in refused.items():
+            await attempt()
+            await nc.flush(timeout=2)
+            deadline = time.monotonic() + 5
+            while not any(subject.lower() in e.lower() for e in errors):
+                assert time.monotonic() < deadline, f"{subject} was not refused: {errors}"
+                await asyncio.sleep(0.05)
+        # JetStream API calls it may not make time out (the server drops them).
+        stt_jobs = await js.pull_subscribe_bind(durable="worker-stt", stream=mesh.JOBS_STREAM)
+        with pytest.raises(Exception):  # noqa: B017 - the refusal's error type varies by call
+            await stt_jobs.fetch(1, timeout=1)
+        with pytest.raises(Exception):  # noqa: B017
+            await js.add_consumer(mesh.EVENTS_STREAM, durable_name="snoop")
+        with pytest.raises(Exception):  # noqa: B017
+            await js.delete_stream(mesh.JOBS_STREAM)
+    finally:
+        await nc.close()
+    streams = {s.config.name for s in await control_js.streams_info()}
+    assert mesh.JOBS_STREAM in streams
+    info = await control_js.consumer_info(mesh.JOBS_STREAM, "worker-stt")
+    assert info.num_pending == 1 and info.num_ack_pending == 0  # the STT run was not taken

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from control.db.embedded import EmbeddedPostgres
+from control.kinds import FIELDS
 from tests.conftest import free_port
 from tests.speech import passage, wav_bytes
 from voxmesh.nats_embedded import EmbeddedNats
@@ -46,7 +47,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_separate_hosts_survive_losing_a_worker(tmp_path: Path) -> None:
     pg = EmbeddedPostgres(tmp_path / "db-host" / "pgdata", delete_on_exit=True)
-    nats = EmbeddedNats(tmp_path / "nats-host", port=free_port()).start()
+    nats = EmbeddedNats(tmp_path / "nats-host", port=free_port(), worker_types=FIELDS).start()
     database = pg.ensure_database("voxmesh")
     port = free_port()
     control_env = _env(
@@ -59,7 +60,8 @@ def test_separate_hosts_survive_losing_a_worker(tmp_path: Path) -> None:
                    capture_output=True)  # fmt: skip
     control = subprocess.Popen([sys.executable, "-m", "control", "serve"], env=control_env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    worker_env = _env(NATS_URL=nats.url, VOXMESH_STT__CPU_THREADS="1")  # no database, no data dir
+    # No database, no data dir: a worker host has only its own NATS credentials.
+    worker_env = _env(NATS_URL=nats.url_for("worker-stt"), VOXMESH_STT__CPU_THREADS="1")
     workers = {
         name: subprocess.Popen(
             [sys.executable, "-m", "services.stt"],

@@ -170,7 +170,7 @@ async def test_worker_health_is_not_serving_until_its_model_is_loaded(
         return {"test-model": 1.25}
 
     await provision(nats_server.url)
-    worker = make_worker(nats_server.url)
+    worker = make_worker(nats_server.url_for("worker-tts"))
     service = asyncio.create_task(run_service(worker, slow_load))
     seen: list[int] = []
     done = asyncio.Event()
@@ -202,7 +202,7 @@ def test_a_real_worker_process_serves_health_metrics_and_json_logs(
     asyncio.run(provision(nats_server.url))
     health_port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXMESH_")}
-    env.update(NATS_URL=nats_server.url, VOXMESH_HEALTH_PORT=str(health_port),
+    env.update(NATS_URL=nats_server.url_for("worker-tts"), VOXMESH_HEALTH_PORT=str(health_port),
                VOXMESH_METRICS_PORT=str(metrics_port), PYTHONPATH=str(ROOT))  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "services.tts"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip

@@ -26,15 +26,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import envoy
+from voxmesh.nats_auth import CREDENTIALS_FILE, Credentials, worker_user
 
-# One entry per modality service, added as each lands.
-WORKERS = [
-    "services.stt",
-    "services.tts",
-    "services.stories",
-    "services.cloning",
-    "services.dubbing",
-]
+# One entry per modality service: its module and the job type (consumer) it pulls.
+WORKERS = {
+    "services.stt": "stt",
+    "services.tts": "tts",
+    "services.stories": "ai_stories",
+    "services.cloning": "voice_cloning",
+    "services.dubbing": "dubbing",
+}
 
 
 def wait_healthy(target: str, control: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -60,14 +61,19 @@ def main() -> None:
     # Workers use the control plane's NATS: NATS_URL, or the embedded server's port.
     metrics_base = int(os.environ.get("VOXMESH_METRICS_PORT", "9400"))
     health_base = int(os.environ.get("VOXMESH_HEALTH_PORT", "50061"))
-    nats_url = os.environ.get("NATS_URL") or (
-        f"nats://127.0.0.1:{os.environ.get('VOXMESH_NATS_PORT', '4222')}"
-    )
+    nats_url = os.environ.get("NATS_URL")
+    address = f"nats://127.0.0.1:{os.environ.get('VOXMESH_NATS_PORT', '4222')}"
+    data_dir = Path(os.environ.get("VOXMESH_DATA_DIR", ".voxmesh"))
 
-    def worker_env(i: int) -> dict[str, str]:
+    def worker_env(i: int, job_type: str) -> dict[str, str]:
+        # The embedded NATS: each worker signs in as its own user (written by the control
+        # plane when it started the server); an external NATS_URL is used as given.
+        url = nats_url or Credentials(data_dir / "nats" / CREDENTIALS_FILE, ()).url(
+            address, worker_user(job_type)
+        )
         return {
             **os.environ,
-            "NATS_URL": nats_url,
+            "NATS_URL": url,
             "VOXMESH_METRICS_PORT": str(metrics_base + 1 + i),
             "VOXMESH_HEALTH_PORT": str(health_base + i),
         }
@@ -99,8 +105,8 @@ def main() -> None:
         wait_healthy(f"127.0.0.1:{port}", control)
         gateway = envoy.start(config)
         workers = [
-            subprocess.Popen([sys.executable, "-m", name], env=worker_env(i))
-            for i, name in enumerate(WORKERS)
+            subprocess.Popen([sys.executable, "-m", name], env=worker_env(i, job_type))
+            for i, (name, job_type) in enumerate(WORKERS.items())
         ]
         print(f"Voxmesh is running: console and gRPC-web on http://127.0.0.1:{gateway_port}/, "
               f"gRPC on 127.0.0.1:{port}, workers: {', '.join(WORKERS)}, "
@@ -110,11 +116,13 @@ def main() -> None:
             if gateway.poll() is not None:
                 print(f"the gateway exited ({gateway.returncode}); restarting", flush=True)
                 gateway = envoy.start(config)
-            for i, worker in enumerate(workers):
+            for i, (worker, (name, job_type)) in enumerate(
+                zip(workers, WORKERS.items(), strict=True)
+            ):
                 if worker.poll() is not None:  # a worker died: start another
-                    print(f"{WORKERS[i]} exited ({worker.returncode}); restarting", flush=True)
+                    print(f"{name} exited ({worker.returncode}); restarting", flush=True)
                     workers[i] = subprocess.Popen(
-                        [sys.executable, "-m", WORKERS[i]], env=worker_env(i)
+                        [sys.executable, "-m", name], env=worker_env(i, job_type)
                     )
             time.sleep(0.5)
     finally:

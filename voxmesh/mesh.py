@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from voxmesh.nats_auth import inbox_prefix, redacted, user_of
 from voxmesh.settings import MeshSettings
 
 log = logging.getLogger(__name__)
@@ -122,8 +124,11 @@ async def connect(
     logging one line per problem instead of a traceback per retry; `reconnected` runs after
     each reconnect (what was published meanwhile on core NATS is lost)."""
 
+    where = redacted(url)
+    user = user_of(url)
+
     async def error(exc: Exception) -> None:
-        log.warning("%s: NATS at %s: %s", name, url, exc or type(exc).__name__)
+        log.warning("%s: NATS at %s: %s", name, where, exc or type(exc).__name__)
 
     async def disconnected() -> None:
         log.warning("%s: disconnected from NATS; reconnecting", name)
@@ -143,6 +148,8 @@ async def connect(
         error_cb=error,
         disconnected_cb=disconnected,
         reconnected_cb=on_reconnect,
+        inbox_prefix=inbox_prefix(user) if user else "_INBOX",
+        user_credentials=os.environ.get("NATS_CREDS") or None,
     )
 
 

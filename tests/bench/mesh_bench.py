@@ -114,7 +114,7 @@ async def main() -> None:
         nats_server = h.nats
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         procs = [
-            subprocess.Popen([sys.executable, "-m", "tests.bench.mesh_bench", "worker", nats_server.url], env=env)
+            subprocess.Popen([sys.executable, "-m", "tests.bench.mesh_bench", "worker", nats_server.url_for("worker-tts")], env=env)
             for _ in range(2)
         ]  # fmt: skip
         try:

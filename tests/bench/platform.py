@@ -14,6 +14,7 @@ from control.config import AuthSettings, ControlSettings, MeshSettings
 from control.db import migrate
 from control.db.embedded import EmbeddedPostgres
 from control.dispatch.runtime import MeshRuntime
+from control.kinds import FIELDS
 from control.server import build_app, create_server, run_secret
 from tests.conftest import free_port
 from tests.harness import Harness
@@ -25,7 +26,9 @@ async def running_platform(mesh_settings: MeshSettings | None = None) -> AsyncIt
     mesh_settings = mesh_settings or MeshSettings(dispatch_poll_seconds=0.5)
     with tempfile.TemporaryDirectory() as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "pgdata", delete_on_exit=True)
-        nats_server = EmbeddedNats(Path(tmp) / "nats", port=free_port()).start()
+        nats_server = EmbeddedNats(
+            Path(tmp) / "nats", port=free_port(), worker_types=FIELDS
+        ).start()
         url = pg.ensure_database("bench")
         migrate.upgrade(url)
         settings = ControlSettings(

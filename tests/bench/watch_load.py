@@ -63,7 +63,14 @@ async def main() -> None:
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.mesh_bench", "worker", h.nats.url], env=env
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.mesh_bench",
+                "worker",
+                h.nats.url_for("worker-tts"),
+            ],
+            env=env,
         )
         try:
             # Held until every watcher follows it, so each event is measured live (a watcher
