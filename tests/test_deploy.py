@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
+from control.kinds import FIELDS
 from gateway import envoy as gateway_envoy
+from voxmesh import nats_auth
 from voxmesh.launch import WORKERS
 from voxmesh.nats_embedded import binary as nats_binary
 from voxmesh.service import health_service_name
@@ -115,10 +117,42 @@ def test_kubernetes_shape() -> None:
 
 
 def test_nats_cluster_configuration_is_valid(tmp_path: Path) -> None:
-    conf = tmp_path / "nats.conf"
-    conf.write_text(find("ConfigMap", "nats-config")["data"]["nats.conf"])
-    checked = run(nats_binary(), "-t", "-c", conf, env={**os.environ, "POD_NAME": "nats-0"})
+    data = find("ConfigMap", "nats-config")["data"]
+    (tmp_path / "nats.conf").write_text(data["nats.conf"])
+    (tmp_path / "auth.conf").write_text(data["auth.conf"])
+    passwords = find("Secret", "nats-users")["stringData"]
+    checked = run(nats_binary(), "-t", "-c", tmp_path / "nats.conf",
+                  env={**os.environ, "POD_NAME": "nats-0", **passwords})  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_nats_is_never_open_in_deploy() -> None:
+    """The deployments' NATS users and permissions are the embedded server's (one source,
+    voxmesh/nats_auth.py), and every Voxmesh container signs in as its own user."""
+    conf = nats_auth.deploy_conf(FIELDS)
+    assert (DEPLOY / "nats-auth.conf").read_text() == conf, (
+        "deploy/nats-auth.conf is stale: python -m voxmesh.nats_auth > deploy/nats-auth.conf"
+    )
+    assert find("ConfigMap", "nats-config")["data"]["auth.conf"] == conf
+    assert "include ./auth.conf" in find("ConfigMap", "nats-config")["data"]["nats.conf"]
+    users = {"control": "control"} | {k: f"worker-{t}" for k, (t, _) in WORKER_NAMES.items()}
+    secret = find("Secret", "nats-users")["stringData"]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for module, user in users.items():
+        name = "control" if module == "control" else WORKER_NAMES[module][1]
+        variable = nats_auth.password_variable(user)
+        assert variable in secret
+        env = compose[name]["environment"]
+        assert env["NATS_USER"] == user and variable in env["NATS_PASSWORD"], name
+        kind = "Deployment"
+        container = find(kind, name)["spec"]["template"]["spec"]["containers"][0]
+        k8s_env = {e["name"]: e for e in container["env"]}
+        assert k8s_env["NATS_USER"]["value"] == user
+        assert k8s_env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "nats-users", "key": variable}  # fmt: skip
+    for i in (1, 2, 3):
+        node = compose[f"nats-{i}"]
+        assert "/etc/nats/auth.conf" in node["command"] and set(secret) <= set(node["environment"])
 
 
 def test_gateway_configuration_is_rendered_and_valid(tmp_path: Path) -> None:

@@ -122,10 +122,13 @@ async def connect(
 ) -> NATS:
     """A connection that reconnects forever (a NATS outage delays work; it loses nothing),
     logging one line per problem instead of a traceback per retry; `reconnected` runs after
-    each reconnect (what was published meanwhile on core NATS is lost)."""
+    each reconnect (what was published meanwhile on core NATS is lost). Credentials: in the URL
+    (nats://user:password@host), else NATS_USER and NATS_PASSWORD, or a creds file in
+    NATS_CREDS."""
 
     where = redacted(url)
-    user = user_of(url)
+    user = user_of(url) or os.environ.get("NATS_USER") or None
+    password = os.environ.get("NATS_PASSWORD") if not user_of(url) else None
 
     async def error(exc: Exception) -> None:
         log.warning("%s: NATS at %s: %s", name, where, exc or type(exc).__name__)
@@ -148,6 +151,8 @@ async def connect(
         error_cb=error,
         disconnected_cb=disconnected,
         reconnected_cb=on_reconnect,
+        user=user if password else None,
+        password=password or None,
         inbox_prefix=inbox_prefix(user) if user else "_INBOX",
         user_credentials=os.environ.get("NATS_CREDS") or None,
     )
