@@ -76,14 +76,17 @@ async def test_a_killed_job_is_redelivered_after_the_control_planes_ack_wait(
 
 
 async def test_a_worker_waits_for_the_control_plane_to_provision(
-    nats_server: EmbeddedNats,
+    nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A worker binds to what the control plane made; it creates and changes nothing."""
     worker = Worker("tts", behave, nats_url=nats_server.url_for("worker-tts"), worker_id="early")
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
-        await asyncio.sleep(1.0)  # long enough to have created streams, if it did
+        deadline = time.monotonic() + 15
+        while "waiting for the control plane" not in caplog.text:  # it looked, found nothing
+            assert time.monotonic() < deadline, "the worker never said it was waiting"
+            await asyncio.sleep(0.05)
         assert not worker.ready.is_set()
         nc = await mesh.connect(nats_server.url, "test-inspect")
         try:
