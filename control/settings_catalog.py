@@ -53,7 +53,7 @@ class SettingDef:
             return value.bool_value
         if self.kind is int:
             number = value.number_value
-            if which != "number_value" or math.isnan(number) or number != int(number):
+            if which != "number_value" or not math.isfinite(number) or number != int(number):
                 raise InvalidArgument(f"{self.key} takes a whole number", field="value")
             assert self.low is not None and self.high is not None
             if not self.low <= number <= self.high:

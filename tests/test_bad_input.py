@@ -3,6 +3,7 @@ and changes nothing in the database (a digest of every row of every table is com
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,11 @@ from voxmesh.v1 import (
     users_pb2,
     voices_pb2,
 )
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -128,6 +134,10 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("list jobs: unknown type", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(type=42)), INVALID, "type 42 is not one of", "type"),
         ("list jobs: unknown status", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(status=42)), INVALID, "status 42 is not one of", "status"),
         ("list jobs: forged token", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(page=Page(page_token="bm90IGEgdG9rZW4="))), INVALID, "not a token this server issued", "page.page_token"),
+        ("list jobs: token with wrong types", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(page=Page(page_token=b64('{"t": 1, "i": 2, "f": 3}')))), INVALID, "not a token this server issued", "page.page_token"),
+        ("list projects: deeply nested token", lambda: e.projects.ListProjects(projects_pb2.ListProjectsRequest(page=Page(page_token=b64("[" * 50000)))), INVALID, "not a token this server issued", "page.page_token"),
+        ("list users: token that is a list", lambda: a.users.ListUsers(users_pb2.ListUsersRequest(page=Page(page_token=b64("[1, 2]")))), INVALID, "not a token this server issued", "page.page_token"),
+        ("list results: token without a time zone", lambda: e.results.ListJobResults(results_pb2.ListJobResultsRequest(page=Page(page_token=b64(f'{{"t": "2026-01-01T00:00:00", "i": "{missing}", "f": "x"}}')))), INVALID, "not a token this server issued", "page.page_token"),
         ("list jobs: token of other filters", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(status=jobs_pb2.JOB_STATUS_PENDING, page=Page(page_token=page_token))), INVALID, "other filters", "page.page_token"),
         ("list jobs: unknown project", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(project_id=missing)), NOT_FOUND, "no project", "project_id"),
         ("unknown job", lambda: e.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=missing)), NOT_FOUND, f"no job with id {missing}", "job_id"),
@@ -156,6 +166,8 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("long bio", lambda: e.users.UpdateCurrentUser(users_pb2.UpdateCurrentUserRequest(update_mask=Mask(paths=["bio"]), bio="b" * 2001)), INVALID, "at most 2000", "bio"),
         # settings
         ("unknown setting", lambda: a.settings.SetSetting(settings_pb2.SetSettingRequest(key="colour", value=Value(string_value="red"), scope=GLOBAL)), INVALID, "unknown setting 'colour'; known settings:", "key"),
+        ("infinite number", lambda: a.settings.SetSetting(settings_pb2.SetSettingRequest(key="max_concurrent_jobs", value=Value(number_value=float("inf")), scope=GLOBAL)), INVALID, "takes a whole number", "value"),
+        ("minus infinity", lambda: a.settings.SetSetting(settings_pb2.SetSettingRequest(key="max_file_size_mb", value=Value(number_value=float("-inf")), scope=GLOBAL)), INVALID, "takes a whole number", "value"),
         ("wrong type", lambda: a.settings.SetSetting(settings_pb2.SetSettingRequest(key="max_concurrent_jobs", value=Value(string_value="five"), scope=GLOBAL)), INVALID, "takes a whole number", "value"),
         ("fraction", lambda: a.settings.SetSetting(settings_pb2.SetSettingRequest(key="max_concurrent_jobs", value=Value(number_value=2.5), scope=GLOBAL)), INVALID, "takes a whole number", "value"),
         ("out of range", lambda: a.settings.SetSetting(settings_pb2.SetSettingRequest(key="max_file_size_mb", value=Value(number_value=-1), scope=GLOBAL)), INVALID, "between 1 and", "value"),

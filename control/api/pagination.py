@@ -21,6 +21,8 @@ from voxmesh.v1 import pagination_pb2
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_TOKEN_LENGTH = 512
+"""Issued tokens are about 150 characters; anything much longer is refused unread."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,27 @@ def parse(page: pagination_pb2.PageRequest, filters: tuple[Any, ...]) -> PageQue
     fingerprint = _fingerprint(filters)
     if not page.page_token:
         return PageQuery(size, None, fingerprint)
+    not_ours = InvalidArgument(
+        "page.page_token is not a token this server issued", field="page.page_token"
+    )
+    if len(page.page_token) > MAX_TOKEN_LENGTH:
+        raise not_ours
     try:
         raw = json.loads(base64.urlsafe_b64decode(page.page_token.encode()))
+    except (ValueError, RecursionError, binascii.Error, UnicodeDecodeError):
+        raise not_ours from None
+    # Strictly the shape _token writes: three strings, an aware time, a UUID.
+    if not isinstance(raw, dict) or set(raw) != {"t", "i", "f"}:
+        raise not_ours
+    if not all(isinstance(v, str) for v in raw.values()):
+        raise not_ours
+    try:
         after = (datetime.fromisoformat(raw["t"]), uuid.UUID(raw["i"]))
-        token_fingerprint = raw["f"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            "page.page_token is not a token this server issued", field="page.page_token"
-        ) from None
+    except ValueError:
+        raise not_ours from None
+    if after[0].tzinfo is None:
+        raise not_ours
+    token_fingerprint = raw["f"]
     if token_fingerprint != fingerprint:
         raise InvalidArgument(
             "page.page_token belongs to a list with other filters; start again without a token",
