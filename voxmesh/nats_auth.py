@@ -64,6 +64,8 @@ def worker_permissions(job_type: str) -> dict[str, Any]:
                 "$KV.voxmesh_shards.>",
                 "$JS.API.STREAM.MSG.GET.OBJ_voxmesh_files",
                 "$JS.API.DIRECT.GET.OBJ_voxmesh_files.>",
+                "$JS.API.STREAM.NAMES",  # reading a blob finds its stream by subject
+                "$JS.API.CONSUMER.CREATE.OBJ_voxmesh_files",
                 "$JS.API.CONSUMER.CREATE.OBJ_voxmesh_files.>",
                 "$JS.API.CONSUMER.DELETE.OBJ_voxmesh_files.>",
                 "$O.voxmesh_files.C.>",
