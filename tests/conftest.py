@@ -170,3 +170,16 @@ async def no_task_left_behind() -> AsyncIterator[None]:
             task.cancel()
         _, pending = await asyncio.wait(left, timeout=10)
         assert not pending, f"tasks that ignore cancellation: {[t.get_coro() for t in pending]}"
+
+
+@pytest.fixture(autouse=True)
+def no_permission_violations(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """Every NATS operation of the platform is one its user may do: a refused one (logged by
+    the connection's error callback) fails the test, unless the test is about refusals."""
+    yield
+    if request.node.get_closest_marker("refusals") is None:
+        records = [r for when in ("setup", "call") for r in caplog.get_records(when)]
+        refused = [r.getMessage() for r in records if "permissions violation" in r.getMessage()]
+        assert not refused, f"NATS refused an operation of the platform: {refused[:3]}"

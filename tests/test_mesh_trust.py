@@ -97,6 +97,7 @@ async def test_nats_refuses_a_client_without_credentials(harness: Harness) -> No
                                allow_reconnect=False)  # fmt: skip
 
 
+@pytest.mark.refusals
 async def test_a_worker_user_may_only_do_its_own_work(harness: Harness) -> None:
     """What the tts worker's credentials refuse: dispatching, watching, marking runs, reading
     the event stream, and another type's consumer."""

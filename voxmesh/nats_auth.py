@@ -68,6 +68,7 @@ def worker_permissions(job_type: str) -> dict[str, Any]:
                 "$JS.API.CONSUMER.CREATE.OBJ_voxmesh_files",
                 "$JS.API.CONSUMER.CREATE.OBJ_voxmesh_files.>",
                 "$JS.API.CONSUMER.DELETE.OBJ_voxmesh_files.>",
+                "$JS.FC.OBJ_voxmesh_files.>",  # flow control while a large blob streams in
                 "$O.voxmesh_files.C.>",
                 "$O.voxmesh_files.M.>",
             ]
