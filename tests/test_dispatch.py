@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +21,7 @@ from control.convert import job_to_pb
 from control.db.models import File, Job, JobEvent, JobResult, JobStatus, OutboxEntry, UserRole
 from control.dispatch.dispatcher import build_dispatch
 from tests.harness import Caller, Harness, rpc_error, run_workers
-from tests.workers import behave
+from tests.workers import behave, spawn
 from voxmesh import mesh
 from voxmesh.v1 import jobs_pb2, results_pb2
 
@@ -303,12 +301,7 @@ async def test_auto_start_false_waits_for_start_job(harness: Harness) -> None:
 @pytest.mark.slow
 async def test_killed_worker_job_completes_on_another(harness: Harness) -> None:
     editor, project = await setup(harness)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    doomed = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers", harness.nats.url_for("worker-tts"), "doomed"],
-        env=env,
-        cwd=ROOT,
-    )
+    doomed = spawn(harness.nats.url_for("worker-tts"), "doomed")
     try:
         job = await create(editor, project, "sleep:3")
         running = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_RUNNING}, timeout=30)
@@ -408,13 +401,9 @@ async def test_run_whose_workers_always_crash_fails_with_the_reason(harness: Har
     """Every delivery's worker is killed mid-job: after max_deliver (3) JetStream gives up, its
     advisory reaches the control plane, and the job is FAILED saying why."""
     editor, project = await setup(harness)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     job = await create(editor, project, "sleep:60")
     for delivery in (1, 2, 3):
-        doomed = subprocess.Popen(
-            [sys.executable, "-m", "tests.workers", harness.nats.url_for("worker-tts"), f"doomed-{delivery}"],
-            env=env, cwd=ROOT,
-        )  # fmt: skip
+        doomed = spawn(harness.nats.url_for("worker-tts"), f"doomed-{delivery}")
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +18,7 @@ from control.db.models import Job
 from tests.conftest import TEST_MESH, provision
 from tests.harness import Harness, run_workers
 from tests.test_dispatch import create, setup, wait_for
-from tests.workers import behave
+from tests.workers import behave, spawn
 from voxmesh import mesh
 from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import jobs_pb2
@@ -38,13 +36,8 @@ async def test_a_killed_job_is_redelivered_after_the_control_planes_ack_wait(
     await harness.app.mesh.provision(TEST_MESH.model_copy(update={"ack_wait_seconds": ACK_WAIT}))
     editor, project = await setup(harness)
     # A worker whose own environment says something else: it must not matter.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VOXMESH_MESH__ACK_WAIT_SECONDS": "60",
-           "VOXMESH_MESH__MAX_DELIVER": "9"}  # fmt: skip
-    doomed = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers", harness.nats.url_for("worker-tts"), "doomed"],
-        env=env,
-        cwd=ROOT,
-    )
+    doomed = spawn(harness.nats.url_for("worker-tts"), "doomed",
+                   VOXMESH_MESH__ACK_WAIT_SECONDS="60", VOXMESH_MESH__MAX_DELIVER="9")  # fmt: skip
     try:
         job = await create(editor, project, "sleep:4")
         running = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_RUNNING}, timeout=30)

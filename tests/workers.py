@@ -14,7 +14,10 @@ Run as a process (for kill -9 tests): python -m tests.workers NATS_URL [WORKER_I
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import JobContext, JobFailed, Outcome, Output, Worker
@@ -47,6 +50,16 @@ async def behave(ctx: JobContext) -> Outcome:
         files=[Output("result.txt", body, "text/plain")],
         meta={"steps": text, "delivery": ctx.delivery},
     )
+
+
+def spawn(nats_url: str, worker_id: str, **env: str) -> subprocess.Popen[bytes]:
+    """A test worker (tts, `behave`) in a process of its own, to be killed mid-job; `env` is
+    added to this process's environment."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.workers", nats_url, worker_id],
+        env={**os.environ, "PYTHONPATH": str(root), **env}, cwd=root,
+    )  # fmt: skip
 
 
 def make_worker(nats_url: str, worker_id: str | None = None) -> Worker:
