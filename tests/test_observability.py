@@ -5,6 +5,7 @@ model loads)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -30,8 +31,8 @@ from tests.harness import Harness, run_workers
 from tests.test_dispatch import watch
 from tests.workers import behave, make_worker
 from voxmesh.nats_embedded import EmbeddedNats
-from voxmesh.observability import JsonFormatter, parse_traceparent
-from voxmesh.service import health_service_name, run_service
+from voxmesh.observability import JsonFormatter, parse_traceparent, serve_metrics
+from voxmesh.service import health_service_name, run_service, start_health_server
 from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,3 +238,45 @@ def test_a_real_worker_process_serves_health_metrics_and_json_logs(
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert lines and all(line["service"] == "tts" and line["level"] for line in lines)
     assert any("loaded piper:en_US-joe-medium" in line["message"] for line in lines)
+
+
+def _listening(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The local addresses TCP sockets listen on at `port` (from /proc/net/tcp and tcp6)."""
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[k : k + 4][::-1] for k in range(0, len(raw), 4))
+            found.add(ipaddress.ip_address(raw))
+    return found
+
+
+def _loopback_only(port: int) -> bool:
+    found = _listening(port)
+    mapped = {a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped else a
+              for a in found}  # fmt: skip
+    return bool(found) and all(a.is_loopback for a in mapped)
+
+
+async def test_metrics_and_worker_health_listen_on_loopback_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VOXMESH_METRICS_HOST", raising=False)
+    monkeypatch.delenv("VOXMESH_HEALTH_HOST", raising=False)
+    metrics = serve_metrics(port=free_port())
+    assert metrics is not None and _loopback_only(metrics), _listening(metrics)
+    server, _, health = await start_health_server("tts", free_port())
+    try:
+        assert _loopback_only(health), _listening(health)
+    finally:
+        await server.stop(None)
+    monkeypatch.setenv("VOXMESH_HEALTH_HOST", "0.0.0.0")  # what deploy/ sets
+    server, _, health = await start_health_server("tts", free_port())
+    try:
+        assert _listening(health) and not _loopback_only(health), _listening(health)
+    finally:
+        await server.stop(None)

@@ -211,8 +211,11 @@ WORKER_ERRORS = Counter(
 WORKER_BUSY = Gauge("voxmesh_worker_busy", "1 while this worker is running a job", ["type"])
 
 
-def serve_metrics(port: int | None = None, addr: str = "0.0.0.0") -> int | None:  # noqa: S104
-    """Serve /metrics over HTTP on `port` (default `VOXMESH_METRICS_PORT`; nothing if unset)."""
+def serve_metrics(port: int | None = None, addr: str | None = None) -> int | None:
+    """Serve /metrics over HTTP on `port` (default `VOXMESH_METRICS_PORT`; nothing if unset),
+    on loopback unless `VOXMESH_METRICS_HOST` says otherwise (0.0.0.0 in a container whose
+    metrics are scraped from outside)."""
+    addr = addr or os.environ.get("VOXMESH_METRICS_HOST", "").strip() or "127.0.0.1"
     if port is None:
         raw = os.environ.get("VOXMESH_METRICS_PORT", "").strip()
         if not raw:

@@ -52,7 +52,8 @@ def health_service_name(job_type: str) -> str:
 async def start_health_server(job_type: str, port: int) -> tuple[grpc.aio.Server, Any, int]:
     server = grpc.aio.server()
     health = add_operator_services(server, [])
-    bound = server.add_insecure_port(f"0.0.0.0:{port}")
+    host = os.environ.get("VOXMESH_HEALTH_HOST", "").strip() or "127.0.0.1"
+    bound = server.add_insecure_port(f"{host}:{port}")  # loopback unless configured
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(health_service_name(job_type), health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
