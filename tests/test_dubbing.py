@@ -66,6 +66,10 @@ async def test_english_recording_dubbed_into_portuguese_then_one_segment_revised
         names = {f.name for f in result.files}
         assert {"dubbed.wav", "subtitles.en.srt", "subtitles.en.vtt", "subtitles.pt.srt",
                 "subtitles.pt.vtt", "segments.json", "voice.json"} <= names  # fmt: skip
+        roles = {f.name: f.role for f in result.files}  # what a revision finds them by
+        assert (roles["dubbed.wav"], roles["segments.json"], roles["segment-audio.npz"],
+                roles["voice.json"], roles["subtitles.pt.vtt"]) == (
+            "audio", "segments", "segment_audio", "voice", "subtitles")  # fmt: skip
         for stage in ("decoding", "transcribing", "translating", "voice", "synthesising",
                       "mixing", "encoding", "measuring"):  # fmt: skip
             assert stage in stages, stages

@@ -108,6 +108,7 @@ async def test_every_format_normalised_loudness_and_meta(harness: Harness) -> No
     for fmt, job in jobs.items():
         result, data = await result_audio(editor, job.id)
         assert (result.files[0].content_type, result.files[0].name) == formats[fmt]
+        assert result.files[0].role == "audio"
         meta = dict(result.meta)
         assert meta["voice"] == "en_US-joe-medium" and meta["engine"] == "piper"
         assert meta["characters"] == len(text) and meta["sentences"] == 4

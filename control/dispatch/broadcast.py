@@ -47,8 +47,6 @@ class Broadcaster:
         """Per watched job: the highest seq that reached this replica over NATS."""
         self._projects: dict[str, set[asyncio.Queue[jobs_pb2.Job]]] = defaultdict(set)
         self._sweeper: asyncio.Task[None] | None = None
-        self.sweep_queries = 0
-        """How many queries the sweep has made (for the watcher-load measurement)."""
 
     async def start(self, nc: NATS, sessions: async_sessionmaker[AsyncSession]) -> None:
         await nc.subscribe("voxmesh.updates.>", cb=self._on_event)
@@ -98,7 +96,6 @@ class Broadcaster:
                 continue
             try:
                 async with sessions() as session:
-                    self.sweep_queries += 1
                     stored = dict(
                         (str(i), seq)
                         for i, seq in await session.execute(

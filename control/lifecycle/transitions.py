@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control.convert import job_status_to_pb, job_to_pb, result_to_pb, ts
 from control.db.models import Job, JobEvent, JobResult, JobStatus, OutboxEntry
 from control.kinds import kind_of
-from control.lifecycle.states import FINISHED, State, Transition, allowed, require, state_of
+from control.lifecycle.states import State, Transition, allowed, require, state_of
 from voxmesh import mesh
 from voxmesh.observability import (
     ADMISSION_WAIT,
@@ -168,7 +168,7 @@ class Lifecycle:
     def worker_started(self, job: Job, *, worker_id: str, delivery: int) -> bool:
         if not allowed(job, Transition.WORKER_STARTED):
             return False
-        if job.queued_at is not None and state_of(job) is State.QUEUED:
+        if state_of(job) is State.QUEUED and job.queued_at is not None:
             waited = (datetime.now(UTC) - job.queued_at).total_seconds()
             kind = kind_of(job.type).field
             self._metrics.append(lambda: DISPATCH_LATENCY.labels(kind).observe(max(0.0, waited)))
@@ -268,10 +268,6 @@ class Lifecycle:
             )
         if status is JobStatus.FAILED:
             self._metrics.append(lambda: JOB_FAILURES.labels(kind, failure or "error").inc())
-
-    @property
-    def finished(self) -> bool:
-        return any(state_of(job) in FINISHED for job in self.changed.values())
 
     # --- after commit -----------------------------------------------------------------------
     async def after_commit(self, mesh_: Mesh | None) -> None:

@@ -45,7 +45,7 @@ async def main() -> None:
         await h.setting("auto_start_jobs", False, editor.user_id)
         held = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
             project_id=project, tts=jobs_pb2.TtsParams(text="held")))).job  # fmt: skip
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # start-up work (first dispatcher passes) out of the window
         before = statements
         await asyncio.sleep(WINDOW)
         baseline = (statements - before) / WINDOW
@@ -54,7 +54,7 @@ async def main() -> None:
                  for _ in range(WATCHERS)]  # fmt: skip
         for call in calls:
             await call.read()  # the snapshot: every watcher is following
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # each watcher's replay query follows its snapshot: not idle cost
         before = statements
         await asyncio.sleep(WINDOW)
         watching = (statements - before) / WINDOW

@@ -12,7 +12,7 @@ per process by one model manager (`models.MODELS`) and kept warm.
     speaker        speaker encoders (d-vector for fitting, resemblyzer for judging)
     fitting        fitting a voice profile to a reference recording
     bark_prompt    Bark speaker prompts from a reference
-    measures       word error rate and speaker similarity
+    measures       word error rate (speaker similarity: speaker.cosine)
 
 Nothing here imports a service; services compose these modules. Importing this package is
 cheap: model code loads on first use.

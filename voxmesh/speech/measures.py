@@ -1,11 +1,7 @@
-"""How results are judged: intelligibility (word error rate of a Whisper round trip) and speaker
-similarity (cosine of speaker embeddings), the same for cloning, dubbing and the benchmarks."""
+"""How results are judged: intelligibility, the word error rate of a Whisper round trip (speaker
+similarity is `speaker.cosine` of two embeddings), the same for cloning and dubbing."""
 
 from __future__ import annotations
-
-from voxmesh.speech.speaker import cosine as similarity
-
-__all__ = ["similarity", "word_error_rate"]
 
 
 def word_error_rate(expected: str, heard: str) -> float:

@@ -4,13 +4,11 @@
 
 Loading is serialised per key (two jobs asking for the same model at once load it once) and
 never holds a global lock while a model loads, so different models load side by side.
-`loaded()` says what is resident and how long each took, for the worker's load metrics.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
@@ -20,7 +18,6 @@ T = TypeVar("T")
 class ModelManager:
     def __init__(self) -> None:
         self._models: dict[Hashable, Any] = {}
-        self._seconds: dict[Hashable, float] = {}
         self._locks: dict[Hashable, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -33,20 +30,8 @@ class ModelManager:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._models:
-                started = time.perf_counter()
                 self._models[key] = load()
-                self._seconds[key] = time.perf_counter() - started
             return self._models[key]  # type: ignore[no-any-return]
-
-    def loaded(self) -> dict[Hashable, float]:
-        """Every resident model's key and the seconds its loading took."""
-        return dict(self._seconds)
-
-    def unload(self, key: Hashable) -> None:
-        """Drop a model (the next `get` loads it again)."""
-        with self._guard:
-            self._models.pop(key, None)
-            self._seconds.pop(key, None)
 
 
 MODELS = ModelManager()
