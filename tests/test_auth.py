@@ -3,6 +3,7 @@ and the signing-secret rules."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import stat
@@ -305,6 +306,45 @@ async def test_password_guessing_is_throttled(harness: Harness) -> None:
     assert still.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     other = await harness.user(UserRole.VIEWER)
     assert other.access
+
+
+async def test_parallel_guesses_are_throttled_too(harness: Harness) -> None:
+    """Attack: 40 wrong guesses sent at once on a fresh account were all checked, because the
+    lock was looked at before any of them had failed. Each attempt is now counted first."""
+    from control.auth.throttle import FREE_FAILURES
+
+    viewer = await harness.user(UserRole.VIEWER, login=False)
+    calls = [
+        harness.anonymous.auth.Login(
+            auth_pb2.LoginRequest(username=viewer.username, password=f"guess-{i:04d}")
+        )
+        for i in range(40)
+    ]
+    errors = await asyncio.gather(*(rpc_error(call) for call in calls))
+    codes = [e.code() for e in errors]
+    assert codes.count(grpc.StatusCode.UNAUTHENTICATED) == FREE_FAILURES, codes
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 40 - FREE_FAILURES, codes
+
+
+def test_after_a_lock_one_attempt_is_checked_before_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: once a lock expired, 40 parallel attempts (the right password among them) were
+    all checked. Now the first admitted attempt re-arms the lock before its password check."""
+    from control.auth import throttle
+
+    now = [1000.0]
+    guard = throttle.LoginThrottle()
+    monkeypatch.setattr(guard, "_now", lambda: now[0])
+    for _ in range(throttle.FREE_FAILURES):
+        assert guard.admit("bob") == 0
+    assert guard.admit("bob") == throttle.BASE_LOCK_SECONDS
+    now[0] += throttle.BASE_LOCK_SECONDS
+    admitted = [guard.admit("bob") for _ in range(40)]
+    assert admitted.count(0) == 1
+    assert all(wait == 2 * throttle.BASE_LOCK_SECONDS for wait in admitted[1:])
+    guard.succeeded("bob")  # the admitted one had the right password
+    assert guard.admit("bob") == 0
 
 
 def test_lockout_grows_and_success_clears_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,7 +59,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         if len(request.username) > 64 or len(request.password) > passwords.MAX_LENGTH:
             raise Unauthenticated(WRONG_CREDENTIALS)
         username = request.username.strip()
-        wait = self.throttle.retry_after(username)
+        wait = self.throttle.admit(username)  # counted as a failure until it succeeds
         if wait > 0:
             raise ResourceExhausted(
                 f"too many failed sign-ins for this username; try again in {int(wait) + 1} s"
@@ -70,7 +70,6 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
                 user.password_hash if user else None, request.password
             )
             if user is None or not ok:
-                self.throttle.failed(username)
                 raise Unauthenticated(WRONG_CREDENTIALS)
             self.throttle.succeeded(username)
             if not user.is_active:

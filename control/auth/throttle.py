@@ -3,6 +3,12 @@ further attempts are refused (RESOURCE_EXHAUSTED) for a lockout that doubles wit
 up to MAX_LOCK_SECONDS. Unknown usernames are throttled the same way, so the answer reveals
 nothing about which accounts exist. A successful sign-in clears the count.
 
+Every attempt is counted as a failure *when it is admitted*, before its password is checked
+(`admit` has no await inside, so on the event loop it is atomic): parallel guesses cannot all
+slip through while the first ones are still being verified. A success then clears the count.
+So 40 parallel wrong guesses on a fresh account get FREE_FAILURES checks, and after a lock
+expires exactly one attempt is checked before the next, longer lock.
+
 Kept in memory per control-plane process: with several replicas behind a load balancer each
 counts on its own, which still bounds guessing to a handful of tries per lockout period each.
 """
@@ -36,6 +42,15 @@ class LoginThrottle:
         if record is None:
             return 0.0
         return max(0.0, record.locked_until - self._now())
+
+    def admit(self, username: str) -> float:
+        """Take one attempt for `username`: 0 if it may go on to the password check (and it is
+        already counted as a failure until `succeeded`), else the seconds to wait."""
+        wait = self.retry_after(username)
+        if wait > 0:
+            return wait
+        self.failed(username)
+        return 0.0
 
     def failed(self, username: str) -> None:
         now = self._now()
