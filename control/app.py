@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from control.auth.streams import StreamSessions
 from control.auth.tokens import TokenService
 from control.config import ControlSettings
 
@@ -22,3 +23,8 @@ class ControlApp:
     tokens: TokenService
     mesh: MeshRuntime | None = None
     """The NATS side; None for tools that only touch the database (sample data, migrations)."""
+    streams: StreamSessions = field(init=False)
+    """Open streams' sign-ins, ended when the sign-in is revoked or expires."""
+
+    def __post_init__(self) -> None:
+        self.streams = StreamSessions(self.engine)

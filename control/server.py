@@ -128,7 +128,7 @@ async def create_server(
     Started but not awaited: the caller owns its lifetime (`await server.stop(grace)`)."""
     rules = method_rules(descriptor for descriptor, _, _ in SERVICES)
     server = grpc.aio.server(
-        interceptors=[GuardInterceptor(AuthGuard(rules, app.tokens, app.engine))],
+        interceptors=[GuardInterceptor(AuthGuard(rules, app.tokens, app.engine, app.streams))],
         options=[
             ("grpc.max_receive_message_length", app.settings.max_message_bytes),
             ("grpc.max_send_message_length", app.settings.max_message_bytes),
@@ -221,6 +221,7 @@ async def serve(settings: ControlSettings) -> None:
         settings.shutdown_grace_seconds,
     )
     await server.stop(settings.shutdown_grace_seconds)
+    await app.streams.close()
     await app.mesh.stop()
     await app.engine.dispose()
     if nats_server is not None:

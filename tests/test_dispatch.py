@@ -332,8 +332,8 @@ async def test_watch_jobs_streams_a_projects_changes(harness: Harness) -> None:
             if update.job.status == jobs_pb2.JOB_STATUS_COMPLETED:
                 return
 
+    await asyncio.wait_for(call.initial_metadata(), 10)  # subscribed: nothing after is missed
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0.3)
     async with workers(harness):
         job = await create(editor, project, "steps:2")
         await asyncio.wait_for(reader, 20)

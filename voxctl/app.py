@@ -6,6 +6,7 @@ import contextlib
 import getpass
 import hashlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -277,6 +278,32 @@ def submit(
         watch(job.id, server=s.server)
 
 
+def _follow(server: str, s: sessions.Session, job: str) -> Iterator[jobs_pb2.WatchJobResponse]:
+    """WatchJob's events; when the server ends the stream because the access token expired,
+    refresh it and resume after the last event seen (nothing is missed or repeated)."""
+    after = 0
+    resumed = False
+    while True:
+        try:
+            for event in s.stub("jobs").WatchJob(
+                jobs_pb2.WatchJobRequest(job_id=job, after_seq=after), metadata=s.metadata
+            ):
+                after = max(after, event.seq)
+                resumed = False
+                yield event
+            return
+        except grpc.RpcError as e:
+            expired = e.code() == grpc.StatusCode.UNAUTHENTICATED and "expired" in (
+                e.details() or ""
+            )
+            if expired and not resumed:
+                resumed = True
+                s = _session(server)  # refreshes the access token
+                continue
+            err.print(f"[red]{e.code().name}[/red]: {e.details()}")
+            raise typer.Exit(1) from None
+
+
 @app.command()
 def watch(job: Annotated[str, typer.Argument(help="the job id")], server: Server = "") -> None:
     """Follow a job live (WatchJob) until it ends, with a progress bar."""
@@ -285,28 +312,23 @@ def watch(job: Annotated[str, typer.Argument(help="the job id")], server: Server
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   console=err) as progress:  # fmt: skip
         bar = progress.add_task("waiting", total=100)
-        try:
-            for event in s.stub("jobs").WatchJob(
-                jobs_pb2.WatchJobRequest(job_id=job), metadata=s.metadata
-            ):
-                kind = event.WhichOneof("event")
-                if kind == "snapshot":
-                    progress.update(bar, completed=event.snapshot.progress,
-                                    description=_name(event.snapshot.status, jobs_pb2.JobStatus, "JOB_STATUS_"))  # fmt: skip
-                elif kind == "progress":
-                    progress.update(
-                        bar, completed=event.progress.percent, description=event.progress.stage
-                    )
-                elif kind == "status":
-                    progress.update(
-                        bar,
-                        description=_name(event.status.status, jobs_pb2.JobStatus, "JOB_STATUS_"),
-                    )
-                last = event
-        except grpc.RpcError as e:
-            err.print(f"[red]{e.code().name}[/red]: {e.details()}")
-            raise typer.Exit(1) from None
+        for event in _follow(server, s, job):
+            kind = event.WhichOneof("event")
+            if kind == "snapshot":
+                progress.update(bar, completed=event.snapshot.progress,
+                                description=_name(event.snapshot.status, jobs_pb2.JobStatus, "JOB_STATUS_"))  # fmt: skip
+            elif kind == "progress":
+                progress.update(
+                    bar, completed=event.progress.percent, description=event.progress.stage
+                )
+            elif kind == "status":
+                progress.update(
+                    bar,
+                    description=_name(event.status.status, jobs_pb2.JobStatus, "JOB_STATUS_"),
+                )
+            last = event
     if last is not None and last.WhichOneof("event") == "result":
+        s = _session(server)  # the watch may have outlived its access token
         final = _call(s.stub("jobs").GetJob, jobs_pb2.GetJobRequest(job_id=job), s).job
         status = _name(final.status, jobs_pb2.JobStatus, "JOB_STATUS_")
         console.print(

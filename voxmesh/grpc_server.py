@@ -7,11 +7,13 @@ Servicers follow grpc's asyncio examples: `async def` for unary RPCs and async g
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,7 +24,15 @@ from voxmesh.observability import RPC_REQUESTS, RPC_SECONDS, continue_trace, cur
 
 log = logging.getLogger(__name__)
 
-Guard = Callable[[str, grpc.aio.ServicerContext], Awaitable[None]]
+
+class Lease(Protocol):
+    """What a guard may hand back for an admitted call: a stream runs until `ended()` returns
+    (the caller's sign-in was revoked or expired), then ends with the error it returns."""
+
+    async def ended(self) -> ApiError: ...
+
+
+Guard = Callable[[str, grpc.aio.ServicerContext], Awaitable[Lease | None]]
 """Runs before an RPC of a guarded service (method name, context); raises ApiError to refuse."""
 
 
@@ -96,9 +106,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 current_trace.set(continue_trace(_traceparent(context)))  # this call's own task
                 try:
-                    if guard is not None:
-                        await guard(method, context)
-                    async for response in behavior(request, context):
+                    lease = await guard(method, context) if guard is not None else None
+                    async for response in _until_ended(behavior(request, context), lease):
                         yield response
                 except Exception as exc:
                     await _translate(context, method, exc)
@@ -118,6 +127,36 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+
+
+async def _until_ended(responses: AsyncIterator[Any], lease: Lease | None) -> AsyncIterator[Any]:
+    """The stream's responses until it ends by itself or its lease ends (then its error)."""
+    if lease is None:
+        async for response in responses:
+            yield response
+        return
+    ended = asyncio.ensure_future(lease.ended())
+    step: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(responses))  # type: ignore[arg-type]
+            await asyncio.wait({step, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                raise ended.result()
+            try:
+                response = step.result()
+            except StopAsyncIteration:
+                return
+            yield response
+    finally:
+        for pending in (step, ended):
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await pending
+        aclose = getattr(responses, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _traceparent(context: grpc.aio.ServicerContext) -> str | None:

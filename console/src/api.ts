@@ -61,8 +61,21 @@ export class Session extends EventTarget {
     this.store(reply.tokens!, reply.user!);
   }
 
-  /** Trade the refresh token for a new pair (the old refresh token stops working). */
-  async refresh(): Promise<void> {
+  private refreshing: Promise<void> | null = null;
+
+  /** Trade the refresh token for a new pair (the old refresh token stops working). One at a
+   * time: concurrent callers (several streams ended together) share the same refresh, since
+   * using a rotated refresh token twice would end the whole sign-in. */
+  refresh(): Promise<void> {
+    if (!this.refreshing) {
+      this.refreshing = this.refreshOnce().finally(() => {
+        this.refreshing = null;
+      });
+    }
+    return this.refreshing;
+  }
+
+  private async refreshOnce(): Promise<void> {
     if (!this.state) return;
     try {
       const reply = await this.auth.refreshToken({ refreshToken: this.state.tokens.refresh });

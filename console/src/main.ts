@@ -4,6 +4,7 @@
 import { JobStatus, JobType, AudioFormat, SttTask, type Job, type JobResult } from "./gen/voxmesh/v1/jobs_pb";
 import type { Project } from "./gen/voxmesh/v1/projects_pb";
 import { UserRole } from "./gen/voxmesh/v1/users_pb";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { createApi, describe, download, upload, type Api } from "./api";
 
 type Child = Node | string | null | undefined | false;
@@ -262,6 +263,13 @@ function watch(jobId: string): void {
         break; // the stream ended: the job finished
       } catch (err) {
         if (ctl.signal.aborted) return;
+        if (err instanceof ConnectError && err.code === Code.Unauthenticated) {
+          // The server ends streams whose token expired or whose sign-in was revoked: refresh,
+          // and resume after `after` if this sign-in still holds; otherwise stop here.
+          await api.session.refresh();
+          if (!api.session.user) return;
+          continue;
+        }
         await new Promise((r) => setTimeout(r, 1000)); // reconnect after `after`: nothing missed
       }
     }

@@ -11,6 +11,7 @@ from sqlalchemy import update
 from control import accounts
 from control.app import ControlApp
 from control.auth import passwords
+from control.auth.streams import SIGNED_OUT
 from control.auth.throttle import LoginThrottle
 from control.auth.tokens import Claims, TokenError, TokenKind
 from control.convert import role_to_pb, ts, user_to_pb
@@ -116,6 +117,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
                     # Reuse of a rotated token means it leaked: end every session of the login.
                     await accounts.revoke_tokens(session, family_id=known.family_id)
                     await session.commit()
+                    self.app.streams.end(family_id=known.family_id, reason=SIGNED_OUT)
                     raise Unauthenticated(
                         "refresh token was already used; every session of that sign-in has "
                         "been revoked — sign in again"
@@ -164,4 +166,5 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         async with self.app.sessions() as session:
             revoked = await accounts.revoke_tokens(session, family_id=claims.family_id)
             await session.commit()
+        self.app.streams.end(family_id=claims.family_id, reason=SIGNED_OUT)
         return auth_pb2.LogoutResponse(revoked_tokens=revoked)

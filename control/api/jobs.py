@@ -237,5 +237,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         with self.app.mesh.broadcaster.watch_project(
             str(project_id) if project_id else None
         ) as live:
+            # Headers go out once subscribed: a client that awaits them knows nothing after
+            # this moment is missed.
+            await context.send_initial_metadata(())
             while True:
                 yield jobs_pb2.WatchJobsResponse(job=await live.get())

@@ -12,6 +12,7 @@ from control import accounts
 from control.api import pagination
 from control.app import ControlApp
 from control.auth import passwords, principal
+from control.auth.streams import DEACTIVATED, PASSWORD_CHANGED
 from control.convert import role_from_pb, user_to_pb
 from control.db.models import File, Job, Profile, Project, User
 from control.validate import enum_field, mask_paths, required_uuid
@@ -104,6 +105,10 @@ class UserService(users_pb2_grpc.UserServiceServicer):
                 user.password_hash = await passwords.hash_password_async(request.password)
                 await accounts.revoke_tokens(session, user_id=user.id)
             await session.commit()
+            if deactivate:
+                self.app.streams.end(user_id=user.id, reason=DEACTIVATED)
+            elif "password" in paths:
+                self.app.streams.end(user_id=user.id, reason=PASSWORD_CHANGED)
             return users_pb2.UpdateUserResponse(user=user_to_pb(user))
 
     async def DeleteUser(
@@ -130,6 +135,7 @@ class UserService(users_pb2_grpc.UserServiceServicer):
             await accounts.ensure_other_admin(session, user, "delete")
             await session.delete(user)
             await session.commit()
+        self.app.streams.end(user_id=user_id, reason=DEACTIVATED)
         return users_pb2.DeleteUserResponse()
 
     async def GetCurrentUser(
@@ -168,4 +174,5 @@ class UserService(users_pb2_grpc.UserServiceServicer):
             user.password_hash = await passwords.hash_password_async(request.new_password)
             await accounts.revoke_tokens(session, user_id=user.id)
             await session.commit()
+        self.app.streams.end(user_id=user.id, reason=PASSWORD_CHANGED)
         return users_pb2.ChangePasswordResponse()

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control.auth import principal as principal_ctx
 from control.auth.rules import AccessLevel, level_name, role_satisfies
+from control.auth.streams import DEACTIVATED, SIGNED_OUT, StreamSession, StreamSessions
 from control.auth.tokens import TokenError, TokenKind, TokenService
 from control.db.models import Profile, RefreshToken, User
 from voxmesh.errors import PermissionDenied, Unauthenticated
@@ -39,18 +40,24 @@ class AuthGuard:
         rules: dict[str, AccessLevel],
         tokens: TokenService,
         engine: AsyncEngine,
+        streams: StreamSessions | None = None,
     ) -> None:
         self._rules = rules
         self._tokens = tokens
+        self._streams = streams or StreamSessions(engine)
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def __call__(self, method: str, context: grpc.aio.ServicerContext) -> None:
+    async def __call__(
+        self, method: str, context: grpc.aio.ServicerContext
+    ) -> StreamSession | None:
+        """Refuse the call, or let it in and return its sign-in (a stream is held to it for as
+        long as it runs; None for public RPCs)."""
         principal_ctx.set_current(None)
         level = self._rules.get(method)
         if level is None:  # a method of a guarded service that no rule names: fail closed
             raise PermissionDenied(f"{method} has no access rule")
         if level == access_pb2.ACCESS_LEVEL_PUBLIC:
-            return
+            return None
         token = bearer_token(context)
         if token is None:
             raise Unauthenticated(
@@ -75,13 +82,14 @@ class AuthGuard:
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).one_or_none()
         if row is None or not row.is_active:
-            raise Unauthenticated("this account no longer exists or has been deactivated")
+            raise Unauthenticated(DEACTIVATED)
         username, _, role, signed_out = row
         if signed_out:
-            raise Unauthenticated("this session has been signed out; sign in again")
+            raise Unauthenticated(SIGNED_OUT)
         if not role_satisfies(role, level):
             raise PermissionDenied(
                 f"{method.rsplit('/', 1)[-1]} needs the {level_name(level)} role or higher; "
                 f"you are {role.value.lower()}"
             )
         principal_ctx.set_current(principal_ctx.Principal(claims.user_id, username, role))
+        return self._streams.open(claims.user_id, claims.family_id, claims.expires_at)
