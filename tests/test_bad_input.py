@@ -214,3 +214,32 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
     after = await h.fingerprint()
     assert not problems, "\n".join(problems)
     assert before == after, "a refused request changed the database"
+
+
+async def test_undecodable_messages_are_invalid_argument(harness: Harness) -> None:
+    """Attack: invalid UTF-8 in a string field, or corrupt wire bytes, got UNKNOWN naming the
+    Python exception class. Now INVALID_ARGUMENT with a sentence, on unary and streaming RPCs."""
+    editor = await harness.user(UserRole.EDITOR)
+    auth = (("authorization", f"Bearer {editor.access}"),)
+    bad_utf8 = b"\x0a\x02\xff\xfe"  # field 1 (a string) holding two bytes that are not UTF-8
+    corrupt = b"\x0a\xff\xff\xff\xff\x0f"  # a length far beyond the message
+    for method, metadata in [
+        ("/voxmesh.v1.AuthService/Login", ()),
+        ("/voxmesh.v1.ProjectService/GetProject", auth),
+    ]:
+        call = harness.channel.unary_unary(method)
+        for payload in (bad_utf8, corrupt):
+            try:
+                await call(payload, metadata=metadata, timeout=30)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == INVALID, (method, payload, err.code(), err.details())
+                details = err.details() or ""
+                assert "not a valid" in details and "Error" not in details, details
+            else:
+                raise AssertionError(f"{method} accepted undecodable bytes")
+    watch = harness.channel.unary_stream("/voxmesh.v1.JobService/WatchJob")
+    try:
+        async for _ in watch(bad_utf8, metadata=auth, timeout=30):
+            raise AssertionError("WatchJob streamed for an undecodable request")
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == INVALID and "WatchJobRequest" in (err.details() or "")

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from voxmesh.errors import ApiError
+from voxmesh.errors import ApiError, InvalidArgument
 from voxmesh.observability import RPC_REQUESTS, RPC_SECONDS, continue_trace, current_trace
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,50 @@ async def _abort_internal(context: grpc.aio.ServicerContext, method: str, exc: E
     )
 
 
+class _Undecodable:
+    """Stands in for a request message whose bytes could not be parsed, so the call can end
+    with INVALID_ARGUMENT instead of grpc's UNKNOWN naming a Python exception."""
+
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
+
+    def error(self) -> ApiError:
+        return InvalidArgument(
+            f"the request is not a valid {self.message_name} message (corrupt bytes, or a "
+            "string field that is not UTF-8); check the client's generated code and encoding"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    message_name = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _Undecodable(message_name)
+
+    return parse
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error()
+        yield request
+
+
+def _check(request: Any) -> Any:
+    """A unary request, or for client streams an iterator that refuses undecodable items."""
+    if isinstance(request, _Undecodable):
+        raise request.error()
+    if hasattr(request, "__aiter__"):
+        return _checked(request)
+    return request
+
+
 class GuardInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the handlers of every RPC whose full method name starts with `prefix`.
 
@@ -92,6 +136,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     if guard is not None:
                         await guard(method, context)
+                    request = _check(request)
                     return await behavior(request, context)
                 except Exception as exc:
                     await _translate(context, method, exc)
@@ -107,6 +152,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                 current_trace.set(continue_trace(_traceparent(context)))  # this call's own task
                 try:
                     lease = await guard(method, context) if guard is not None else None
+                    request = _check(request)
                     async for response in _until_ended(behavior(request, context), lease):
                         yield response
                 except Exception as exc:
@@ -117,7 +163,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             return call
 
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.request_streaming and handler.response_streaming:
