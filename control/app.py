@@ -13,6 +13,7 @@ from control.config import ControlSettings
 
 if TYPE_CHECKING:
     from control.dispatch.runtime import MeshRuntime
+    from control.readiness import Readiness
 
 
 @dataclass
@@ -26,5 +27,17 @@ class ControlApp:
     streams: StreamSessions = field(init=False)
     """Open streams' sign-ins, ended when the sign-in is revoked or expires."""
 
+    readiness: Readiness | None = None
+    """Health that follows PostgreSQL and NATS (set by `create_server`)."""
+
     def __post_init__(self) -> None:
         self.streams = StreamSessions(self.engine)
+
+    async def close(self) -> None:
+        """Stop what runs in the background, then the NATS side and the database pool."""
+        if self.readiness is not None:
+            await self.readiness.stop()
+        await self.streams.close()
+        if self.mesh is not None:
+            await self.mesh.stop()
+        await self.engine.dispose()

@@ -34,7 +34,9 @@ from control.config import ControlSettings
 from control.db import embedded, migrate
 from control.db.session import create_engine, create_sessionmaker, normalize_url
 from control.dispatch.runtime import MeshRuntime
+from control.faults import unavailable
 from control.kinds import FIELDS
+from control.readiness import Readiness
 from voxmesh.grpc_server import GuardInterceptor, add_operator_services, set_serving
 from voxmesh.nats_auth import redacted
 from voxmesh.nats_embedded import EmbeddedNats
@@ -128,7 +130,11 @@ async def create_server(
     Started but not awaited: the caller owns its lifetime (`await server.stop(grace)`)."""
     rules = method_rules(descriptor for descriptor, _, _ in SERVICES)
     server = grpc.aio.server(
-        interceptors=[GuardInterceptor(AuthGuard(rules, app.tokens, app.engine, app.streams))],
+        interceptors=[
+            GuardInterceptor(
+                AuthGuard(rules, app.tokens, app.engine, app.streams), classify=unavailable
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", app.settings.max_message_bytes),
             ("grpc.max_send_message_length", app.settings.max_message_bytes),
@@ -142,6 +148,10 @@ async def create_server(
         raise ConfigurationError(f"cannot listen on {host}:{port} (is the port in use?)")
     await server.start()
     await set_serving(health, SERVICE_NAMES, True)
+    if app.readiness is not None:  # a restarted server in the same process (tests)
+        await app.readiness.stop()
+    app.readiness = Readiness(app, health, SERVICE_NAMES)
+    app.readiness.start()
     return server, bound
 
 
@@ -221,8 +231,6 @@ async def serve(settings: ControlSettings) -> None:
         settings.shutdown_grace_seconds,
     )
     await server.stop(settings.shutdown_grace_seconds)
-    await app.streams.close()
-    await app.mesh.stop()
-    await app.engine.dispose()
+    await app.close()
     if nats_server is not None:
         nats_server.stop()

@@ -148,9 +148,7 @@ async def harness(
     finally:
         await h.close()
         await h.server.stop(None)
-        if app.mesh is not None:
-            await app.mesh.stop()
-        await app.engine.dispose()
+        await app.close()
 
 
 @pytest.fixture(autouse=True)

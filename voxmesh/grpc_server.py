@@ -40,12 +40,22 @@ async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
     await context.abort(err.code, err.message, trailing_metadata=err.trailing_metadata())
 
 
-async def _translate(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+Classify = Callable[[BaseException], ApiError | None]
+"""Says which exceptions are outages of a dependency (e.g. UNAVAILABLE), not bugs."""
+
+
+async def _translate(
+    context: grpc.aio.ServicerContext, method: str, exc: Exception, classify: Classify | None
+) -> None:
     """End the call with the status `exc` stands for (aborts re-raise untouched)."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     if isinstance(exc, ApiError):
         await _abort(context, exc)
+    outage = classify(exc) if classify is not None else None
+    if outage is not None:
+        log.warning("%s: %s (%s: %s)", method, outage.message, exc.__class__.__name__, exc)
+        await _abort(context, outage)
     await _abort_internal(context, method, exc)
 
 
@@ -105,15 +115,22 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the handlers of every RPC whose full method name starts with `prefix`.
 
     Before the call it runs `guard` (authentication and access rules live there); during the
-    call it maps `ApiError` to its status and code, and any other exception to INTERNAL with a
-    reference id that is also logged, so no Python traceback ever reaches a client. Every call
+    call it maps `ApiError` to its status and code, an outage `classify` recognises to its
+    status (UNAVAILABLE), and any other exception to INTERNAL with a reference id that is also
+    logged, so no Python traceback ever reaches a client. Every call
     runs in a span of the caller's W3C trace (`traceparent` metadata) or of a new one, and is
     counted by method and status code.
     """
 
-    def __init__(self, guard: Guard | None = None, prefix: str = "/voxmesh.") -> None:
+    def __init__(
+        self,
+        guard: Guard | None = None,
+        prefix: str = "/voxmesh.",
+        classify: Classify | None = None,
+    ) -> None:
         self._guard = guard
         self._prefix = prefix
+        self._classify = classify
 
     async def intercept_service(
         self,
@@ -127,7 +144,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         return self._wrap(handler, method)
 
     def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler:
-        guard = self._guard
+        guard, classify = self._guard, self._classify
 
         def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -139,7 +156,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                     request = _check(request)
                     return await behavior(request, context)
                 except Exception as exc:
-                    await _translate(context, method, exc)
+                    await _translate(context, method, exc, classify)
                 finally:
                     RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
                     _count(method, context)
@@ -156,7 +173,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                     async for response in _until_ended(behavior(request, context), lease):
                         yield response
                 except Exception as exc:
-                    await _translate(context, method, exc)
+                    await _translate(context, method, exc, classify)
                 finally:
                     _count(method, context)
 

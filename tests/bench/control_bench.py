@@ -121,7 +121,7 @@ async def main() -> None:
         finally:
             await h.close()
             await server.stop(None)
-            await app.engine.dispose()
+            await app.close()
             pg.stop()
 
     create_ratio = statistics.median(grpc_create) / statistics.median(raw_create)

@@ -50,7 +50,6 @@ async def running_platform(mesh_settings: MeshSettings | None = None) -> AsyncIt
         finally:
             await harness.close()
             await harness.server.stop(None)
-            await app.mesh.stop()
-            await app.engine.dispose()
+            await app.close()
             nats_server.stop()
             pg.stop()
