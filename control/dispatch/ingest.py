@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.db.models import File, Job
+from control.faults import unavailable
 from control.kinds import kind_of
 from control.lifecycle.states import Transition, allowed
 from control.lifecycle.transitions import Lifecycle, Mesh
@@ -29,6 +30,7 @@ from voxmesh.v1 import worker_pb2
 log = logging.getLogger(__name__)
 BATCH = 256
 BATCH_LINGER_SECONDS = 0.005
+OUTAGE_RETRY_SECONDS = 2.0
 """How long the ingester waits for more events to apply in the same transaction."""
 
 
@@ -149,7 +151,13 @@ class EventIngester:
             pairs.append((msg, event))
         try:
             await self._apply(pairs)  # one transaction for the whole batch
-        except Exception:
+        except Exception as exc:
+            if unavailable(exc) is not None:  # PostgreSQL is down: all of them wait for it
+                log.warning("cannot store %d worker events (%s); redelivered in %g s",
+                            len(pairs), exc.__class__.__name__, OUTAGE_RETRY_SECONDS)  # fmt: skip
+                for msg, _ in pairs:
+                    await msg.nak(delay=OUTAGE_RETRY_SECONDS)
+                return
             log.exception("a batch of worker events failed; applying them one by one")
             for pair in pairs:  # isolate the event that fails; the others still land
                 try:

@@ -1,0 +1,463 @@
+"""The fault suite: kill -9 of each part of the platform in the middle of a job: a worker,
+nats-server, PostgreSQL, the control plane. In every case the job ends exactly once (one
+COMPLETED status, one result, one result row), every client call gets a status (never a hang:
+each has a deadline), outages answer UNAVAILABLE with a sentence, health says NOT_SERVING while a
+dependency is down, and everything comes back by itself.
+
+Workers here are the mesh's test worker (`tests.workers`, no model) in a process of their own,
+so that they can be killed; the parts are the real ones (embedded PostgreSQL, nats-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import func, select
+
+from control.db import migrate
+from control.db.embedded import EmbeddedPostgres
+from control.db.models import JobEvent, JobResult, UserRole
+from control.dispatch.runtime import MeshRuntime
+from control.server import build_app, create_server, run_secret
+from tests.conftest import TEST_MESH, free_port, make_settings
+from tests.harness import Caller, Harness, rpc_error
+from tests.workers import spawn
+from voxmesh.nats_auth import CREDENTIALS_FILE, Credentials, worker_user
+from voxmesh.nats_embedded import EmbeddedNats
+from voxmesh.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    files_pb2,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
+)
+
+pytestmark = [pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE = 60.0
+CALL = 15.0  # every RPC below has this deadline: an answer, or the test fails (never a hang)
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE
+) -> None:
+    """Poll until `check()` holds (the state we wait for, not a sleep), or fail saying what."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+async def serving(channel: grpc.aio.Channel) -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=CALL
+    )
+    return int(reply.status)
+
+
+async def job_status(client: Any, job_id: str) -> int:
+    reply = await client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=CALL)
+    return int(reply.job.status)
+
+
+async def ended_exactly_once(h: Harness, job_id: str) -> None:
+    """One COMPLETED status event, one result event, one result row: the job ended once."""
+    async with h.app.sessions() as session:
+        kinds = list(
+            await session.scalars(select(JobEvent.kind).where(JobEvent.job_id == uuid.UUID(job_id)))
+        )
+        rows = await session.scalar(
+            select(func.count()).select_from(JobResult).where(JobResult.job_id == uuid.UUID(job_id))
+        )
+        statuses = [
+            jobs_pb2.WatchJobResponse.FromString(p).status.status
+            for p in await session.scalars(
+                select(JobEvent.payload).where(
+                    JobEvent.job_id == uuid.UUID(job_id), JobEvent.kind == "status"
+                )
+            )
+        ]
+    assert kinds.count("result") == 1, kinds
+    assert statuses.count(jobs_pb2.JOB_STATUS_COMPLETED) == 1, statuses
+    assert rows == 1
+
+
+async def start_running(h: Harness, editor: Caller, text: str) -> str:
+    project = await h.project(editor.user_id)
+    job = (
+        await editor.client.jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(project_id=str(project), tts=jobs_pb2.TtsParams(text=text)),
+            timeout=CALL,
+        )
+    ).job.id
+
+    async def running() -> bool:
+        reply = await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job), timeout=CALL)
+        return reply.job.status == jobs_pb2.JOB_STATUS_RUNNING and reply.job.progress > 0
+
+    await eventually(running, f"job {job} running")
+    return job
+
+
+@contextlib.contextmanager
+def worker_process(nats: EmbeddedNats, name: str) -> Any:
+    proc = spawn(nats.url_for(worker_user("tts")), name)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+def wav_bytes(seconds: float = 0.5) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * int(16000 * seconds))
+    return out.getvalue()
+
+
+# --- a worker ---------------------------------------------------------------------------
+
+
+async def test_worker_killed_mid_job(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    with worker_process(harness.nats, "doomed") as doomed:
+        job = await start_running(harness, editor, "sleep:4")
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(30)
+        with worker_process(harness.nats, "second"):
+
+            async def completed() -> bool:
+                return await job_status(editor.client, job) == jobs_pb2.JOB_STATUS_COMPLETED
+
+            await eventually(completed, "the job completed on the second worker")
+    reply = await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job), timeout=CALL)
+    assert reply.job.attempts == 2
+    await ended_exactly_once(harness, job)
+
+
+# --- nats-server ------------------------------------------------------------------------
+
+
+async def test_nats_killed_mid_job(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    nats = harness.nats
+    with worker_process(nats, "survivor") as worker:
+        job = await start_running(harness, editor, "sleep:5")
+        nats.kill()
+        # Finishing an upload needs the object store: UNAVAILABLE with a sentence, and the
+        # same upload finishes once NATS is back (nothing received is lost).
+        audio = wav_bytes()
+        upload = await editor.client.files.StartUpload(
+            files_pb2.StartUploadRequest(
+                filename="a.wav", size_bytes=len(audio), content_type="audio/wav"
+            ),
+            timeout=CALL,
+        )
+        await editor.client.files.UploadChunk(
+            files_pb2.UploadChunkRequest(upload_id=upload.upload_id, offset=0, data=audio),
+            timeout=CALL,
+        )
+        finish = files_pb2.FinishUploadRequest(
+            upload_id=upload.upload_id, sha256=hashlib.sha256(audio).hexdigest()
+        )
+        err = await rpc_error(editor.client.files.FinishUpload(finish, timeout=CALL))
+        assert err.code() == UNAVAILABLE and "NATS" in (err.details() or ""), err.details()
+        # A new job is accepted into the outbox and dispatched once NATS is back.
+        project = await harness.project(editor.user_id)
+        later = (
+            await editor.client.jobs.CreateJob(
+                jobs_pb2.CreateJobRequest(
+                    project_id=str(project), tts=jobs_pb2.TtsParams(text="steps:2")
+                ),
+                timeout=CALL,
+            )
+        ).job.id
+
+        async def not_serving() -> bool:
+            return await serving(harness.channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await eventually(not_serving, "health NOT_SERVING while NATS is down", 20)
+        assert worker.poll() is None, "the worker died in the NATS outage"
+        nats.start()
+
+        async def both_completed() -> bool:
+            return all(
+                [
+                    await job_status(editor.client, j) == jobs_pb2.JOB_STATUS_COMPLETED
+                    for j in (job, later)
+                ]
+            )
+
+        await eventually(both_completed, "both jobs completed after NATS came back")
+        stored = await editor.client.files.FinishUpload(finish, timeout=CALL)
+        assert stored.file.size_bytes == len(audio)
+        assert worker.poll() is None, "the worker died after the NATS outage"
+
+        async def serving_again() -> bool:
+            return await serving(harness.channel) == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually(serving_again, "health SERVING again", 20)
+    await ended_exactly_once(harness, job)
+    await ended_exactly_once(harness, later)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def own_database(
+    tmp_path: Path, nats: EmbeddedNats
+) -> AsyncIterator[tuple[Harness, EmbeddedPostgres]]:
+    """A control plane on a PostgreSQL of its own, which this test may kill."""
+    pg = await asyncio.to_thread(
+        EmbeddedPostgres, tmp_path / "own-pg" / "pgdata", delete_on_exit=True
+    )
+    url = await asyncio.to_thread(pg.ensure_database)
+    await asyncio.to_thread(migrate.upgrade, url)
+    app = build_app(make_settings(tmp_path, url, mesh=TEST_MESH), url)
+    app.mesh = await MeshRuntime.start(
+        nats.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
+    )
+    server, port = await create_server(app, "127.0.0.1", 0)
+    h = Harness(app, port, nats, server)
+    try:
+        yield h, pg
+    finally:
+        await h.close()
+        await server.stop(None)
+        await app.close()
+        await asyncio.to_thread(pg.stop)
+
+
+async def test_postgres_killed_mid_job(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    async with own_database(tmp_path, nats_server) as (h, pg):
+        editor = await h.user(UserRole.EDITOR)
+        with worker_process(nats_server, "steady") as worker:
+            job = await start_running(h, editor, "sleep:5")
+            watch = editor.client.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job))
+            assert (await asyncio.wait_for(watch.read(), CALL)).WhichOneof("event") == "snapshot"
+            pid = pg.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)  # the postmaster: PostgreSQL is gone
+
+            async def refused() -> bool:
+                try:
+                    await job_status(editor.client, job)
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == UNAVAILABLE, (err.code(), err.details())
+                    assert "database is unreachable" in (err.details() or "")
+                    return True
+                return False  # a connection still open from before: the next call will fail
+
+            await eventually(refused, "GetJob UNAVAILABLE while PostgreSQL is down", 30)
+            for call in (
+                h.anonymous.auth.Login(
+                    auth_pb2.LoginRequest(username=editor.username, password=editor.password),
+                    timeout=CALL,
+                ),
+                editor.client.jobs.CreateJob(
+                    jobs_pb2.CreateJobRequest(
+                        project_id=str(uuid.uuid4()), tts=jobs_pb2.TtsParams(text="steps:1")
+                    ),
+                    timeout=CALL,
+                ),
+            ):
+                err = await rpc_error(call)
+                assert err.code() == UNAVAILABLE, (err.code(), err.details())
+
+            async def not_serving() -> bool:
+                return await serving(h.channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            await eventually(not_serving, "health NOT_SERVING while PostgreSQL is down", 20)
+            await asyncio.to_thread(pg.ensure_running)
+
+            async def serving_again() -> bool:
+                return await serving(h.channel) == health_pb2.HealthCheckResponse.SERVING
+
+            await eventually(serving_again, "health SERVING once PostgreSQL is back", 30)
+
+            async def completed() -> bool:
+                return await job_status(editor.client, job) == jobs_pb2.JOB_STATUS_COMPLETED
+
+            await eventually(completed, "the job completed after the outage")
+            # The watcher opened before the outage either saw the job through or was told
+            # UNAVAILABLE (it then resumes after its last seq); either way, no hang.
+            events: list[jobs_pb2.WatchJobResponse] = []
+            try:
+                async with asyncio.timeout(DEADLINE):
+                    while (event := await watch.read()) is not grpc.aio.EOF:
+                        events.append(event)
+                assert events and events[-1].WhichOneof("event") == "result"
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == UNAVAILABLE, (err.code(), err.details())
+                after = events[-1].seq if events else 0
+                rest = [
+                    e
+                    async for e in editor.client.jobs.WatchJob(
+                        jobs_pb2.WatchJobRequest(job_id=job, after_seq=after), timeout=CALL
+                    )
+                ]
+                assert rest[-1].WhichOneof("event") == "result"
+            assert worker.poll() is None
+        await ended_exactly_once(h, job)
+
+
+# --- the control plane ------------------------------------------------------------------
+
+
+def _control(data_dir: Path, port: int, nats_port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXMESH_", "NATS_"))}
+    env.pop("DATABASE_URL", None)
+    env.update(
+        VOXMESH_DATA_DIR=str(data_dir),
+        VOXMESH_NATS_PORT=str(nats_port),
+        VOXMESH_MESH__ACK_WAIT_SECONDS="2",
+        PYTHONPATH=str(ROOT),
+    )
+    log = (data_dir / "control.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "control", "serve", "--port", str(port)],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+async def _healthy(target: str, proc: subprocess.Popen[bytes], data_dir: Path) -> None:
+    async def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"control exited ({proc.returncode}):\n{(data_dir / 'control.log').read_text()[-3000:]}"
+            )
+        try:
+            async with grpc.aio.insecure_channel(target) as channel:
+                return await serving(channel) == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError:
+            return False
+
+    await eventually(up, f"control plane healthy on {target}", 120)
+
+
+async def test_control_plane_killed_mid_job(tmp_path: Path) -> None:
+    """kill -9 of `voxmesh-control serve` (embedded PostgreSQL and NATS): the open watch gets
+    UNAVAILABLE, the worker goes on, and a restart on the same data directory adopts the
+    nats-server and PostgreSQL left running (no "port in use") and sees the job end once."""
+    port, nats_port = free_port(), free_port()
+    target = f"127.0.0.1:{port}"
+    password = "faulty-password"
+    subprocess.run(
+        [sys.executable, "-m", "control", "create-user", "fiona", "--role", "editor"],
+        env={**os.environ, "VOXMESH_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        input=password + "\n", text=True, check=True, timeout=120, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    control = _control(tmp_path, port, nats_port)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        await _healthy(target, control, tmp_path)
+        creds = Credentials(tmp_path / "nats" / CREDENTIALS_FILE, ())
+        worker_url = creds.url(f"nats://127.0.0.1:{nats_port}", worker_user("tts"))
+        worker = spawn(worker_url, "outlives-control")
+        async with grpc.aio.insecure_channel(target) as channel:
+            login = await auth_pb2_grpc.AuthServiceStub(channel).Login(
+                auth_pb2.LoginRequest(username="fiona", password=password), timeout=CALL
+            )
+            md = (("authorization", f"Bearer {login.tokens.access_token}"),)
+            project = await projects_pb2_grpc.ProjectServiceStub(channel).CreateProject(
+                projects_pb2.CreateProjectRequest(name="faults"), metadata=md, timeout=CALL
+            )
+            jobs = jobs_pb2_grpc.JobServiceStub(channel)
+            job = (
+                await jobs.CreateJob(
+                    jobs_pb2.CreateJobRequest(
+                        project_id=project.project.id, tts=jobs_pb2.TtsParams(text="sleep:6")
+                    ),
+                    metadata=md,
+                    timeout=CALL,
+                )
+            ).job.id
+
+            async def running() -> bool:
+                got = await jobs.GetJob(
+                    jobs_pb2.GetJobRequest(job_id=job), metadata=md, timeout=CALL
+                )
+                return got.job.status == jobs_pb2.JOB_STATUS_RUNNING and got.job.progress > 0
+
+            await eventually(running, "job running")
+            watch = jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job), metadata=md)
+            assert (await asyncio.wait_for(watch.read(), CALL)).WhichOneof("event") == "snapshot"
+            control.kill()  # SIGKILL: no shutdown, nothing cleaned up
+            control.wait(30)
+            err = await rpc_error(asyncio.wait_for(watch.read(), CALL))
+            assert err.code() == UNAVAILABLE, (err.code(), err.details())
+            nats_pid = int((tmp_path / "nats" / "nats-server.pid").read_text())
+            os.kill(nats_pid, 0)  # the embedded nats-server outlived it, with the job in flight
+
+        control = _control(tmp_path, port, nats_port)
+        await _healthy(target, control, tmp_path)
+        assert "adopted the embedded nats-server" in (tmp_path / "control.log").read_text()
+        async with grpc.aio.insecure_channel(target) as channel:
+            jobs = jobs_pb2_grpc.JobServiceStub(channel)
+
+            async def completed() -> bool:
+                got = await jobs.GetJob(
+                    jobs_pb2.GetJobRequest(job_id=job), metadata=md, timeout=CALL
+                )
+                return got.job.status == jobs_pb2.JOB_STATUS_COMPLETED
+
+            await eventually(completed, "the job completed after the control plane came back")
+            events = [
+                e
+                async for e in jobs.WatchJob(
+                    jobs_pb2.WatchJobRequest(job_id=job), metadata=md, timeout=CALL
+                )
+            ]
+        kinds = [e.WhichOneof("event") for e in events[1:]]
+        assert kinds.count("result") == 1, kinds
+        completions = [
+            e for e in events[1:]
+            if e.WhichOneof("event") == "status" and e.status.status == jobs_pb2.JOB_STATUS_COMPLETED
+        ]  # fmt: skip
+        assert len(completions) == 1
+        assert worker.poll() is None, "the worker died while the control plane was down"
+        control.send_signal(signal.SIGTERM)
+        control.wait(60)
+        assert control.returncode == 0
+        # A clean stop leaves nothing listening: the adopted nats-server is stopped too.
+        with pytest.raises(ProcessLookupError):
+            for _ in range(100):
+                os.kill(nats_pid, 0)
+                await asyncio.sleep(0.1)
+    finally:
+        for proc in (worker, control):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((tmp_path / "nats" / "nats-server.pid").read_text()), signal.SIGKILL)
+        if (tmp_path / "pgdata" / "postmaster.pid").exists():  # a failed run: stop PostgreSQL
+            with contextlib.suppress(Exception):
+                EmbeddedPostgres(tmp_path / "pgdata").stop()
