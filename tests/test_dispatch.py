@@ -147,11 +147,16 @@ async def test_reconnecting_watcher_misses_nothing_and_sees_nothing_twice(harnes
     assert len(seqs) == len(await event_kinds(harness, job.id))
 
 
-async def test_nats_outage_delays_jobs_but_each_runs_exactly_once(harness: Harness) -> None:
+async def test_nats_outage_delays_jobs_but_each_runs_exactly_once(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     editor, project = await setup(harness)
     harness.nats.kill()
     jobs = [await create(editor, project, "steps:1") for _ in range(8)]  # NATS is down
-    await asyncio.sleep(1.0)
+    deadline = time.monotonic() + 15
+    while "dispatch paused" not in caplog.text:  # the dispatcher tried, and failed
+        assert time.monotonic() < deadline, "the dispatcher never tried to publish"
+        await asyncio.sleep(0.05)
     async with harness.app.sessions() as session:
         unpublished = await session.scalar(
             select(func.count()).select_from(OutboxEntry).where(OutboxEntry.published_at.is_(None))
@@ -164,18 +169,21 @@ async def test_nats_outage_delays_jobs_but_each_runs_exactly_once(harness: Harne
         # Publishing the same runs again (as after a crash between publish and commit) is
         # dropped by JetStream's deduplication: no job runs twice.
         assert harness.app.mesh is not None
+        js = harness.app.mesh.js
+        before = (await js.stream_info(mesh.JOBS_STREAM)).state.last_seq
         for job in jobs:
             async with harness.app.sessions() as session:
                 row = await session.get(Job, uuid.UUID(job.id))
                 assert row is not None
                 dispatch = await build_dispatch(session, row, harness.app.mesh.run_secret)
-            ack = await harness.app.mesh.js.publish(
+            ack = await js.publish(
                 mesh.jobs_subject("tts"),
                 dispatch.SerializeToString(),
                 headers={"Nats-Msg-Id": mesh.run_key(job.id, 1)},
             )
             assert ack.duplicate
-        await asyncio.sleep(1.0)
+        # Not stored at all, so never delivered: the stream did not move.
+        assert (await js.stream_info(mesh.JOBS_STREAM)).state.last_seq == before
     for job in jobs:
         kinds = await event_kinds(harness, job.id)
         assert kinds.count("result") == 1
@@ -194,18 +202,15 @@ async def test_cancel_a_running_job(harness: Harness) -> None:
         ).job
         assert cancelled.status == jobs_pb2.JOB_STATUS_CANCELLED
         started = time.monotonic()
-        await asyncio.sleep(1.0)
-        stopped_at = len(await event_kinds(harness, job.id))
-        await asyncio.sleep(1.0)
-        assert len(await event_kinds(harness, job.id)) == stopped_at  # the worker stopped
-        assert time.monotonic() - started < 5
         again = await rpc_error(
             editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
         )
         assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
-        # The worker is free again at once.
+        # The only worker stopped the cancelled job (20 s long) at once: it is free for the
+        # next one well before that job could have finished.
         nxt = await create(editor, project, "steps:1")
-        await wait_for(harness, nxt.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=15)
+        await wait_for(harness, nxt.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=10)
+        assert time.monotonic() - started < 10
     events = await watch(editor, job.id, timeout=5)
     assert events[-1].WhichOneof("event") == "result" and "cancelled by" in events[-1].result.logs
 
@@ -213,10 +218,21 @@ async def test_cancel_a_running_job(harness: Harness) -> None:
 async def test_cancel_a_queued_job_before_any_worker_takes_it(harness: Harness) -> None:
     editor, project = await setup(harness)
     job = await create(editor, project, "steps:1")
-    await asyncio.sleep(0.5)  # dispatched to NATS, no worker yet
+    deadline = time.monotonic() + 15
+    while True:  # dispatched to NATS, no worker yet
+        async with harness.app.sessions() as session:
+            row = await session.get(Job, uuid.UUID(job.id))
+            assert row is not None
+            if row.queued_at is not None:
+                break
+        assert time.monotonic() < deadline, "the job was never dispatched"
+        await asyncio.sleep(0.05)
     await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
     async with workers(harness):
-        await asyncio.sleep(1.5)
+        # The worker takes messages in order: once the next job is done, it has seen (and
+        # skipped) the cancelled one.
+        nxt = await create(editor, project, "steps:1")
+        await wait_for(harness, nxt.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=15)
     assert "status" in await event_kinds(harness, job.id)
     async with harness.app.sessions() as session:
         row = await session.get(Job, uuid.UUID(job.id))
@@ -289,36 +305,17 @@ async def test_auto_start_false_waits_for_start_job(harness: Harness) -> None:
     async with workers(harness):
         job = await create(editor, project, "steps:1")
         assert job.awaiting_start and job.status == jobs_pb2.JOB_STATUS_PENDING
-        await asyncio.sleep(1.0)
+        # A job that does start (another user's) runs to the end meanwhile: the worker was
+        # there and idle, and still did not get the one awaiting StartJob.
+        other = await harness.user(UserRole.EDITOR)
+        started = await create(other, str(await harness.project(other.user_id)), "steps:1")
+        await wait_for(harness, started.id, {jobs_pb2.JOB_STATUS_COMPLETED})
         still = (await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))).job
         assert still.status == jobs_pb2.JOB_STATUS_PENDING and still.attempts == 0
         await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=job.id))
         await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED})
     twice = await rpc_error(editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=job.id)))
     assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
-@pytest.mark.slow
-async def test_killed_worker_job_completes_on_another(harness: Harness) -> None:
-    editor, project = await setup(harness)
-    doomed = spawn(harness.nats.url_for("worker-tts"), "doomed")
-    try:
-        job = await create(editor, project, "sleep:3")
-        running = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_RUNNING}, timeout=30)
-        assert running.progress > 0
-        os.kill(doomed.pid, signal.SIGKILL)  # mid-job, no goodbye
-        doomed.wait()
-        async with workers(harness):
-            done = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=30)
-    finally:
-        if doomed.poll() is None:
-            doomed.kill()
-    assert done.attempts == 2
-    kinds = await event_kinds(harness, job.id)
-    assert kinds.count("result") == 1
-    events = await watch(editor, job.id, timeout=5)
-    assert events[-1].result.meta["delivery"] == 2 and len(events[-1].result.files) == 1
-    assert "worker doomed started" in events[-1].result.logs
 
 
 async def test_watch_jobs_streams_a_projects_changes(harness: Harness) -> None:
@@ -378,7 +375,17 @@ async def test_control_plane_restart_watchers_miss_nothing(
         # Stop the whole control plane: its gRPC server and its NATS side.
         await harness.server.stop(None)
         await app.mesh.stop()
-        await asyncio.sleep(1.0)  # the worker goes on; its events wait in JetStream
+        # The worker goes on: its events wait in JetStream for a control plane to take them.
+        nc = await mesh.connect(harness.nats.url, "test-inspect")
+        try:
+            js = nc.jetstream()
+            seen = (await js.stream_info(mesh.EVENTS_STREAM)).state.last_seq
+            deadline = time.monotonic() + 15
+            while (await js.stream_info(mesh.EVENTS_STREAM)).state.last_seq < seen + 3:
+                assert time.monotonic() < deadline, "the worker sent nothing while control was down"
+                await asyncio.sleep(0.05)
+        finally:
+            await nc.close()
         app.mesh = await MeshRuntime.start(
             harness.nats.url,
             app.engine,

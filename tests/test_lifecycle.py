@@ -92,3 +92,33 @@ def test_the_table_names_every_transition_and_state() -> None:
         assert sources or transition is Transition.CREATE
     for transition in REFUSALS:
         assert "{state}" in REFUSALS[transition]
+
+
+async def test_a_delivered_run_whose_publish_ack_was_lost_is_taken_up(harness: Harness) -> None:
+    """NATS went away while a dispatch was in flight: the dispatcher saw a timeout (the job
+    stays WAITING_FOR_SLOT), yet the client flushed the publish on reconnect and a worker ran
+    it. Its events (run token checked) must move the job on, not be dropped: the job was
+    stuck QUEUED forever after the dispatcher's duplicate re-publish otherwise."""
+    import uuid
+
+    from control.db.models import Job, JobStatus
+    from control.dispatch.ingest import apply_event
+    from control.lifecycle.states import state_of
+    from control.lifecycle.transitions import Lifecycle
+    from voxmesh.v1 import worker_pb2
+
+    editor, project = await setup(harness)
+    await harness.setting("auto_start_jobs", False, editor.user_id)
+    job = await create(editor, project, "steps:1")
+    async with harness.app.sessions() as session:
+        row = await session.get(Job, uuid.UUID(job.id))
+        assert row is not None
+        row.awaiting_start = False  # as StartJob leaves it, with no dispatcher ack yet
+        assert state_of(row) is State.WAITING_FOR_SLOT
+        started = worker_pb2.WorkerEvent(
+            job_id=job.id, attempt=row.run, worker_id="w", delivery=1,
+            started=worker_pb2.WorkerStarted(),
+        )  # fmt: skip
+        await apply_event(Lifecycle(session), started, row)
+        assert row.status is JobStatus.RUNNING and row.queued_at is not None
+        await session.rollback()

@@ -53,16 +53,21 @@ class Transition(enum.StrEnum):
 
 
 ANY = frozenset(State)
+DISPATCHED = frozenset({State.WAITING_FOR_SLOT, State.QUEUED})
+"""States in which a worker may hold the run: QUEUED, and WAITING_FOR_SLOT too, since a publish
+whose ack was lost (NATS went away just then) may still have been stored and delivered. The
+run token on the worker's events proves the run was dispatched; the outbox row is then marked
+done when the dispatcher next sees it."""
 ALLOWED: dict[Transition, tuple[frozenset[State], State | None]] = {
     # transition:             (allowed from,                                  to)
     Transition.CREATE:         (frozenset(),                                  None),
     Transition.START:          (frozenset({State.AWAITING_START}),            State.WAITING_FOR_SLOT),
     Transition.ADMIT:          (frozenset({State.WAITING_FOR_SLOT}),          State.QUEUED),
-    Transition.WORKER_STARTED: (frozenset({State.QUEUED, State.RUNNING}),     State.RUNNING),
+    Transition.WORKER_STARTED: (DISPATCHED | {State.RUNNING},                 State.RUNNING),
     Transition.PROGRESS:       (frozenset({State.RUNNING}),                   State.RUNNING),
     Transition.COMPLETE:       (frozenset({State.RUNNING}),                   State.COMPLETED),
     Transition.FAIL:           (frozenset({State.RUNNING}),                   State.FAILED),
-    Transition.GIVE_UP:        (frozenset({State.QUEUED, State.RUNNING}),     State.FAILED),
+    Transition.GIVE_UP:        (DISPATCHED | {State.RUNNING},                 State.FAILED),
     Transition.CANCEL:         (PENDING | {State.RUNNING},                    State.CANCELLED),
     Transition.RETRY:          (frozenset({State.FAILED, State.CANCELLED}),   State.WAITING_FOR_SLOT),
     Transition.EDIT_PARAMS:    (frozenset({State.AWAITING_START, State.WAITING_FOR_SLOT}), None),

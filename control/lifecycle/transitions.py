@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control.convert import job_status_to_pb, job_to_pb, result_to_pb, ts
 from control.db.models import Job, JobEvent, JobResult, JobStatus, OutboxEntry
 from control.kinds import kind_of
-from control.lifecycle.states import State, Transition, allowed, require, state_of
+from control.lifecycle.states import DISPATCHED, State, Transition, allowed, require, state_of
 from voxmesh import mesh
 from voxmesh.observability import (
     ADMISSION_WAIT,
@@ -152,7 +152,7 @@ class Lifecycle:
 
     async def delete(self, job: Job) -> None:
         state = require(job, Transition.DELETE)
-        if state is State.QUEUED:  # a worker that takes the run skips it
+        if state in DISPATCHED:  # a worker that takes the run skips it
             self.run_marks[mesh.run_key(str(job.id), job.run)] = mesh.CANCEL
         await self.session.delete(job)
 
@@ -168,7 +168,9 @@ class Lifecycle:
     def worker_started(self, job: Job, *, worker_id: str, delivery: int) -> bool:
         if not allowed(job, Transition.WORKER_STARTED):
             return False
-        if state_of(job) is State.QUEUED and job.queued_at is not None:
+        if state_of(job) is State.WAITING_FOR_SLOT:  # its publish ack was lost; it got there
+            job.queued_at = datetime.now(UTC)
+        elif state_of(job) is State.QUEUED and job.queued_at is not None:
             waited = (datetime.now(UTC) - job.queued_at).total_seconds()
             kind = kind_of(job.type).field
             self._metrics.append(lambda: DISPATCH_LATENCY.labels(kind).observe(max(0.0, waited)))
