@@ -13,6 +13,7 @@ from control.config import ControlSettings
 
 if TYPE_CHECKING:
     from control.dispatch.runtime import MeshRuntime
+    from control.janitor import UploadJanitor
     from control.readiness import Readiness
 
 
@@ -29,6 +30,8 @@ class ControlApp:
 
     readiness: Readiness | None = None
     """Health that follows PostgreSQL and NATS (set by `create_server`)."""
+    janitor: UploadJanitor | None = None
+    """Deletes expired unfinished uploads (set by `create_server`)."""
 
     def __post_init__(self) -> None:
         self.streams = StreamSessions(self.engine)
@@ -37,6 +40,8 @@ class ControlApp:
         """Stop what runs in the background, then the NATS side and the database pool."""
         if self.readiness is not None:
             await self.readiness.stop()
+        if self.janitor is not None:
+            await self.janitor.stop()
         await self.streams.close()
         if self.mesh is not None:
             await self.mesh.stop()

@@ -1,6 +1,14 @@
-"""What a file is, from its first bytes, never from its name or the client's word."""
+"""What a file is, from its content, never from its name or the client's word: `detect` reads
+the first bytes (when the first chunk arrives), `inspect` the whole file (when it is finished)."""
 
 from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+
+from voxmesh import audio
 
 # Declared types that mean the same container as the detected one.
 ALIASES = {
@@ -38,3 +46,98 @@ def detect(head: bytes) -> str | None:
 def agrees(declared: str, detected: str) -> bool:
     declared = declared.split(";")[0].strip().lower()
     return not declared or declared in ALIASES.get(detected, {detected})
+
+
+# What must never be inside an audio payload: a WAV header in front of one of these is not a
+# recording. Checked where the samples begin (not only the file's first bytes).
+FOREIGN = {
+    b"\x7fELF": "an ELF executable",
+    b"MZ": "a Windows executable",
+    b"PK\x03\x04": "a ZIP archive",
+    b"#!": "a script",
+    b"%PDF": "a PDF document",
+    b"\xca\xfe\xba\xbe": "a Mach-O or Java class file",
+    b"\xcf\xfa\xed\xfe": "a Mach-O executable",
+}
+DECODE_CHECK_SECONDS = 1.0
+
+
+class MediaError(Exception):
+    """The file is not usable audio; the message says why, for the person who sent it."""
+
+
+@dataclass(frozen=True)
+class Inspection:
+    content_type: str
+    seconds: float | None
+    """How long the container says the audio is; None if it does not say."""
+
+
+def inspect(data: bytes) -> Inspection:
+    """Check a whole uploaded file, not just its first bytes: its type from its content, its
+    structure (for WAV: every chunk inside the file, the samples not another kind of file), its
+    duration from the container's headers, and that its audio track decodes."""
+    detected = detect(data[:SNIFF_BYTES])
+    if detected is None:
+        raise MediaError(
+            "this is not an audio or video file of a known format (WAV, FLAC, MP3, OGG/Opus, "
+            "AAC, M4A/MP4, WebM)"
+        )
+    if detected == "audio/wav":
+        _check_wav(data)
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.error.FFmpegError, ValueError) as e:
+        raise MediaError(
+            f"the file looks like {detected} but cannot be read as one ({e})"
+        ) from None
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise MediaError("the file has no audio track")
+        seconds = audio.declared_seconds(container, stream)
+        decoded = 0.0
+        try:
+            for frame in container.decode(stream):
+                if not isinstance(frame, av.AudioFrame):
+                    continue
+                decoded += frame.samples / (frame.sample_rate or 1)
+                if decoded >= DECODE_CHECK_SECONDS:
+                    break
+        except (av.error.FFmpegError, ValueError) as e:
+            raise MediaError(f"the audio track does not decode ({e})") from None
+        if decoded == 0:
+            raise MediaError("the audio track holds no sound that decodes")
+    return Inspection(detected, seconds)
+
+
+def _check_wav(data: bytes) -> None:
+    riff_size = int.from_bytes(data[4:8], "little")
+    if riff_size + 8 > len(data) + 1:  # a pad byte may be missing at the very end
+        raise MediaError(
+            f"the WAV header says {riff_size + 8} bytes but the file has {len(data)}: it is cut off"
+        )
+    position, found_format, found_data = 12, False, False
+    end = min(len(data), riff_size + 8)
+    while position + 8 <= end:
+        chunk, size = (
+            data[position : position + 4],
+            int.from_bytes(data[position + 4 : position + 8], "little"),
+        )
+        body = position + 8
+        if body + size > end + 1:
+            raise MediaError(f"the WAV chunk {chunk!r} runs past the end of the file")
+        if chunk == b"fmt ":
+            found_format = True
+        elif chunk == b"data":
+            found_data = True
+            for magic, what in FOREIGN.items():
+                if data[body : body + len(magic)] == magic:
+                    raise MediaError(f"this WAV file's samples are {what}, not sound")
+        position = body + size + (size & 1)
+    if not (found_format and found_data):
+        raise MediaError("the WAV file lacks its 'fmt ' or 'data' chunk")
+    if len(data) - end > 1:
+        tail = data[end : end + 8]
+        what = next((w for m, w in FOREIGN.items() if tail.startswith(m)), "data")
+        raise MediaError(f"the WAV file carries {len(data) - end} bytes of {what} after its end")

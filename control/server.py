@@ -35,6 +35,7 @@ from control.db import embedded, migrate
 from control.db.session import create_engine, create_sessionmaker, normalize_url
 from control.dispatch.runtime import MeshRuntime
 from control.faults import unavailable
+from control.janitor import UploadJanitor
 from control.kinds import FIELDS
 from control.readiness import Readiness
 from voxmesh.grpc_server import GuardInterceptor, add_operator_services, set_serving
@@ -150,8 +151,12 @@ async def create_server(
     await set_serving(health, SERVICE_NAMES, True)
     if app.readiness is not None:  # a restarted server in the same process (tests)
         await app.readiness.stop()
+    if app.janitor is not None:
+        await app.janitor.stop()
     app.readiness = Readiness(app, health, SERVICE_NAMES)
     app.readiness.start()
+    app.janitor = UploadJanitor(app)
+    app.janitor.start()
     return server, bound
 
 

@@ -107,6 +107,27 @@ CATALOG: dict[str, SettingDef] = {
             "max_text_length", int, 20_000, "longest text accepted by TTS and cloning jobs",
             Override.ADMIN, low=100, high=1_000_000,
         ),
+        SettingDef(
+            "max_audio_minutes", int, 180,
+            "longest audio or video accepted, in minutes (read from the file's container when "
+            "its upload finishes, before anything is decoded)",
+            Override.ADMIN, low=1, high=24 * 60,
+        ),
+        SettingDef(
+            "max_open_uploads", int, 20,
+            "how many unfinished uploads a user may have at once", Override.ADMIN,
+            low=1, high=10_000,
+        ),
+        SettingDef(
+            "max_open_upload_mb", int, 2048,
+            "how many MB a user's unfinished uploads may declare in all", Override.ADMIN,
+            low=1, high=1024 * 1024,
+        ),
+        SettingDef(
+            "upload_expiry_hours", int, 24,
+            "unfinished uploads untouched this long are deleted with what they received",
+            Override.NONE, low=1, high=24 * 90,
+        ),
     ]
 }  # fmt: skip
 

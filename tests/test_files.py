@@ -200,3 +200,142 @@ async def test_job_results_are_downloadable(harness: Harness) -> None:
     info, data = await download(editor, result.files[0].file_id)
     assert info.filename == "result.txt" and info.content_type == "text/plain"
     assert data == f"job {job.id} run 1 delivery 1\n".encode() and info.size_bytes == len(data)
+
+
+def silent_flac(seconds: int, *, hide_length: bool = False) -> bytes:
+    """FLAC of silence: tiny on disk, long when decoded. `hide_length` zeroes the total sample
+    count in STREAMINFO (as a hostile or broken encoder may), so no header says how long."""
+    import io
+
+    import av
+    import numpy as np
+
+    out = io.BytesIO()
+    rate = 16_000
+    with av.open(out, "w", format="flac") as container:
+        stream = container.add_stream("flac", rate=rate, layout="mono")
+        minute = np.zeros((1, rate * 60), dtype=np.int16)
+        left = seconds
+        while left > 0:
+            n = min(60, left)
+            frame = av.AudioFrame.from_ndarray(minute[:, : rate * n], format="s16", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):  # type: ignore[attr-defined]
+                container.mux(packet)
+            left -= n
+        for packet in stream.encode(None):  # type: ignore[attr-defined]
+            container.mux(packet)
+    data = bytearray(out.getvalue())
+    if hide_length:
+        head = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)
+        data[18:26] = head.to_bytes(8, "big")
+    return bytes(data)
+
+
+async def test_content_is_checked_beyond_the_first_bytes(harness: Harness) -> None:
+    """Attacks: a WAV header followed by an ELF body was stored as audio/wav (64 bytes were
+    sniffed); a 6.9 MB FLAC of 10 hours of silence went through to a worker. Now the finished
+    file is inspected whole, refused with a sentence, and the upload discarded."""
+    editor = await harness.user(UserRole.EDITOR)
+    good = tone_wav(seconds=1.0)
+    elf = good[:44] + b"\x7fELF\x02\x01\x01" + bytes(len(good) - 51)
+    cut = good[:-2000]  # the header promises more than there is
+    appended = good + b"PK\x03\x04" + bytes(100)
+    await harness.setting("max_audio_minutes", 1, None)
+    too_long = silent_flac(120)
+    for data, says in [
+        (elf, "samples are an ELF executable"),
+        (cut, "cut off"),
+        (appended, "after its end"),
+        (too_long, "the audio is 2 min 0 s long; the limit is 1 min 0 s"),
+    ]:
+        err = await rpc_error(upload(editor, data))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        assert says in (err.details() or "") and "discarded" in (err.details() or "")
+    stored = await upload(editor, good)  # and a real recording still goes in
+    assert stored.content_type == "audio/wav"
+    from sqlalchemy import func, select
+
+    from control.db.models import Upload
+
+    async with harness.app.sessions() as session:
+        left = await session.scalar(
+            select(func.count()).select_from(Upload).where(Upload.file_id.is_(None))
+        )
+    assert left == 0  # the refused ones take no room
+
+
+def test_decoding_is_bounded_by_the_limit_even_when_the_header_lies() -> None:
+    from voxmesh import audio
+
+    with_length = silent_flac(180)
+    hidden = silent_flac(180, hide_length=True)
+    assert len(audio.decode(hidden, 16_000)) == 180 * 16_000  # it really is 3 minutes
+    try:
+        audio.decode(with_length, 16_000, max_seconds=60)
+    except audio.AudioError as e:
+        assert "3 min 0 s long; the limit is 1 min 0 s" in str(e)
+    else:
+        raise AssertionError("a file declared longer than the limit was decoded")
+    try:
+        audio.decode(hidden, 16_000, max_seconds=60)
+    except audio.AudioError as e:
+        assert "decodes to more than 1 min 0 s" in str(e)
+    else:
+        raise AssertionError("a file decoding past the limit was decoded whole")
+
+
+async def test_unfinished_uploads_are_capped_per_user_and_expire(harness: Harness) -> None:
+    """Attack: 100 abandoned 2 MiB uploads grew the database by 416 MB. Now a user's unfinished
+    uploads are capped (count and declared MB) and expire, chunks and all."""
+    from sqlalchemy import func, select, update
+
+    from control.db.models import Upload, UploadChunk
+    from control.janitor import UploadJanitor
+
+    editor = await harness.user(UserRole.EDITOR)
+    other = await harness.user(UserRole.EDITOR)
+    await harness.setting("max_open_uploads", 3, editor.user_id)
+    audio = tone_wav(seconds=1.0)
+    start = files_pb2.StartUploadRequest(filename="a.wav", size_bytes=len(audio))
+    ids = []
+    for _ in range(3):
+        started = await editor.client.files.StartUpload(start)
+        await editor.client.files.UploadChunk(
+            files_pb2.UploadChunkRequest(upload_id=started.upload_id, offset=0, data=audio[:1000])
+        )
+        ids.append(started.upload_id)
+    full = await rpc_error(editor.client.files.StartUpload(start))
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_open_uploads" in (full.details() or "")
+    await other.client.files.StartUpload(start)  # another user is not affected
+    await harness.setting("max_open_upload_mb", 1, other.user_id)
+    big = await rpc_error(
+        other.client.files.StartUpload(
+            files_pb2.StartUploadRequest(filename="b.wav", size_bytes=2 * 1024 * 1024)
+        )
+    )
+    assert big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_open_upload_mb" in (
+        big.details() or ""
+    )
+    # Two days pass for the first upload: the janitor deletes it and what it received.
+    async with harness.app.sessions() as session:
+        await session.execute(
+            update(Upload)
+            .where(Upload.id == ids[0])
+            .values(updated_at=func.now() - func.make_interval(0, 0, 0, 2))
+        )
+        await session.commit()
+    assert harness.app.janitor is not None
+    assert await UploadJanitor(harness.app).sweep() == 1
+    async with harness.app.sessions() as session:
+        gone = await session.get(Upload, ids[0])
+        chunks = await session.scalar(
+            select(func.count()).select_from(UploadChunk).where(UploadChunk.upload_id == ids[0])
+        )
+    assert gone is None and chunks == 0
+    gone_err = await rpc_error(
+        editor.client.files.GetUpload(files_pb2.GetUploadRequest(upload_id=ids[0]))
+    )
+    assert gone_err.code() == grpc.StatusCode.NOT_FOUND
+    await editor.client.files.StartUpload(start)  # room again

@@ -18,9 +18,32 @@ class AudioError(Exception):
     """The input cannot be decoded as audio; the message says why, for the user."""
 
 
-def decode(data: bytes, rate: int = SAMPLE_RATE) -> np.ndarray:
+def spoken(seconds: float) -> str:
+    """A duration as a person says it: '10 h 0 min', '3 min 20 s', '4.5 s'."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return f"{seconds:.1f} s"
+
+
+def declared_seconds(container: Any, stream: Any) -> float | None:
+    """How long the container says its audio is (from headers, nothing decoded), if it says."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return float(container.duration) / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def decode(data: bytes, rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """Samples of the first audio track of `data` (WAV, FLAC, MP3, OGG/Opus, M4A/AAC, MP4,
-    WebM, ...), resampled to `rate` Hz mono float32 in [-1, 1]."""
+    WebM, ...), resampled to `rate` Hz mono float32 in [-1, 1].
+
+    With `max_seconds`, input whose container declares it longer is refused before anything is
+    decoded, and decoding stops with an error once it passes that length (a header may lie):
+    the memory a file can take is bounded by the limit, not by how well it compresses (6.9 MB
+    of FLAC silence decodes to 10 hours)."""
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.error.InvalidDataError, av.error.FFmpegError, ValueError) as e:
@@ -29,6 +52,13 @@ def decode(data: bytes, rate: int = SAMPLE_RATE) -> np.ndarray:
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
             raise AudioError("the file has no audio track")
+        declared = declared_seconds(container, stream)
+        if max_seconds is not None and declared is not None and declared > max_seconds:
+            raise AudioError(
+                f"the audio is {spoken(declared)} long; the limit is {spoken(max_seconds)} "
+                "(max_audio_minutes)"
+            )
+        most = None if max_seconds is None else int((max_seconds + 1) * rate) * 4  # float32
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         # One growing buffer, not a list of frames plus a concatenated copy: an hour of audio
         # peaks at about 1.1x its decoded size (230 MB) instead of 2-3x.
@@ -37,6 +67,11 @@ def decode(data: bytes, rate: int = SAMPLE_RATE) -> np.ndarray:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):  # type: ignore[arg-type]
                     buffer += out.to_ndarray().tobytes()
+                if most is not None and len(buffer) > most:
+                    raise AudioError(
+                        f"the audio decodes to more than {spoken(max_seconds or 0)}, the limit "
+                        "(max_audio_minutes), although its header says otherwise"
+                    )
             for out in resampler.resample(None):
                 buffer += out.to_ndarray().tobytes()
         except (av.error.FFmpegError, ValueError) as e:

@@ -98,6 +98,9 @@ class JobContext:
             else None
         )
         """The profile of the project's saved voice the parameters name, if they name one."""
+        self.max_audio_seconds: float | None = dispatch.max_audio_seconds or None
+        """The longest audio this job may decode (its creator's max_audio_minutes): pass it to
+        `voxmesh.audio.decode`. None if the control plane sent no limit."""
         self._cancel_checked = 0.0
         self._last_percent = -1
         self._last_report = 0.0

@@ -3,12 +3,14 @@ streamed downloads."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import media, settings_catalog
@@ -16,13 +18,16 @@ from control.app import ControlApp
 from control.auth import principal
 from control.convert import ts
 from control.db.models import File, Upload, UploadChunk
+from control.janitor import expire_uploads
 from control.validate import required_uuid, text_field
+from voxmesh.audio import spoken
 from voxmesh.blobs import BlobStore
 from voxmesh.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from voxmesh.v1 import files_pb2, files_pb2_grpc
@@ -39,6 +44,33 @@ def file_info(row: File) -> files_pb2.StoredFileInfo:
         size_bytes=row.size_bytes, sha256=row.sha256, owner_id=str(row.owner_id),
         create_time=ts(row.created_at),
     )  # fmt: skip
+
+
+async def _check_room(
+    session: AsyncSession, owner: uuid.UUID, size: int, values: dict[str, Any]
+) -> None:
+    """A user's unfinished uploads are capped in number and in declared bytes (expired ones
+    are cleared first): abandoned uploads cannot fill the database."""
+    await expire_uploads(session, owner)
+    count, declared = (
+        await session.execute(
+            select(func.count(), func.coalesce(func.sum(Upload.size_bytes), 0)).where(
+                Upload.owner_id == owner, Upload.file_id.is_(None)
+            )
+        )
+    ).one()
+    most = int(values["max_open_uploads"][0])
+    if count >= most:
+        raise ResourceExhausted(
+            f"you have {count} unfinished uploads, the most allowed (max_open_uploads); "
+            "finish or let them expire first"
+        )
+    room_mb = int(values["max_open_upload_mb"][0])
+    if declared + size > room_mb * MB:
+        raise ResourceExhausted(
+            f"your unfinished uploads would declare {(declared + size) / MB:.1f} MB; the limit "
+            f"is {room_mb} MB (max_open_upload_mb); finish or let them expire first"
+        )
 
 
 class FileService(files_pb2_grpc.FileServiceServicer):
@@ -78,6 +110,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
                     f"the file is {request.size_bytes / MB:.1f} MB; the limit is {limit_mb} MB "
                     "(max_file_size_mb)", field="size_bytes",
                 )  # fmt: skip
+            await _check_room(session, who.user_id, request.size_bytes, values)
             upload = Upload(
                 id=uuid.uuid4(), owner_id=who.user_id, filename=filename,
                 content_type=content_type, size_bytes=request.size_bytes, received_bytes=0,
@@ -173,6 +206,21 @@ class FileService(files_pb2_grpc.FileServiceServicer):
                     f"the received bytes have sha256 {actual}, not {claimed}: the upload was "
                     "corrupted on the way; start it again", field="sha256",
                 )  # fmt: skip
+            limit = 60 * int(
+                (await settings_catalog.resolve(session, upload.owner_id))["max_audio_minutes"][0]
+            )
+            try:
+                found = await asyncio.to_thread(media.inspect, data)
+                if found.seconds is not None and found.seconds > limit:
+                    raise media.MediaError(
+                        f"the audio is {spoken(found.seconds)} long; the limit is "
+                        f"{spoken(limit)} (max_audio_minutes)"
+                    )
+            except media.MediaError as e:
+                # Nothing can make this upload acceptable: it goes, and takes no room.
+                await session.delete(upload)
+                await session.commit()
+                raise InvalidArgument(f"{e}; the upload was discarded", field="upload_id") from None
             await blobs.put(data)
             stored = File(
                 id=uuid.uuid4(), owner_id=upload.owner_id, filename=upload.filename,

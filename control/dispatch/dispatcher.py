@@ -40,6 +40,8 @@ async def build_dispatch(
         created_by=str(job.created_by), run_token=mesh.run_token(run_secret, str(job.id), job.run),
     )  # fmt: skip
     getattr(dispatch, kind.field).CopyFrom(params)
+    values = await settings_catalog.resolve(session, job.created_by)
+    dispatch.max_audio_seconds = 60.0 * int(values["max_audio_minutes"][0])
     if job.input_file_id is not None:
         row = await session.get(File, job.input_file_id)
         if row is not None:

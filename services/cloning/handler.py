@@ -33,9 +33,11 @@ PROGRESS = {
 }
 
 
-def decode(data: bytes, what: str) -> np.ndarray:
+def decode(data: bytes, what: str, max_seconds: float | None) -> np.ndarray:
     try:
-        return audio.decode(data, RATE)
+        return audio.decode(data, RATE, max_seconds)
+    except audio.AudioError as e:
+        raise JobFailed(f"the {what} cannot be used: {e}") from None
     except Exception as e:
         raise JobFailed(f"the {what} could not be decoded as audio: {e}") from None
 
@@ -64,7 +66,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
         text = params.text.strip()
         mode = "text" if text else "conversion"
         await stages.report("analysing reference", 0.02, "decoding")
-        reference = decode(await ctx.input_bytes(), "reference recording")
+        reference = decode(await ctx.input_bytes(), "reference recording", ctx.max_audio_seconds)
         try:
             report = await ctx.run_blocking(ref_check.check, reference, settings.cloning)
         except ref_check.UnusableReference as e:
@@ -111,7 +113,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
             if source is None or not source.sha256:
                 raise JobFailed("voice conversion needs the source recording (source_file_id)")
             await stages.report("synthesising", 0.1, "decoding the source recording")
-            base = decode(await ctx.file_bytes(source), "source recording")
+            base = decode(await ctx.file_bytes(source), "source recording", ctx.max_audio_seconds)
             if await ctx.run_blocking(ref_check.speech_seconds, base) < 0.5:
                 raise JobFailed("the source recording has no speech to convert")
         await stages.report("synthesising", 0.5, "converting into the reference voice")

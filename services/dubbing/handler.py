@@ -143,7 +143,11 @@ class Dub:
 async def decoding(st: Stages[Dub], dub: Dub) -> None:
     dub.raw = await dub.ctx.input_bytes()
     try:
-        dub.source = await dub.ctx.run_blocking(audio.decode, dub.raw, RATE)
+        dub.source = await dub.ctx.run_blocking(
+            audio.decode, dub.raw, RATE, dub.ctx.max_audio_seconds
+        )
+    except audio.AudioError as e:
+        raise JobFailed(f"the input cannot be dubbed: {e}") from None
     except Exception as e:
         raise JobFailed(f"the input could not be decoded as audio or video: {e}") from None
     dub.total = len(dub.source) / RATE

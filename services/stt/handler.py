@@ -118,7 +118,7 @@ def make_handler(settings: SttSettings) -> Handler:
         await stages.report("decoding", 0, "reading the input")
         data = await ctx.input_bytes()
         try:
-            audio = await ctx.run_blocking(decode, data)
+            audio = await ctx.run_blocking(decode, data, SAMPLE_RATE, ctx.max_audio_seconds)
         except AudioError as e:
             raise JobFailed(str(e)) from None
         duration = len(audio) / SAMPLE_RATE
