@@ -19,7 +19,7 @@ import yaml
 
 from control.kinds import FIELDS
 from gateway import envoy as gateway_envoy
-from voxmesh import nats_auth
+from voxmesh import nats_auth, nats_tls
 from voxmesh.launch import WORKERS
 from voxmesh.nats_embedded import binary as nats_binary
 from voxmesh.service import health_service_name
@@ -104,7 +104,8 @@ def test_kubernetes_shape() -> None:
         assert container["args"] == ["python", "-m", module]
         assert container["readinessProbe"]["grpc"]["service"] == health_service_name(job_type)
         assert container["livenessProbe"]["grpc"] == {"port": 50061}  # alive while it loads
-        assert "volumeMounts" not in container  # workers share nothing but NATS
+        # Workers share nothing but NATS: their one mount is the CA that NATS is verified with.
+        assert [m["name"] for m in container["volumeMounts"]] == ["nats-ca"]
     assert set(WORKER_NAMES) == set(WORKERS), "a worker make run starts has no Deployment"
     nats = find("StatefulSet", "nats")
     assert nats["spec"]["replicas"] == 3
@@ -117,13 +118,31 @@ def test_kubernetes_shape() -> None:
 
 
 def test_nats_cluster_configuration_is_valid(tmp_path: Path) -> None:
+    """Both deployments' nats-server configurations pass `nats-server -t` with certificates made
+    by `python -m voxmesh.nats_tls` in place of /etc/nats/tls."""
+    nats_tls.write_certs(tmp_path / "tls", ["nats", "*.nats", "nats-1", "nats-2", "nats-3"])
     data = find("ConfigMap", "nats-config")["data"]
-    (tmp_path / "nats.conf").write_text(data["nats.conf"])
-    (tmp_path / "auth.conf").write_text(data["auth.conf"])
-    passwords = find("Secret", "nats-users")["stringData"]
-    checked = run(nats_binary(), "-t", "-c", tmp_path / "nats.conf",
-                  env={**os.environ, "POD_NAME": "nats-0", **passwords})  # fmt: skip
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    compose_conf = (DEPLOY / "nats.conf").read_text()
+    for conf in (data["nats.conf"], compose_conf):
+        (tmp_path / "nats.conf").write_text(conf.replace("/etc/nats/tls", str(tmp_path / "tls")))
+        (tmp_path / "auth.conf").write_text(data["auth.conf"])
+        (tmp_path / "nats-auth.conf").write_text((DEPLOY / "nats-auth.conf").read_text())
+        passwords = find("Secret", "nats-users")["stringData"]
+        checked = run(nats_binary(), "-t", "-c", tmp_path / "nats.conf",
+                      env={**os.environ, "POD_NAME": "nats-0", **passwords})  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        # TLS for clients, and mutual TLS on the cluster routes.
+        assert conf.count("tls {") == 2 and "verify: true" in conf
+
+
+def test_nats_traffic_between_hosts_is_tls() -> None:
+    k8s = find("ConfigMap", "voxmesh-config")["data"]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for env in (k8s, compose["control"]["environment"], compose["stt"]["environment"]):
+        assert all(url.startswith("tls://") for url in env["NATS_URL"].split(",")), env
+        assert env["NATS_CA"]
+    assert compose["stt"]["volumes"] == ["./certs/ca.crt:/etc/voxmesh/nats-ca.crt:ro"]
+    assert (DEPLOY / ".gitignore").read_text().split() == ["certs/"]  # keys never committed
 
 
 def test_nats_is_never_open_in_deploy() -> None:
@@ -152,7 +171,8 @@ def test_nats_is_never_open_in_deploy() -> None:
             "name": "nats-users", "key": variable}  # fmt: skip
     for i in (1, 2, 3):
         node = compose[f"nats-{i}"]
-        assert "/etc/nats/auth.conf" in node["command"] and set(secret) <= set(node["environment"])
+        assert "/etc/nats/nats.conf" in node["command"] and set(secret) <= set(node["environment"])
+    assert "include ./nats-auth.conf" in (DEPLOY / "nats.conf").read_text()
 
 
 def test_gateway_configuration_is_rendered_and_valid(tmp_path: Path) -> None:

@@ -7,9 +7,12 @@ result, and the job became COMPLETED with that file attached."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -148,3 +151,78 @@ async def test_a_worker_user_may_only_do_its_own_work(harness: Harness) -> None:
     assert mesh.JOBS_STREAM in streams
     info = await control_js.consumer_info(mesh.JOBS_STREAM, "worker-stt")
     assert info.num_pending == 1 and info.num_ack_pending == 0  # the STT run was not taken
+
+
+async def test_tls_between_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/'s NATS: clients verify the servers against the deployment's CA, and the
+    cluster's routes are mutual TLS. Two real nats-servers with the configuration deploy/ uses;
+    a message published on one reaches a subscriber on the other (over the TLS route)."""
+    import subprocess
+
+    from tests.conftest import free_port
+    from voxmesh import nats_tls
+    from voxmesh.nats_embedded import binary
+
+    certs = tmp_path / "certs"
+    nats_tls.write_certs(certs, ["localhost"])
+    assert oct((certs / "tls.key").stat().st_mode & 0o777) == "0o600"
+    conf = tmp_path / "nats.conf"
+    conf.write_text(
+        'authorization { users: [ {user: "control", password: "pw"} ] }\n'
+        + nats_tls.server_tls_conf(str(certs))
+    )
+    ports = [free_port() for _ in range(4)]  # two client ports, two route ports
+    routes = f"nats://localhost:{ports[2]},nats://localhost:{ports[3]}"
+
+    def node(i: int) -> subprocess.Popen[bytes]:
+        args = ["--config", str(conf), "--name", f"n{i}", "-p", str(ports[i]),
+                "--cluster_name", "vx", "--cluster", f"nats://127.0.0.1:{ports[2 + i]}",
+                "--routes", routes]  # fmt: skip
+        return subprocess.Popen(
+            [binary(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    servers = [node(0), node(1)]
+    try:
+        monkeypatch.setenv("NATS_CA", str(certs / "ca.crt"))
+        url = "tls://control:pw@localhost:{}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                a = await asyncio.wait_for(mesh.connect(url.format(ports[0]), "tls-a"), 5)
+                b = await asyncio.wait_for(mesh.connect(url.format(ports[1]), "tls-b"), 5)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the TLS servers never accepted a client"
+                await asyncio.sleep(0.2)
+        try:
+            got: asyncio.Queue[bytes] = asyncio.Queue()
+
+            async def on(msg: Any) -> None:
+                await got.put(msg.data)
+
+            await a.subscribe("probe", cb=on)
+            await a.flush()
+            deadline = time.monotonic() + 20
+            while got.empty():  # until the route is up, a publish on b may not reach a
+                assert time.monotonic() < deadline, "no message crossed the TLS route"
+                await b.publish("probe", b"over tls")
+                await b.flush()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(got.get(), 0.5)
+                    break
+        finally:
+            await a.close()
+            await b.close()
+        # Without the CA the server is not trusted; without TLS the server refuses.
+        monkeypatch.delenv("NATS_CA")
+        for bad in (url.format(ports[0]), f"nats://control:pw@127.0.0.1:{ports[0]}"):
+            with pytest.raises(Exception):  # noqa: B017 - certificate or "TLS required" error
+                nc = await asyncio.wait_for(
+                    nats.connect(bad, max_reconnect_attempts=0, allow_reconnect=False), 10
+                )
+                await nc.close()
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)

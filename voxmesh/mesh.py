@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from voxmesh import nats_tls
 from voxmesh.nats_auth import inbox_prefix, redacted, user_of
 from voxmesh.settings import MeshSettings
 
@@ -124,7 +125,8 @@ async def connect(
     logging one line per problem instead of a traceback per retry; `reconnected` runs after
     each reconnect (what was published meanwhile on core NATS is lost). Credentials: in the URL
     (nats://user:password@host), else NATS_USER and NATS_PASSWORD, or a creds file in
-    NATS_CREDS."""
+    NATS_CREDS. TLS (between hosts): `tls://` URLs, the servers verified against the CA in
+    NATS_CA (see `voxmesh.nats_tls`)."""
 
     where = redacted(url)
     user = user_of(url) or os.environ.get("NATS_USER") or None
@@ -155,6 +157,7 @@ async def connect(
         password=password or None,
         inbox_prefix=inbox_prefix(user) if user else "_INBOX",
         user_credentials=os.environ.get("NATS_CREDS") or None,
+        tls=nats_tls.client_context(),
     )
 
 
