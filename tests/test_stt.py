@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import jiwer
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from control.db.models import UserRole
 from services.stt.config import SttSettings
 from services.stt.handler import make_handler, make_shard_handler
 from services.stt.shards import split_points
-from tests.harness import Caller, Harness, run_workers
+from tests.harness import Caller, Harness, rpc_error, run_workers
 from tests.speech import RATE, encode, normalize, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import download, upload
@@ -137,10 +138,24 @@ async def test_transcribes_real_speech_through_the_platform(harness: Harness) ->
 
 
 async def test_corrupt_audio_fails_once_with_a_reason(harness: Harness) -> None:
+    """Refused at the upload (the finished file is inspected); and a worker handed such bytes
+    anyway (a file stored before inspection existed) fails the job once, with a reason."""
     editor = await harness.user(UserRole.EDITOR)
     bogus = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 8
+    refused = await rpc_error(upload(editor, bogus, name="speech.wav"))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert harness.app.mesh is not None
+    await harness.app.mesh.blobs.put(bogus)
+    stored = await harness.file(editor.user_id, bogus)
+    project = str(await harness.project(editor.user_id))
     async with stt_worker(harness):
-        job = await stt_job(harness, editor, bogus)
+        job = (
+            await editor.client.jobs.CreateJob(
+                jobs_pb2.CreateJobRequest(
+                    project_id=project, input_file_id=str(stored), stt=jobs_pb2.SttParams()
+                )
+            )
+        ).job
         failed = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_FAILED}, timeout=30)
     assert "audio" in failed.error and failed.attempts == 1  # terminated, not a crash loop
 
