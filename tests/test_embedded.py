@@ -4,6 +4,7 @@ against an external database without a signing secret."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -59,6 +61,21 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
             time.sleep(0.2)
     proc.kill()
     raise AssertionError("server did not become healthy in 60 s")
+
+
+def _outliving(procs: list[psutil.Process], timeout: float) -> list[str]:
+    """The processes still running after `timeout` (a zombie has ended: its parent may be an
+    init that is slow to reap it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(" ".join(p.cmdline()[:3]))
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
@@ -213,8 +230,36 @@ def test_make_run_runs_the_platform_and_transcribes(tmp_path: Path) -> None:
             assert (
                 'voxmesh_worker_jobs_total{outcome="completed",type="stt"} 1.0' in r.read().decode()
             )
-    finally:
-        launcher.send_signal(signal.SIGTERM)
+        # kill -9 of the control plane: make run starts another, which adopts the embedded
+        # NATS and PostgreSQL the first left running (no "port in use"), and serves again.
+        family = psutil.Process(launcher.pid).children()
+        control = next(p for p in family if "control" in p.cmdline())
+        control.kill()
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(grpc.RpcError):
+                if _login(port, "alice-password"):
+                    break
+            assert time.monotonic() < deadline, "make run did not bring the control plane back"
+            time.sleep(0.5)
+        assert all(p.pid != control.pid for p in psutil.Process(launcher.pid).children())
+        # kill -9 of make run itself: every process it started stops (they are tied to it),
+        # including the embedded servers, so nothing is left listening for the next one.
+        family = psutil.Process(launcher.pid).children(recursive=True)
+        servers = [
+            psutil.Process(int((tmp_path / "nats" / "nats-server.pid").read_text())),
+            psutil.Process(int((tmp_path / "pgdata" / "postmaster.pid").read_text().split()[0])),
+        ]
+        launcher.kill()
         out, _ = launcher.communicate(timeout=90)
-    assert launcher.returncode == 0, out[-3000:]
+        alive = _outliving([*family, *servers], timeout=90)
+        assert not alive, alive
+        for listening in (port, nats_port, gateway):
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", listening)) != 0, f"{listening} still taken"
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGTERM)
+            out, _ = launcher.communicate(timeout=90)
     assert "Voxmesh is running" in out
+    assert "the control plane exited (-9); restarting" in out

@@ -46,7 +46,10 @@ WORKERS = {
 
 PR_SET_PDEATHSIG = 1
 CRASH_LOOP_SECONDS = 15.0
-"""A control plane that dies this soon after starting is misconfigured: restarting won't help."""
+CRASH_LOOP_RESTARTS = 3
+"""A control plane that dies this soon after starting, this many times in a row, is
+misconfigured or broken: restarting it again won't help. (A first start that fails is caught
+by `wait_healthy`.)"""
 
 
 def _tied_to(parent: int) -> None:
@@ -111,7 +114,7 @@ def main() -> None:
         )
 
     control = start_control()
-    control_started = time.monotonic()
+    control_started, quick_deaths = time.monotonic(), 0
     stopping = False
 
     def stop(*_: object) -> None:
@@ -145,9 +148,11 @@ def main() -> None:
               "Ctrl-C stops it.", flush=True)  # fmt: skip
         while not stopping:
             if control.poll() is not None:
-                if time.monotonic() - control_started < CRASH_LOOP_SECONDS:
-                    print(f"the control plane exited ({control.returncode}) right after "
-                          "starting; stopping (see its log above)", flush=True)  # fmt: skip
+                quick = time.monotonic() - control_started < CRASH_LOOP_SECONDS
+                quick_deaths = quick_deaths + 1 if quick else 0
+                if quick_deaths >= CRASH_LOOP_RESTARTS:
+                    print(f"the control plane exited ({control.returncode}) {quick_deaths} times "
+                          "right after starting; stopping (see its log above)", flush=True)  # fmt: skip
                     break
                 print(f"the control plane exited ({control.returncode}); restarting", flush=True)
                 control, control_started = start_control(), time.monotonic()
