@@ -9,6 +9,7 @@ CREATEDB).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -132,11 +133,11 @@ async def provision(url: str, settings: MeshSettings | None = None) -> None:
 TEST_MESH = MeshSettings(ack_wait_seconds=2.0, max_deliver=3, dispatch_poll_seconds=0.2)
 
 
-@pytest.fixture
-async def harness(
+@contextlib.asynccontextmanager
+async def control_plane(
     database_url: str, tmp_path: Path, nats_server: EmbeddedNats
 ) -> AsyncIterator[Harness]:
-    """The control plane as `make run` runs it: PostgreSQL, NATS, dispatch, gRPC."""
+    """The control plane as `make run` runs it, on a given database and NATS."""
     app = build_app(make_settings(tmp_path, database_url, mesh=TEST_MESH), database_url)
     app.mesh = await MeshRuntime.start(
         nats_server.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
@@ -149,6 +150,15 @@ async def harness(
         await h.close()
         await h.server.stop(None)
         await app.close()
+
+
+@pytest.fixture
+async def harness(
+    database_url: str, tmp_path: Path, nats_server: EmbeddedNats
+) -> AsyncIterator[Harness]:
+    """The control plane as `make run` runs it: PostgreSQL, NATS, dispatch, gRPC."""
+    async with control_plane(database_url, tmp_path, nats_server) as h:
+        yield h
 
 
 @pytest.fixture(autouse=True)

@@ -32,9 +32,7 @@ from sqlalchemy import func, select
 from control.db import migrate
 from control.db.embedded import EmbeddedPostgres
 from control.db.models import JobEvent, JobResult, UserRole
-from control.dispatch.runtime import MeshRuntime
-from control.server import build_app, create_server, run_secret
-from tests.conftest import TEST_MESH, free_port, make_settings
+from tests.conftest import control_plane, free_port
 from tests.harness import Caller, Harness, rpc_error
 from tests.workers import spawn
 from voxmesh.nats_auth import CREDENTIALS_FILE, Credentials, worker_user
@@ -240,18 +238,10 @@ async def own_database(
     )
     url = await asyncio.to_thread(pg.ensure_database)
     await asyncio.to_thread(migrate.upgrade, url)
-    app = build_app(make_settings(tmp_path, url, mesh=TEST_MESH), url)
-    app.mesh = await MeshRuntime.start(
-        nats.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
-    )
-    server, port = await create_server(app, "127.0.0.1", 0)
-    h = Harness(app, port, nats, server)
     try:
-        yield h, pg
+        async with control_plane(url, tmp_path, nats) as h:
+            yield h, pg
     finally:
-        await h.close()
-        await server.stop(None)
-        await app.close()
         await asyncio.to_thread(pg.stop)
 
 
