@@ -4,8 +4,9 @@ INTERNAL. The interceptor asks `unavailable(exc)` before treating an exception a
 
 from __future__ import annotations
 
+import nats.errors as nats_errors
+import nats.js.errors as js_errors
 import psycopg
-from nats.errors import Error as NatsError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from voxmesh.errors import ApiError, Unavailable
@@ -20,13 +21,29 @@ MESH_DOWN = (
 )
 
 
+# NATS errors that mean "NATS is not reachable (right now)"; others (a bad request, an object
+# that is not there) are not outages and are handled, or are bugs, where they happen.
+MESH_OUTAGES = (
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.ConnectionDrainingError,
+    nats_errors.NoServersError,
+    nats_errors.StaleConnectionError,
+    nats_errors.TimeoutError,
+    nats_errors.FlushTimeoutError,
+    nats_errors.OutboundBufferLimitError,
+    nats_errors.NoRespondersError,
+    js_errors.ServiceUnavailableError,
+)
+
+
 def unavailable(exc: BaseException) -> ApiError | None:
     """The status for an outage behind `exc`, or None if it is not one."""
     if isinstance(exc, OperationalError | InterfaceError | psycopg.OperationalError):
         return Unavailable(DATABASE_DOWN)
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return Unavailable(DATABASE_DOWN)
-    if isinstance(exc, NatsError):
+    if isinstance(exc, MESH_OUTAGES):
         return Unavailable(MESH_DOWN)
     if isinstance(exc, ConnectionError | TimeoutError) and exc.__cause__ is not None:
         return unavailable(exc.__cause__)

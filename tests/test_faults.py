@@ -451,3 +451,26 @@ async def test_control_plane_killed_mid_job(tmp_path: Path) -> None:
         if (tmp_path / "pgdata" / "postmaster.pid").exists():  # a failed run: stop PostgreSQL
             with contextlib.suppress(Exception):
                 EmbeddedPostgres(tmp_path / "pgdata").stop()
+
+
+def test_only_outages_are_unavailable() -> None:
+    """Dependency outages map to UNAVAILABLE; other errors from the same libraries do not (a
+    bad JetStream request is a bug, reported as INTERNAL with a reference)."""
+    import nats.errors
+    import nats.js.errors
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from control.faults import unavailable
+
+    down = [
+        OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused")),
+        nats.errors.NoServersError(),
+        nats.errors.ConnectionClosedError(),
+        nats.errors.TimeoutError(),
+    ]
+    for exc in down:
+        found = unavailable(exc)
+        assert found is not None and found.code == UNAVAILABLE, exc
+    for exc in (nats.js.errors.BadRequestError(), ValueError("x"), KeyError("k")):
+        assert unavailable(exc) is None, exc
