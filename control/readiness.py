@@ -2,14 +2,16 @@
 PostgreSQL (`SELECT 1`, with a deadline) and its NATS connection, and sets grpc.health.v1 to
 NOT_SERVING while either is down, SERVING again once both answer (load balancers and
 `make run` read it). Nothing needs restarting after an outage: the connection pool reconnects
-(pre-ping) and the NATS client reconnects forever."""
+(pre-ping) and the NATS client reconnects forever. In embedded mode nobody else looks after the
+embedded servers, so the probe starts the embedded PostgreSQL or nats-server again if one died
+(`revive`: what to run when a check names that part)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import text
@@ -30,8 +32,10 @@ class Readiness:
         health: Any,
         service_names: Iterable[str],
         interval: float = READINESS_SECONDS,
+        revive: dict[str, Callable[[], None]] | None = None,
     ) -> None:
         self._app = app
+        self._revive = revive or {}
         self._health = health
         self._names = list(service_names)
         self._interval = interval
@@ -53,6 +57,14 @@ class Readiness:
 
     async def update(self) -> None:
         problem = await self.check()
+        for part, revive in self._revive.items():
+            if problem and problem.startswith(part):
+                log.warning("not serving: %s; starting the embedded %s again", problem, part)
+                try:
+                    await asyncio.to_thread(revive)
+                except Exception as e:
+                    log.warning("could not start the embedded %s again: %s", part, e)
+                problem = await self.check()
         if problem != self.problem:
             if problem:
                 log.warning("not serving: %s", problem)

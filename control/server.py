@@ -9,6 +9,7 @@ import hmac
 import logging
 import secrets
 import signal
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -124,9 +125,14 @@ def build_app(settings: ControlSettings, database_url: str) -> ControlApp:
 
 
 async def create_server(
-    app: ControlApp, host: str = "127.0.0.1", port: int = 0
+    app: ControlApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    revive: dict[str, Callable[[], None]] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Build the server with every service, health and reflection; bind; return the bound port.
+    `revive` starts embedded servers again if the health probe finds them dead
+    ({"PostgreSQL": ..., "NATS": ...}).
 
     Started but not awaited: the caller owns its lifetime (`await server.stop(grace)`)."""
     rules = method_rules(descriptor for descriptor, _, _ in SERVICES)
@@ -153,7 +159,7 @@ async def create_server(
         await app.readiness.stop()
     if app.janitor is not None:
         await app.janitor.stop()
-    app.readiness = Readiness(app, health, SERVICE_NAMES)
+    app.readiness = Readiness(app, health, SERVICE_NAMES, revive=revive)
     app.readiness.start()
     app.janitor = UploadJanitor(app)
     app.janitor.start()
@@ -217,7 +223,12 @@ async def serve(settings: ControlSettings) -> None:
         raise ConfigurationError(
             f"cannot reach NATS at {redacted(nats_url)}: {str(e) or 'no answer in 20 s'}"
         ) from None
-    server, port = await create_server(app, settings.host, settings.port)
+    revive = {}  # embedded servers: nobody else looks after them
+    if _pg is not None:
+        revive["PostgreSQL"] = _pg.ensure_running
+    if nats_server is not None:
+        revive["NATS"] = nats_server.ensure_running
+    server, port = await create_server(app, settings.host, settings.port, revive)
     serve_metrics()
     log.info(
         "Voxmesh control plane listening on %s:%d (%s database, NATS at %s)",

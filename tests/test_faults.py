@@ -474,3 +474,47 @@ def test_only_outages_are_unavailable() -> None:
         assert found is not None and found.code == UNAVAILABLE, exc
     for exc in (nats.js.errors.BadRequestError(), ValueError("x"), KeyError("k")):
         assert unavailable(exc) is None, exc
+
+
+async def test_embedded_servers_that_die_are_started_again(tmp_path: Path) -> None:
+    """`make run`'s embedded PostgreSQL and nats-server have nobody else to look after them:
+    killed with -9, the control plane's health probe starts them again and serves again."""
+    port, nats_port = free_port(), free_port()
+    target = f"127.0.0.1:{port}"
+    control = _control(tmp_path, port, nats_port)
+    try:
+        await _healthy(target, control, tmp_path)
+        for pid_file in (
+            tmp_path / "nats" / "nats-server.pid",
+            tmp_path / "pgdata" / "postmaster.pid",
+        ):
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+
+            async def replaced(pid_file: Path = pid_file, pid: int = pid) -> bool:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    return int(pid_file.read_text().split()[0]) != pid
+                return False
+
+            await eventually(replaced, f"{pid_file.name} names a new process", 30)
+            await _healthy(target, control, tmp_path)
+        async with grpc.aio.insecure_channel(target) as channel:
+
+            async def answers() -> bool:  # UNAVAILABLE while PostgreSQL finishes its recovery
+                name = f"nobody-{uuid.uuid4().hex[:8]}"  # each a new name: no sign-in throttle
+                err = await rpc_error(
+                    auth_pb2_grpc.AuthServiceStub(channel).Login(
+                        auth_pb2.LoginRequest(username=name, password="nobody-pw"),
+                        timeout=CALL,
+                    )
+                )
+                assert err.code() in (UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED), err
+                return err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+            await eventually(answers, "sign-in answers from the database again", 60)
+        log = (tmp_path / "control.log").read_text()
+        assert "starting the embedded PostgreSQL again" in log
+        assert "starting the embedded NATS again" in log
+    finally:
+        control.send_signal(signal.SIGTERM)
+        control.wait(60)

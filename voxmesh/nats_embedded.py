@@ -133,6 +133,13 @@ class EmbeddedNats:
                  self.store_dir)  # fmt: skip
         return self
 
+    def ensure_running(self) -> None:
+        """Start the server again if it died (its store and credentials are kept)."""
+        if not self.accepting():
+            log.warning("the embedded nats-server is gone; starting it again")
+            self._adopted = None
+            self.start()
+
     def stop(self) -> None:
         if self._adopted is not None:
             _terminate(self._adopted)
