@@ -20,6 +20,7 @@ from control.db.models import Job, UserRole
 from services.stories.config import StoriesSettings, WorkerSettings
 from services.stories.handler import make_handler
 from services.stories.writing import prompt
+from tests import quality
 from tests.harness import Caller, Harness, rpc_error, run_workers
 from tests.speech import normalize
 from tests.test_dispatch import wait_for, watch
@@ -108,7 +109,7 @@ async def test_a_story_is_written_streamed_and_narrated(harness: Harness) -> Non
     )
     wer = jiwer.wer(normalize(f"{meta['title']}. {story}"), normalize(heard))
     print(f"narration round-trip WER {wer:.3f}, narration RTF {meta['narration_rtf']}")
-    assert wer <= 0.25
+    quality.at_most("story narration WER", wer, 0.25)
     timeline = document["timeline"]
     assert [t["kind"] for t in timeline] == ["title"] + ["paragraph"] * len(paragraphs)
     assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(timeline))
