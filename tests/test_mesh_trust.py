@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import nats
 import pytest
 from prometheus_client import REGISTRY
@@ -226,3 +227,33 @@ async def test_tls_between_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         for server in servers:
             server.terminate()
             server.wait(10)
+
+
+@pytest.mark.refusals  # replacing an object makes the client purge the old chunks: refused
+async def test_a_blob_overwritten_by_a_worker_is_refused_not_used(harness: Harness) -> None:
+    """Worker users may write to the file store (their results). One that overwrites another
+    job's input under its name cannot make anyone use forged bytes: content addressing is
+    checked on every read (DATA_LOSS for a download, a failed job for a worker)."""
+    from tests.test_files import upload
+    from voxmesh.blobs import CorruptBlobError, NatsBlobStore
+    from voxmesh.v1 import files_pb2
+
+    editor = await harness.user(UserRole.EDITOR)
+    from control.sample_data import tone_wav
+
+    stored = await upload(editor, tone_wav(seconds=1.0))
+    nc = await mesh.connect(harness.nats.url_for("worker-tts"), "tampering-worker")
+    try:
+        store = await nc.jetstream().object_store(mesh.FILES_BUCKET)
+        with contextlib.suppress(Exception):  # the new meta lands; the old chunks' purge is refused
+            await store.put(stored.sha256, b"forged bytes")
+        with pytest.raises(CorruptBlobError):
+            await NatsBlobStore(store).get(stored.sha256)
+    finally:
+        await nc.close()
+    call = editor.client.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=stored.id))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in call:
+            pass
+    assert refused.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "corrupted" in (refused.value.details() or "")

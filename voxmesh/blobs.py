@@ -20,6 +20,17 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 
+class CorruptBlobError(Exception):
+    """A blob's bytes do not hash to its name: corrupted, or overwritten by someone who may
+    write to the store. Readers refuse it rather than use forged content."""
+
+
+def verified(sha256: str, data: bytes) -> bytes:
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise CorruptBlobError(f"the stored bytes of {sha256} do not hash to it")
+    return data
+
+
 def check_digest(sha256: str) -> str:
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ValueError(f"not a sha256 digest: {sha256!r}")
@@ -32,7 +43,8 @@ class BlobStore(Protocol):
         ...
 
     async def get(self, sha256: str) -> bytes:
-        """The blob's bytes; FileNotFoundError if it is not stored."""
+        """The blob's bytes; FileNotFoundError if it is not stored, CorruptBlobError if what is
+        stored does not hash to its name."""
         ...
 
     async def exists(self, sha256: str) -> bool: ...
@@ -60,7 +72,7 @@ class LocalBlobStore:
         return await asyncio.to_thread(self._put, data)
 
     async def get(self, sha256: str) -> bytes:
-        return await asyncio.to_thread(self.path(sha256).read_bytes)
+        return verified(sha256, await asyncio.to_thread(self.path(sha256).read_bytes))
 
     async def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
@@ -81,7 +93,7 @@ class NatsBlobStore:
             result = await self._store.get(check_digest(sha256))
         except (ObjectNotFoundError, NotFoundError):
             raise FileNotFoundError(f"no blob {sha256}") from None
-        return bytes(result.data or b"")
+        return verified(sha256, bytes(result.data or b""))
 
     async def exists(self, sha256: str) -> bool:
         try:

@@ -80,3 +80,7 @@ class ResourceExhausted(ApiError):
 
 class Unavailable(ApiError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(ApiError):
+    code = grpc.StatusCode.DATA_LOSS

@@ -32,7 +32,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 
 from voxmesh import mesh
-from voxmesh.blobs import NatsBlobStore
+from voxmesh.blobs import CorruptBlobError, NatsBlobStore
 from voxmesh.observability import (
     WORKER_BUSY,
     WORKER_ERRORS,
@@ -168,6 +168,11 @@ class JobContext:
         except FileNotFoundError:
             raise JobFailed(
                 f"input file {stored.filename or stored.file_id} is missing from storage"
+            ) from None
+        except CorruptBlobError:
+            raise JobFailed(
+                f"input file {stored.filename or stored.file_id} is corrupted in storage (its "
+                "bytes do not match its sha256); it was not used"
             ) from None
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:

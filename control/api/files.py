@@ -21,8 +21,9 @@ from control.db.models import File, Upload, UploadChunk
 from control.janitor import expire_uploads
 from control.validate import required_uuid, text_field
 from voxmesh.audio import spoken
-from voxmesh.blobs import BlobStore
+from voxmesh.blobs import BlobStore, CorruptBlobError
 from voxmesh.errors import (
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -258,6 +259,10 @@ class FileService(files_pb2_grpc.FileServiceServicer):
         except FileNotFoundError:
             raise NotFound(
                 f"file {file_id} is recorded but its bytes are not in the store"
+            ) from None
+        except CorruptBlobError:
+            raise DataLoss(
+                f"file {file_id} is corrupted in the store (its bytes do not match its sha256)"
             ) from None
         yield files_pb2.DownloadFileResponse(file=file_info(stored))
         for start in range(0, len(data), DOWNLOAD_CHUNK_BYTES):
