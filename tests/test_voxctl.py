@@ -10,6 +10,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from control.auth.tokens import TokenKind, TokenService
 from control.db.models import UserRole
 from services.tts.config import TtsSettings
@@ -94,3 +96,23 @@ async def test_voxctl_end_to_end(harness: Harness, tmp_path: Path) -> None:
     assert code == 0
     code, out = await voxctl(harness, home, "projects")
     assert code == 2 and "not signed in" in out
+
+
+async def test_voxctl_watch_outlives_its_access_tokens(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends a stream when its access token expires; `voxctl watch` refreshes and
+    resumes after the last event it saw, so a long job is followed to its end."""
+    from tests.test_dispatch import create, setup
+    from tests.workers import behave
+
+    monkeypatch.setattr(harness.app.tokens, "access_ttl", timedelta(seconds=3))
+    editor, project = await setup(harness)
+    home = tmp_path / "config"
+    code, out = await voxctl(harness, home, "login", "-u", editor.username, "--password-stdin",
+                             stdin=f"{editor.password}\n")  # fmt: skip
+    assert code == 0, out
+    async with run_workers(harness, "tts", behave, ack_wait=10.0):
+        job = await create(editor, project, "sleep:8")  # outlives two or three access tokens
+        code, out = await voxctl(harness, home, "watch", job.id)
+    assert code == 0 and f"Job {job.id} completed" in out, out
