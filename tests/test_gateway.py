@@ -327,3 +327,22 @@ async def test_browser_receives_stream_events_one_by_one(harness: Harness, tmp_p
     gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(arrivals)]
     assert sum(gap > 50 for gap in gaps) >= 10, gaps
     assert steps["streamed"]["arrivals"][-1]["kind"] == "result"
+
+
+@browser
+@pytest.mark.slow
+async def test_console_stops_following_when_its_sign_in_is_revoked(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Revoked elsewhere while the page follows a running job: the server ends the stream
+    (UNAUTHENTICATED), the page's refresh is refused, and it asks to sign in again."""
+    editor = await harness.user(UserRole.EDITOR)
+    project = str(await harness.project(editor.user_id))
+    async with run_workers(harness, "tts", behave), gateway(harness, tmp_path) as gw:
+        job = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
+            project_id=project, tts=jobs_pb2.TtsParams(text="sleep:30")))).job  # fmt: skip
+        steps = await drive("revoked", gw, editor.username, editor.password, JOB_ID=job.id)
+        await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+    signed_out = steps["signed out"]
+    assert signed_out["stored"] is None  # the page forgot the revoked tokens
+    assert "Signed out" in signed_out["message"] and "revoked" in signed_out["message"], signed_out

@@ -1,6 +1,7 @@
 // Drives the console in Debian's Chromium with playwright-core (no downloaded browser).
-//   node e2e/console.mjs <editor|viewer|refresh|stream>
-// Environment: BASE_URL, VOXMESH_USER, VOXMESH_PASSWORD, OUT_DIR, and JOB_ID for `stream`.
+//   node e2e/console.mjs <editor|viewer|refresh|stream|revoked>
+// Environment: BASE_URL, VOXMESH_USER, VOXMESH_PASSWORD, OUT_DIR, and JOB_ID for `stream` and
+// `revoked`.
 // Prints one JSON object with what it saw; exits non-zero if any step fails.
 import { chromium } from "playwright-core";
 import { mkdirSync, statSync } from "node:fs";
@@ -140,8 +141,30 @@ async function stream() {
   step("streamed", { arrivals });
 }
 
+// The sign-in is revoked elsewhere (its refresh token logged out, as another tab or an admin
+// would) while the page follows a running job: the server ends the stream, the page's refresh
+// fails, and it shows the sign-in form instead of retrying forever.
+async function revoked() {
+  await login();
+  const status = page.getByTestId(`status-${process.env.JOB_ID}`);
+  await page.waitForFunction((id) => document.querySelector(`[data-testid=status-${id}]`)?.textContent === "running", process.env.JOB_ID, { timeout: 30_000 });
+  step("following", { status: await status.textContent() });
+  await page.evaluate(async () => {
+    const refreshToken = JSON.parse(sessionStorage.getItem("voxmesh.session")).tokens.refresh;
+    await window.voxmesh.auth.logout({ refreshToken }); // the raw RPC: the page is not told
+  });
+  const revokedAt = Date.now();
+  await page.getByTestId("login-error").waitFor({ timeout: 20_000 });
+  step("signed out", {
+    afterMs: Date.now() - revokedAt,
+    message: await page.getByTestId("login-error").textContent(),
+    stored: await page.evaluate(() => sessionStorage.getItem("voxmesh.session")),
+  });
+  await page.screenshot({ path: join(OUT_DIR, "console-revoked.png"), fullPage: true });
+}
+
 try {
-  await { editor, viewer, refresh, stream }[scenario]();
+  await { editor, viewer, refresh, stream, revoked }[scenario]();
   report.ok = true;
 } catch (err) {
   report.ok = false;
