@@ -10,6 +10,7 @@ import contextlib
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,9 +24,13 @@ log = logging.getLogger(__name__)
 SWEEP_SECONDS = 300.0
 
 
-async def expire_uploads(session: AsyncSession, owner: uuid.UUID | None = None) -> int:
-    """Delete the expired unfinished uploads (of one owner, or everyone's); not committed."""
-    hours = int((await settings_catalog.resolve(session, None))["upload_expiry_hours"][0])
+async def expire_uploads(
+    session: AsyncSession, owner: uuid.UUID | None = None, values: dict[str, Any] | None = None
+) -> int:
+    """Delete the expired unfinished uploads (of one owner, or everyone's); not committed.
+    `values`: settings already resolved (the expiry is global, so any user's hold it)."""
+    values = values or await settings_catalog.resolve(session, None)
+    hours = int(values["upload_expiry_hours"][0])
     stmt = delete(Upload).where(
         Upload.file_id.is_(None), Upload.updated_at < datetime.now(UTC) - timedelta(hours=hours)
     )

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -215,6 +216,18 @@ class Harness:
                 )
                 out[table] = str(digest)
         return out
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0
+) -> None:
+    """Poll until `check()` holds (the state we wait for, not a sleep), or fail saying what."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 async def rpc_error(call: Any) -> grpc.aio.AioRpcError:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from control.convert import job_to_pb
 from control.db.models import File, Job, JobEvent, JobResult, JobStatus, OutboxEntry, UserRole
 from control.dispatch.dispatcher import build_dispatch
-from tests.harness import Caller, Harness, rpc_error, run_workers
+from tests.harness import Caller, Harness, eventually, rpc_error, run_workers
 from tests.workers import behave, spawn
 from voxmesh import mesh
 from voxmesh.v1 import jobs_pb2, results_pb2
@@ -153,10 +153,11 @@ async def test_nats_outage_delays_jobs_but_each_runs_exactly_once(
     editor, project = await setup(harness)
     harness.nats.kill()
     jobs = [await create(editor, project, "steps:1") for _ in range(8)]  # NATS is down
-    deadline = time.monotonic() + 15
-    while "dispatch paused" not in caplog.text:  # the dispatcher tried, and failed
-        assert time.monotonic() < deadline, "the dispatcher never tried to publish"
-        await asyncio.sleep(0.05)
+
+    async def tried() -> bool:  # the dispatcher tried to publish, and failed
+        return "dispatch paused" in caplog.text
+
+    await eventually(tried, "the dispatcher tried to publish", 15)
     async with harness.app.sessions() as session:
         unpublished = await session.scalar(
             select(func.count()).select_from(OutboxEntry).where(OutboxEntry.published_at.is_(None))
@@ -218,15 +219,13 @@ async def test_cancel_a_running_job(harness: Harness) -> None:
 async def test_cancel_a_queued_job_before_any_worker_takes_it(harness: Harness) -> None:
     editor, project = await setup(harness)
     job = await create(editor, project, "steps:1")
-    deadline = time.monotonic() + 15
-    while True:  # dispatched to NATS, no worker yet
+
+    async def queued() -> bool:  # dispatched to NATS, no worker yet
         async with harness.app.sessions() as session:
             row = await session.get(Job, uuid.UUID(job.id))
-            assert row is not None
-            if row.queued_at is not None:
-                break
-        assert time.monotonic() < deadline, "the job was never dispatched"
-        await asyncio.sleep(0.05)
+            return row is not None and row.queued_at is not None
+
+    await eventually(queued, "the job was dispatched", 15)
     await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
     async with workers(harness):
         # The worker takes messages in order: once the next job is done, it has seen (and
@@ -380,10 +379,11 @@ async def test_control_plane_restart_watchers_miss_nothing(
         try:
             js = nc.jetstream()
             seen = (await js.stream_info(mesh.EVENTS_STREAM)).state.last_seq
-            deadline = time.monotonic() + 15
-            while (await js.stream_info(mesh.EVENTS_STREAM)).state.last_seq < seen + 3:
-                assert time.monotonic() < deadline, "the worker sent nothing while control was down"
-                await asyncio.sleep(0.05)
+
+            async def sent() -> bool:
+                return (await js.stream_info(mesh.EVENTS_STREAM)).state.last_seq >= seen + 3
+
+            await eventually(sent, "the worker sent events while control was down", 15)
         finally:
             await nc.close()
         app.mesh = await MeshRuntime.start(

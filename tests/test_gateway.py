@@ -33,6 +33,7 @@ from services.tts.config import TtsSettings
 from services.tts.handler import make_handler
 from tests.conftest import free_port
 from tests.harness import Client, Harness, rpc_error, run_workers
+from tests.test_dispatch import create
 from tests.workers import behave
 from voxmesh.v1 import auth_pb2, auth_pb2_grpc, jobs_pb2, projects_pb2
 
@@ -316,8 +317,7 @@ async def test_browser_receives_stream_events_one_by_one(harness: Harness, tmp_p
     editor = await harness.user(UserRole.EDITOR)
     project = str(await harness.project(editor.user_id))
     async with run_workers(harness, "tts", behave), gateway(harness, tmp_path) as gw:
-        job = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
-            project_id=project, tts=jobs_pb2.TtsParams(text="sleep:6")))).job  # fmt: skip
+        job = await create(editor, project, "sleep:6")
         steps = await drive("stream", gw, editor.username, editor.password, JOB_ID=job.id)
     arrivals = [a for a in steps["streamed"]["arrivals"] if a["kind"] == "progress"]
     assert len(arrivals) >= 20
@@ -339,8 +339,7 @@ async def test_console_stops_following_when_its_sign_in_is_revoked(
     editor = await harness.user(UserRole.EDITOR)
     project = str(await harness.project(editor.user_id))
     async with run_workers(harness, "tts", behave), gateway(harness, tmp_path) as gw:
-        job = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
-            project_id=project, tts=jobs_pb2.TtsParams(text="sleep:30")))).job  # fmt: skip
+        job = await create(editor, project, "sleep:30")
         steps = await drive("revoked", gw, editor.username, editor.password, JOB_ID=job.id)
         await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
     signed_out = steps["signed out"]

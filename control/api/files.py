@@ -52,7 +52,7 @@ async def _check_room(
 ) -> None:
     """A user's unfinished uploads are capped in number and in declared bytes (expired ones
     are cleared first): abandoned uploads cannot fill the database."""
-    await expire_uploads(session, owner)
+    await expire_uploads(session, owner, values)
     count, declared = (
         await session.execute(
             select(func.count(), func.coalesce(func.sum(Upload.size_bytes), 0)).where(

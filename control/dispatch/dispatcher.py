@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.js import JetStreamContext
 from sqlalchemy import func, or_, select
@@ -29,7 +30,7 @@ BATCH = 200
 
 
 async def build_dispatch(
-    session: AsyncSession, job: Job, run_secret: bytes
+    session: AsyncSession, job: Job, run_secret: bytes, values: dict[str, Any] | None = None
 ) -> worker_pb2.JobDispatch:
     """A run as its worker receives it: the typed params, the input file, what the job's kind
     adds (other files, a saved voice's profile), and the run's token."""
@@ -40,7 +41,7 @@ async def build_dispatch(
         created_by=str(job.created_by), run_token=mesh.run_token(run_secret, str(job.id), job.run),
     )  # fmt: skip
     getattr(dispatch, kind.field).CopyFrom(params)
-    values = await settings_catalog.resolve(session, job.created_by)
+    values = values or await settings_catalog.resolve(session, job.created_by)
     dispatch.max_audio_seconds = 60.0 * int(values["max_audio_minutes"][0])
     if job.input_file_id is not None:
         row = await session.get(File, job.input_file_id)
@@ -126,7 +127,7 @@ class Dispatcher:
                 .group_by(Job.created_by)
             ):
                 active[user] = count
-            limits: dict[uuid.UUID, int] = {}
+            settings: dict[uuid.UUID, dict[str, Any]] = {}  # each creator's, resolved once
             now = datetime.now(UTC)
             ready: list[tuple[OutboxEntry, Job, worker_pb2.JobDispatch]] = []
             for row in rows:
@@ -137,12 +138,11 @@ class Dispatcher:
                     row.published_at = now  # superseded (cancelled or retried)
                     continue
                 user = job.created_by
-                if user not in limits:
-                    values = await settings_catalog.resolve(session, user)
-                    limits[user] = int(values["max_concurrent_jobs"][0])
-                if active[user] >= limits[user]:
+                if user not in settings:
+                    settings[user] = await settings_catalog.resolve(session, user)
+                if active[user] >= int(settings[user]["max_concurrent_jobs"][0]):
                     continue  # waits for a slot
-                dispatch = await build_dispatch(session, job, self._run_secret)
+                dispatch = await build_dispatch(session, job, self._run_secret, settings[user])
                 dispatch.traceparent = row.traceparent
                 ready.append((row, job, dispatch))
                 active[user] += 1
