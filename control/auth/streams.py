@@ -19,7 +19,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control.db.models import RefreshToken, User
@@ -125,26 +125,17 @@ class StreamSessions:
             return
         users = {s.user_id for s in sessions}
         families = {s.family_id for s in sessions if s.family_id is not None}
+        # One statement: the active users among them, and the revoked sign-ins among theirs.
+        stmt = union_all(
+            select(User.id, literal("active")).where(User.id.in_(users), User.is_active.is_(True)),
+            select(RefreshToken.family_id, literal("revoked"))
+            .where(RefreshToken.family_id.in_(families), RefreshToken.revoked_at.is_not(None))
+            .distinct(),
+        )
         async with self._engine.connect() as conn:
-            active = set(
-                (
-                    await conn.execute(
-                        select(User.id).where(User.id.in_(users), User.is_active.is_(True))
-                    )
-                ).scalars()
-            )
-            revoked = set(
-                (
-                    await conn.execute(
-                        select(RefreshToken.family_id)
-                        .where(
-                            RefreshToken.family_id.in_(families),
-                            RefreshToken.revoked_at.is_not(None),
-                        )
-                        .distinct()
-                    )
-                ).scalars()
-            )
+            rows = (await conn.execute(stmt)).all()
+        active = {found for found, what in rows if what == "active"}
+        revoked = {found for found, what in rows if what == "revoked"}
         for s in sessions:
             if s.user_id not in active:
                 s.end(DEACTIVATED)
