@@ -63,6 +63,9 @@ async def find_by_username(session: AsyncSession, username: str) -> User | None:
     return found
 
 
+NO_PASSWORD = "!service-account"  # not an Argon2 hash: no password ever verifies against it
+
+
 async def create_user(
     session: AsyncSession,
     *,
@@ -72,17 +75,29 @@ async def create_user(
     email: str = "",
     display_name: str = "",
     user_id: uuid.UUID | None = None,
+    service_account: bool = False,
 ) -> User:
-    """Validate and add a user with its profile (flushed, not committed)."""
+    """Validate and add a user with its profile (flushed, not committed). A service account
+    has no password (its hash is one no password matches) and acts only through API keys."""
     username = check_username(username)
-    check_password(password)
+    if service_account:
+        if password:
+            raise InvalidArgument(
+                "a service account has no password: leave password empty and make it API keys",
+                field="password",
+            )
+    else:
+        check_password(password)
     if await find_by_username(session, username) is not None:
         raise AlreadyExists(f"a user named {username!r} already exists", field="username")
     user = User(
         id=user_id or uuid.uuid4(),
         username=username,
         email=check_email(email),
-        password_hash=await passwords.hash_password_async(password),
+        password_hash=(
+            NO_PASSWORD if service_account else await passwords.hash_password_async(password)
+        ),
+        is_service_account=service_account,
         is_active=True,
         profile=Profile(role=role, display_name=check_display_name(display_name)),
     )

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from control.dispatch.runtime import MeshRuntime
     from control.janitor import UploadJanitor
     from control.readiness import Readiness
+    from control.webhooks import Sender
 
 
 @dataclass
@@ -32,6 +33,8 @@ class ControlApp:
     """Health that follows PostgreSQL and NATS (set by `create_server`)."""
     janitor: UploadJanitor | None = None
     """Deletes expired unfinished uploads (set by `create_server`)."""
+    webhooks: Sender | None = None
+    """Sends due webhook deliveries (set by `create_server`)."""
 
     def __post_init__(self) -> None:
         self.streams = StreamSessions(self.engine)
@@ -42,6 +45,8 @@ class ControlApp:
             await self.readiness.stop()
         if self.janitor is not None:
             await self.janitor.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.streams.close()
         if self.mesh is not None:
             await self.mesh.stop()

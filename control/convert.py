@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from control.db import models
 from control.kinds import kind_of
 from control.lifecycle.states import State, state_of
-from voxmesh.v1 import jobs_pb2, projects_pb2, users_pb2
+from voxmesh.v1 import jobs_pb2, projects_pb2, users_pb2, webhooks_pb2
 
 
 def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -58,11 +58,16 @@ def user_to_pb(user: models.User) -> users_pb2.User:
         create_time=ts(user.created_at),
         update_time=ts(max(user.updated_at, profile.updated_at)),
         last_login_time=ts(user.last_login_at),
+        service_account=user.is_service_account,
     )
 
 
-def project_to_pb(project: models.Project, jobs_count: int) -> projects_pb2.Project:
+def project_to_pb(
+    project: models.Project, jobs_count: int, *, reveal_secret: bool = False
+) -> projects_pb2.Project:
     return projects_pb2.Project(
+        webhooks=[webhooks_pb2.Webhook(url=h["url"], stages=h["stages"]) for h in project.webhooks],
+        webhook_secret=project.webhook_secret if reveal_secret else "",
         id=str(project.id),
         name=project.name,
         description=project.description,

@@ -19,14 +19,17 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from control import webhooks
 from control.api.auth import AuthService
 from control.api.files import FileService
 from control.api.jobs import JobService
+from control.api.keys import KeyService
 from control.api.projects import ProjectService
 from control.api.results import JobResultService
 from control.api.settings import SettingsService
 from control.api.users import UserService
 from control.api.voices import VoiceService
+from control.api.webhooks import WebhookService
 from control.app import ControlApp
 from control.auth.guard import AuthGuard
 from control.auth.rules import method_rules
@@ -50,6 +53,8 @@ from voxmesh.v1 import (
     files_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     projects_pb2,
     projects_pb2_grpc,
     results_pb2,
@@ -60,6 +65,8 @@ from voxmesh.v1 import (
     users_pb2_grpc,
     voices_pb2,
     voices_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,8 @@ SERVICES = [
     (files_pb2.DESCRIPTOR.services_by_name["FileService"], files_pb2_grpc.add_FileServiceServicer_to_server, FileService),
     (voices_pb2.DESCRIPTOR.services_by_name["VoiceService"], voices_pb2_grpc.add_VoiceServiceServicer_to_server, VoiceService),
     (settings_pb2.DESCRIPTOR.services_by_name["SettingsService"], settings_pb2_grpc.add_SettingsServiceServicer_to_server, SettingsService),
+    (keys_pb2.DESCRIPTOR.services_by_name["KeyService"], keys_pb2_grpc.add_KeyServiceServicer_to_server, KeyService),
+    (webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"], webhooks_pb2_grpc.add_WebhookServiceServicer_to_server, WebhookService),
 ]  # fmt: skip
 SERVICE_NAMES = [descriptor.full_name for descriptor, _, _ in SERVICES]
 
@@ -163,6 +172,10 @@ async def create_server(
     app.readiness.start()
     app.janitor = UploadJanitor(app)
     app.janitor.start()
+    if app.webhooks is not None:
+        await app.webhooks.stop()
+    app.webhooks = webhooks.Sender(app.sessions)
+    app.webhooks.start()
     return server, bound
 
 

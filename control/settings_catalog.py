@@ -128,6 +128,12 @@ CATALOG: dict[str, SettingDef] = {
             "unfinished uploads untouched this long are deleted with what they received",
             Override.NONE, low=1, high=24 * 90,
         ),
+        SettingDef(
+            "webhook_allow_private_addresses", bool, False,
+            "webhooks may call loopback and private network addresses (off: only public ones, "
+            "against server-side request forgery)",
+            Override.NONE,
+        ),
     ]
 }  # fmt: skip
 

@@ -27,11 +27,14 @@ from voxmesh.v1 import (
     files_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     projects_pb2_grpc,
     results_pb2_grpc,
     settings_pb2_grpc,
     users_pb2_grpc,
     voices_pb2_grpc,
+    webhooks_pb2_grpc,
 )
 from voxmesh.worker import Handler, ShardHandler, Worker
 
@@ -66,6 +69,8 @@ class Client:
         self.files = _Bound(files_pb2_grpc.FileServiceStub(channel), md)
         self.voices = _Bound(voices_pb2_grpc.VoiceServiceStub(channel), md)
         self.settings = _Bound(settings_pb2_grpc.SettingsServiceStub(channel), md)
+        self.keys = _Bound(keys_pb2_grpc.KeyServiceStub(channel), md)
+        self.webhooks = _Bound(webhooks_pb2_grpc.WebhookServiceStub(channel), md)
 
 
 @dataclass
@@ -127,6 +132,13 @@ class Harness:
         caller.refresh = response.tokens.refresh_token
         caller.client = self.client(caller.access)
         return caller
+
+    async def key(self, caller: Caller, **fields: Any) -> str:
+        """A new API key of `caller` (made through the API, as a user would): its secret."""
+        response = await caller.client.keys.CreateApiKey(
+            keys_pb2.CreateApiKeyRequest(name=fields.pop("name", "test key"), **fields)
+        )
+        return str(response.secret)
 
     # --- rows -----------------------------------------------------------------------
     async def project(self, owner: uuid.UUID, name: str = "") -> uuid.UUID:

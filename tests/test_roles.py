@@ -27,11 +27,13 @@ from voxmesh.v1 import (
     auth_pb2,
     files_pb2,
     jobs_pb2,
+    keys_pb2,
     projects_pb2,
     results_pb2,
     settings_pb2,
     users_pb2,
     voices_pb2,
+    webhooks_pb2,
 )
 
 PUBLIC, VIEWER, EDITOR, ADMIN = "public", "viewer", "editor", "admin"
@@ -78,6 +80,10 @@ EXPECTED = {
     "SettingsService/ListSettings": VIEWER,
     "SettingsService/SetSetting": EDITOR,
     "SettingsService/DeleteSetting": EDITOR,
+    "KeyService/CreateApiKey": VIEWER,
+    "KeyService/ListApiKeys": VIEWER,
+    "KeyService/RevokeApiKey": VIEWER,
+    "WebhookService/ListWebhookDeliveries": VIEWER,
     "SettingsService/GetEffectiveSettings": VIEWER,
 }
 
@@ -368,6 +374,26 @@ async def get_effective_settings(h: Harness, who: Caller, c: Client) -> Any:
     return await c.settings.GetEffectiveSettings(settings_pb2.GetEffectiveSettingsRequest())
 
 
+async def create_api_key(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.keys.CreateApiKey(keys_pb2.CreateApiKeyRequest(name="ci"))
+
+
+async def list_api_keys(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.keys.ListApiKeys(keys_pb2.ListApiKeysRequest())
+
+
+async def revoke_api_key(h: Harness, who: Caller, c: Client) -> Any:
+    made = await who.client.keys.CreateApiKey(keys_pb2.CreateApiKeyRequest(name="to revoke"))
+    return await c.keys.RevokeApiKey(keys_pb2.RevokeApiKeyRequest(key_id=made.key.id))
+
+
+async def list_webhook_deliveries(h: Harness, who: Caller, c: Client) -> Any:
+    job = await _owned_job(h, who)
+    return await c.webhooks.ListWebhookDeliveries(
+        webhooks_pb2.ListWebhookDeliveriesRequest(job_id=job)
+    )
+
+
 CALLS: dict[str, Call] = {
     "AuthService/Login": login,
     "AuthService/RefreshToken": refresh,
@@ -410,7 +436,14 @@ CALLS: dict[str, Call] = {
     "SettingsService/SetSetting": set_setting,
     "SettingsService/DeleteSetting": delete_setting,
     "SettingsService/GetEffectiveSettings": get_effective_settings,
+    "KeyService/CreateApiKey": create_api_key,
+    "KeyService/ListApiKeys": list_api_keys,
+    "KeyService/RevokeApiKey": revoke_api_key,
+    "WebhookService/ListWebhookDeliveries": list_webhook_deliveries,
 }
+
+# What an API key of each role may not do although its role would: make more keys.
+KEYS_MAY_NOT = {"KeyService/CreateApiKey"}
 
 
 def test_every_served_rpc_has_an_expected_rule() -> None:
@@ -443,10 +476,23 @@ async def test_rpc_as_every_caller(harness: Harness, rpc: str) -> None:
         except grpc.aio.AioRpcError as err:
             outcomes[role.value.lower()] = f"{err.code().name}: {err.details()}"
 
+    # The same, through an API key of each role (its owner has that role).
+    for role in (UserRole.VIEWER, UserRole.EDITOR, UserRole.ADMIN):
+        caller = await harness.user(role)
+        key_client = harness.client(await harness.key(caller))
+        label = f"{role.value.lower()} key"
+        try:
+            await call(harness, caller, key_client)
+            outcomes[label] = "OK"
+        except grpc.aio.AioRpcError as err:
+            outcomes[label] = f"{err.code().name}: {err.details()}"
+
     expected: dict[str, str] = {}
     for label in ("anonymous", "forged token"):
         expected[label] = "OK" if rule == PUBLIC else "UNAUTHENTICATED"
     for role in ("viewer", "editor", "admin"):
         expected[role] = "OK" if RANK[role] >= RANK[rule] else "PERMISSION_DENIED"
+        through_key = "PERMISSION_DENIED" if rpc in KEYS_MAY_NOT else expected[role]
+        expected[f"{role} key"] = through_key
     got = {k: v.split(":")[0] for k, v in outcomes.items()}
     assert got == expected, f"{rpc}: {outcomes}"

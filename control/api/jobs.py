@@ -13,7 +13,7 @@ import grpc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control import settings_catalog
+from control import settings_catalog, webhooks
 from control.api import pagination
 from control.api.projects import get_project
 from control.app import ControlApp
@@ -41,6 +41,7 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fals
     job = await session.scalar(stmt)
     if job is None:
         raise NotFound(f"no job with id {job_id}", field="job_id")
+    policy.require_in_scope(job.project_id)
     return job
 
 
@@ -91,10 +92,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             params = kind.normalize(getattr(request, kind.field), defaults)
             input_file = await kind.input_file(req, params, request.input_file_id)
             await kind.check(req, params)
+            hooks = await webhooks.check(session, who.user_id, request.webhooks, "webhooks")
+            if hooks and not project.webhook_secret:  # a job's own URLs sign with it too
+                project.webhook_secret = webhooks.new_secret()
             job = Job(
                 id=uuid.uuid4(), project_id=project.id, created_by=who.user_id,
                 type=kind.job_type, title=title, params=params_to_json(params),
-                input_file_id=input_file,
+                input_file_id=input_file, webhooks=hooks or list(project.webhooks),
             )  # fmt: skip
             session.add(job)
             lifecycle = Lifecycle(session)
@@ -117,6 +121,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         created_by = uuid_field(request.created_by, "created_by", required=False)
         enum_field(jobs_pb2.JobType, request.type, "type")
         enum_field(jobs_pb2.JobStatus, request.status, "status")
+        project_id = project_id or policy.scope()
         filters: tuple[Any, ...] = ("jobs", project_id, request.type, request.status, created_by)
         page = pagination.parse(request.page, filters)
         stmt = select(Job)
@@ -227,6 +232,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.WatchJobsResponse]:
         project_id = uuid_field(request.project_id, "project_id", required=False)
+        project_id = project_id or policy.scope()
         if project_id is None and not principal.current().is_admin:
             raise PermissionDenied("name a project_id; watching every job is for admins")
         if self.app.mesh is None:

@@ -10,6 +10,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control import webhooks
 from control.api import pagination
 from control.app import ControlApp
 from control.auth import policy, principal
@@ -17,7 +18,7 @@ from control.convert import project_to_pb
 from control.db.models import Job, JobStatus, Project
 from control.lifecycle.transitions import Lifecycle
 from control.validate import mask_paths, required_uuid, text_field, uuid_field
-from voxmesh.errors import AlreadyExists, FailedPrecondition, NotFound
+from voxmesh.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from voxmesh.v1 import projects_pb2, projects_pb2_grpc
 
 _JOBS_COUNT = (
@@ -36,14 +37,21 @@ async def get_project(session: AsyncSession, project_id: uuid.UUID) -> Project:
     project = await session.get(Project, project_id)
     if project is None:
         raise NotFound(f"no project with id {project_id}", field="project_id")
+    policy.require_in_scope(project.id)
     return project
 
 
 async def _project_pb(session: AsyncSession, project_id: uuid.UUID) -> projects_pb2.Project:
+    policy.require_in_scope(project_id)
     row = (await session.execute(_with_count().where(Project.id == project_id))).one_or_none()
     if row is None:
         raise NotFound(f"no project with id {project_id}", field="project_id")
-    return project_to_pb(row[0], row[1])
+    return project_to_pb(row[0], row[1], reveal_secret=_may_see_secret(row[0]))
+
+
+def _may_see_secret(project: Project) -> bool:
+    who = principal.current()
+    return who.is_admin or project.owner_id == who.user_id
 
 
 def _name(value: str) -> str:
@@ -72,6 +80,8 @@ class ProjectService(projects_pb2_grpc.ProjectServiceServicer):
         self, request: projects_pb2.CreateProjectRequest, context: grpc.aio.ServicerContext
     ) -> projects_pb2.CreateProjectResponse:
         name, description = _name(request.name), _description(request.description)
+        if policy.scope() is not None:
+            raise PermissionDenied("this API key acts only in one project; it cannot create others")
         owner = principal.current().user_id
         async with self.app.sessions() as session:
             await _ensure_unique_name(session, owner, name)
@@ -102,19 +112,24 @@ class ProjectService(projects_pb2_grpc.ProjectServiceServicer):
         stmt = _with_count()
         if owner is not None:
             stmt = stmt.where(Project.owner_id == owner)
+        if (only := policy.scope()) is not None:
+            stmt = stmt.where(Project.id == only)
         async with self.app.sessions() as session:
             rows, page_out = await pagination.fetch(
                 session, stmt, page, Project.created_at, Project.id
             )
         return projects_pb2.ListProjectsResponse(
-            projects=[project_to_pb(p, count) for p, count in rows], page=page_out
+            projects=[
+                project_to_pb(p, count, reveal_secret=_may_see_secret(p)) for p, count in rows
+            ],
+            page=page_out,
         )
 
     async def UpdateProject(
         self, request: projects_pb2.UpdateProjectRequest, context: grpc.aio.ServicerContext
     ) -> projects_pb2.UpdateProjectResponse:
         project_id = required_uuid(request.project_id, "project_id")
-        paths = mask_paths(request.update_mask, {"name", "description"})
+        paths = mask_paths(request.update_mask, {"name", "description", "webhooks"})
         name = _name(request.name) if "name" in paths else None
         description = _description(request.description) if "description" in paths else None
         async with self.app.sessions() as session:
@@ -125,6 +140,12 @@ class ProjectService(projects_pb2_grpc.ProjectServiceServicer):
                 project.name = name
             if description is not None:
                 project.description = description
+            if "webhooks" in paths:
+                project.webhooks = await webhooks.check(
+                    session, principal.current().user_id, request.webhooks, "webhooks"
+                )
+                if project.webhooks and not project.webhook_secret:
+                    project.webhook_secret = webhooks.new_secret()
             await session.commit()
             return projects_pb2.UpdateProjectResponse(
                 project=await _project_pb(session, project.id)

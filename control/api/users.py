@@ -52,6 +52,7 @@ class UserService(users_pb2_grpc.UserServiceServicer):
                 role=role_from_pb(request.role),
                 email=request.email,
                 display_name=request.display_name,
+                service_account=request.service_account,
             )
             await session.commit()
             return users_pb2.CreateUserResponse(user=user_to_pb(user))
@@ -89,6 +90,10 @@ class UserService(users_pb2_grpc.UserServiceServicer):
             accounts.check_password(request.password)
         async with self.app.sessions() as session:
             user = await _get_user(session, user_id)
+            if "password" in paths and user.is_service_account:
+                raise FailedPrecondition(
+                    f"{user.username} is a service account: it has no password, only API keys"
+                )
             _apply_profile_fields(user, paths, request)
             new_role = role_from_pb(request.role) if "role" in paths else user.profile.role
             deactivate = "is_active" in paths and not request.is_active

@@ -1,5 +1,5 @@
-"""The one place access rules are enforced: reads `authorization: Bearer <jwt>`, checks the
-token and the caller's current role (read from the database on every call, so a demoted or
+"""The one place access rules are enforced: reads `authorization: Bearer <jwt or API key>`,
+checks the token (or the key: control/auth/keys.py) and the caller's current role (read from the database on every call, so a demoted or
 deactivated user loses access at once) against the RPC's declared rule.
 
 UNAUTHENTICATED: no token, or a token that is invalid, expired, of the wrong type, or whose
@@ -10,15 +10,18 @@ objects are loaded.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from control.auth import keys
 from control.auth import principal as principal_ctx
 from control.auth.rules import AccessLevel, level_name, role_satisfies
 from control.auth.streams import DEACTIVATED, SIGNED_OUT, StreamSession, StreamSessions
 from control.auth.tokens import TokenError, TokenKind, TokenService
-from control.db.models import Profile, RefreshToken, User
+from control.db.models import Profile, RefreshToken, User, UserRole
 from voxmesh.errors import PermissionDenied, Unauthenticated
 from voxmesh.v1 import access_pb2
 
@@ -30,7 +33,9 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
         if key == "authorization" and isinstance(value, str):
             if value.lower().startswith(BEARER):
                 return value[len(BEARER) :].strip()
-            raise Unauthenticated("authorization metadata must be 'Bearer <access token>'")
+            raise Unauthenticated(
+                "authorization metadata must be 'Bearer <access token or API key>'"
+            )
     return None
 
 
@@ -63,6 +68,8 @@ class AuthGuard:
             raise Unauthenticated(
                 "sign in first: send 'authorization: Bearer <access token>' (AuthService/Login)"
             )
+        if keys.is_api_key(token):
+            return await self._admit_key(method, level, token)
         try:
             claims = self._tokens.decode(token, TokenKind.ACCESS)
         except TokenError as e:
@@ -86,10 +93,38 @@ class AuthGuard:
         username, _, role, signed_out = row
         if signed_out:
             raise Unauthenticated(SIGNED_OUT)
-        if not role_satisfies(role, level):
-            raise PermissionDenied(
-                f"{method.rsplit('/', 1)[-1]} needs the {level_name(level)} role or higher; "
-                f"you are {role.value.lower()}"
-            )
+        _require_level(method, level, role)
         principal_ctx.set_current(principal_ctx.Principal(claims.user_id, username, role))
         return self._streams.open(claims.user_id, claims.family_id, claims.expires_at)
+
+    async def _admit_key(self, method: str, level: AccessLevel, secret: str) -> StreamSession:
+        holder = await keys.resolve(self._engine, secret)
+        _require_level(method, level, holder.role, through_key=True)
+        principal_ctx.set_current(
+            principal_ctx.Principal(
+                holder.user_id,
+                holder.username,
+                holder.role,
+                key_id=holder.key_id,
+                project_id=holder.project_id,
+            )
+        )
+        # A stream opened with a key ends when the key is revoked (its id stands as the
+        # sign-in family) or expires.
+        expires = holder.expires_at or datetime.now(UTC) + KEY_STREAM_HORIZON
+        return self._streams.open(holder.user_id, holder.key_id, expires)
+
+
+KEY_STREAM_HORIZON = timedelta(days=3650)
+
+
+def _require_level(
+    method: str, level: AccessLevel, role: UserRole, *, through_key: bool = False
+) -> None:
+    if role_satisfies(role, level):
+        return
+    whom = "this API key is" if through_key else "you are"
+    raise PermissionDenied(
+        f"{method.rsplit('/', 1)[-1]} needs the {level_name(level)} role or higher; "
+        f"{whom} {role.value.lower()}"
+    )

@@ -1,15 +1,33 @@
 """Ownership rules, checked by servicers on top of the per-RPC role rule.
 
-Everyone signed in may read every project and job (viewers are read-only, not blind). Changing
+An API key scoped to a project acts only there: every other project and its jobs are refused.
+Otherwise everyone signed in may read every project and job (viewers are read-only, not blind). Changing
 a project takes its owner or an admin; changing a job takes its creator, the owner of its
 project, or an admin; creating a job in a project takes the project's owner or an admin.
 """
 
 from __future__ import annotations
 
+import uuid
+
+from control.auth import principal as principal_ctx
 from control.auth.principal import Principal
 from control.db.models import Job, Project
 from voxmesh.errors import PermissionDenied
+
+
+def scope() -> uuid.UUID | None:
+    """The one project the caller's API key may act in; None when unrestricted."""
+    who = principal_ctx._current.get()
+    return who.project_id if who is not None else None
+
+
+def require_in_scope(project_id: uuid.UUID) -> None:
+    """A project-scoped API key sees and changes only its project (checked wherever a
+    project or job is loaded: get_project, get_job)."""
+    only = scope()
+    if only is not None and project_id != only:
+        raise PermissionDenied(f"this API key acts only in project {only}")
 
 
 def require_project_owner(who: Principal, project: Project, action: str) -> None:

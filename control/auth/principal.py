@@ -14,6 +14,10 @@ class Principal:
     user_id: uuid.UUID
     username: str
     role: UserRole
+    key_id: uuid.UUID | None = None
+    """Set when the caller acts through an API key rather than a sign-in."""
+    project_id: uuid.UUID | None = None
+    """Set when that key acts only in one project."""
 
     @property
     def is_admin(self) -> bool:

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from sqlalchemy import literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from control.db.models import RefreshToken, User
+from control.auth.keys import KEY_REVOKED
+from control.db.models import ApiKey, RefreshToken, User
 from voxmesh.errors import ApiError, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -131,16 +132,23 @@ class StreamSessions:
             select(RefreshToken.family_id, literal("revoked"))
             .where(RefreshToken.family_id.in_(families), RefreshToken.revoked_at.is_not(None))
             .distinct(),
+            # A stream opened with an API key holds the key's id as its family.
+            select(ApiKey.id, literal("key_revoked")).where(
+                ApiKey.id.in_(families), ApiKey.revoked_at.is_not(None)
+            ),
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         active = {found for found, what in rows if what == "active"}
         revoked = {found for found, what in rows if what == "revoked"}
+        revoked_keys = {found for found, what in rows if what == "key_revoked"}
         for s in sessions:
             if s.user_id not in active:
                 s.end(DEACTIVATED)
             elif s.family_id in revoked:
                 s.end(SIGNED_OUT)
+            elif s.family_id in revoked_keys:
+                s.end(KEY_REVOKED)
 
     async def close(self) -> None:
         if self._sweeper is not None:

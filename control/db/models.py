@@ -109,6 +109,10 @@ class User(Base):
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    is_service_account: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    """A service account never signs in with a password: it acts only through its API keys."""
 
     profile: Mapped[Profile] = relationship(
         back_populates="user", uselist=False, lazy="joined", cascade="all, delete-orphan"
@@ -149,6 +153,41 @@ class RefreshToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class ApiKey(Base):
+    """A long-lived credential for a service: `authorization: Bearer vxk_...` on every API.
+
+    Only the SHA-256 of the key is stored (a key is 256 random bits, so a fast hash is as good
+    as a slow one and keeps the per-call lookup an index probe). Its role is at most its owner's
+    (checked at creation and again on every call, against the owner's role then)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
+        CheckConstraint("secret_sha256 ~ '^[0-9a-f]{64}$'", name="secret_sha256_hex"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    role: Mapped[UserRole] = mapped_column(_pg_enum(UserRole, "user_role"), nullable=False)
+    project_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    """When set, the key acts only in this project."""
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    """The key's first characters, shown in lists so a person can tell keys apart."""
+    secret_sha256: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created_at()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Project(Base):
     """A folder of jobs, owned by one user."""
 
@@ -168,6 +207,13 @@ class Project(Base):
     )
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
+
+    webhooks: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    """Callback URLs for the project's jobs: [{"url": ..., "stages": bool}]."""
+    webhook_secret: Mapped[str] = mapped_column(String(100), nullable=False, server_default="")
+    """The Standard Webhooks signing secret (whsec_...), made when a first webhook is set."""
 
     owner: Mapped[User] = relationship(lazy="joined")
 
@@ -243,6 +289,13 @@ class Job(Base):
     )
     """The seq of the job's latest persisted event."""
     error: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    stage: Mapped[str] = mapped_column(String(200), nullable=False, server_default="")
+    """The stage of the latest progress event of the current run."""
+    webhooks: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    """Where this job's events are delivered, fixed at creation: the job's own callback URLs
+    if it named any, else its project's."""
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -406,3 +459,40 @@ class SavedVoice(Base):
     )
     """Its measured figures (similarity to the reference, WER) from the cloning job."""
     created_at: Mapped[datetime] = _created_at()
+
+
+class WebhookDelivery(Base):
+    """One signed event for one callback URL, written in the transaction of the job change it
+    reports and sent after commit by the delivery loop (control/webhooks.py), retried with
+    backoff until delivered or given up. Its id is the `webhook-id` header (receivers
+    deduplicate on it)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("delivered_at IS NULL AND given_up_at IS NULL"),
+        ),
+        Index("ix_webhook_deliveries_job_id_created_at", "job_id", "created_at"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_object"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    event_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    given_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

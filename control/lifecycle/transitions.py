@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control import webhooks
 from control.convert import job_status_to_pb, job_to_pb, result_to_pb, ts
 from control.db.models import Job, JobEvent, JobResult, JobStatus, OutboxEntry
 from control.kinds import kind_of
@@ -72,6 +73,8 @@ class Lifecycle:
         self.run_marks: dict[str, bytes] = {}
         """KV `<job>.<run>` → cancel|done: what workers check at their checkpoints."""
         self.queued = False
+        self.webhooks = False
+        """Webhook deliveries were added: the sender is poked after commit."""
         self._metrics: list[Callable[[], None]] = []
 
     # --- events -----------------------------------------------------------------------------
@@ -112,6 +115,7 @@ class Lifecycle:
         job.awaiting_start = False
         job.queued_at = None
         job.progress = 0
+        job.stage = ""
         job.error = ""
         job.finished_at = None
         self.session.add(OutboxEntry(job_id=job.id, run=job.run, traceparent=current_traceparent()))
@@ -187,6 +191,10 @@ class Lifecycle:
         if percent < job.progress:  # a redelivered run starting over: keep the bar where it was
             return False
         job.progress = percent
+        stage = progress.stage[:200]
+        if stage and stage != job.stage:
+            job.stage = stage
+            self.webhooks |= webhooks.enqueue(self.session, job, webhooks.STAGE_EVENT)
         self.record(
             job,
             progress=jobs_pb2.JobProgress(
@@ -259,6 +267,7 @@ class Lifecycle:
         result.job = job
         self.session.add(result)
         self.record(job, result=result_to_pb(result))
+        self.webhooks |= webhooks.enqueue(self.session, job, webhooks.TERMINAL_EVENT[status])
         self.run_marks[mesh.run_key(str(job.id), job.run)] = (
             mesh.CANCEL if status is JobStatus.CANCELLED else mesh.DONE
         )
@@ -279,6 +288,8 @@ class Lifecycle:
         for observe in self._metrics:
             observe()
         self._metrics.clear()
+        if self.webhooks:
+            webhooks.poke()
         if mesh_ is None:
             return
         if self.run_marks:
