@@ -84,12 +84,20 @@ def render(
     origins: list[str] | None = None,
     console_dir: Path | None = CONSOLE_DIST,
     check_console: bool = True,
+    http_api: str | None = None,
 ) -> dict[str, Any]:
-    """The whole Envoy bootstrap, as a dict (YAML when written)."""
+    """The whole Envoy bootstrap, as a dict (YAML when written). `http_api` (host:port) is the
+    HTTP API (gateway/http/), routed at /v1/."""
     host, _, port = upstream.rpartition(":")
     api_route = {"cluster": "voxmesh_control", "timeout": "0s",
                  "max_stream_duration": {"grpc_timeout_header_max": "0s"}}  # fmt: skip
     routes = [{"match": {"prefix": p}, "route": api_route} for p in API_PREFIXES]
+    clusters = []
+    if http_api is not None:
+        # No route timeout: a synchronous transcription lasts as long as its job.
+        routes.append({"match": {"prefix": "/v1/"},
+                       "route": {"cluster": "voxmesh_http", "timeout": "0s"}})  # fmt: skip
+        clusters.append(_plain_cluster("voxmesh_http", http_api, dns=dns))
     routes += _console_routes(console_dir, check=check_console)
     cors = {
         "@type": f"{_T}.filters.http.cors.v3.CorsPolicy",
@@ -190,7 +198,21 @@ def render(
                     "typed_config": manager,
                 }]}],
             }],
-            "clusters": [cluster],
+            "clusters": [cluster, *clusters],
+        },
+    }  # fmt: skip
+
+
+def _plain_cluster(name: str, address: str, *, dns: bool) -> dict[str, Any]:
+    host, _, port = address.rpartition(":")
+    return {
+        "name": name,
+        "type": "STRICT_DNS" if dns else "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": int(port)}}}}]}],
         },
     }  # fmt: skip
 
@@ -208,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--upstream", default="127.0.0.1:50051", help="control plane host:port")
     parser.add_argument("--dns", action="store_true", help="the upstream is a DNS name")
+    parser.add_argument("--http-api", help="the HTTP API's host:port, routed at /v1/")
     parser.add_argument("--origin", action="append", help="an allowed browser origin (repeat)")
     parser.add_argument("--console-dir", type=Path, default=CONSOLE_DIST)
     parser.add_argument("--console-at", type=Path,
@@ -218,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         listen_port=args.listen_port, admin_port=args.admin_port, upstream=args.upstream,
         dns=args.dns, origins=args.origin,
         console_dir=None if args.no_console else (args.console_at or args.console_dir.resolve()),
-        check_console=args.console_at is None,
+        check_console=args.console_at is None, http_api=args.http_api,
     )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(dump(config))

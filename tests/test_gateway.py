@@ -51,14 +51,17 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(h: Harness, tmp_path: Path) -> AsyncIterator[Gateway]:
-    """Envoy in front of the harness's control plane, configured as `make run` configures it."""
+async def gateway(
+    h: Harness, tmp_path: Path, http_api: str | None = None
+) -> AsyncIterator[Gateway]:
+    """Envoy in front of the harness's control plane, configured as `make run` configures it
+    (with `http_api`, /v1/ goes to the HTTP API there)."""
     port = free_port()
     config = tmp_path / "envoy.yaml"
     origins = [f"http://127.0.0.1:{port}", ALLOWED]
     config.write_text(envoy.dump(envoy.render(
         listen_port=port, listen_address="127.0.0.1", admin_port=free_port(),
-        upstream=h.target, origins=origins,
+        upstream=h.target, origins=origins, http_api=http_api,
     )))  # fmt: skip
     process = envoy.start(config, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -126,23 +126,32 @@ def main() -> None:
     workers: list[subprocess.Popen[bytes]] = []
     gateway: subprocess.Popen[bytes] | None = None
     gateway_port = int(os.environ.get("VOXMESH_GATEWAY_PORT", "8080"))
+    http_port = int(os.environ.get("VOXMESH_HTTP_PORT", "8090"))
     config = Path(os.environ.get("VOXMESH_DATA_DIR", ".voxmesh")) / "envoy.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     origins = [f"http://localhost:{gateway_port}", f"http://127.0.0.1:{gateway_port}"]
     config.write_text(envoy.dump(envoy.render(
         listen_port=gateway_port, listen_address="127.0.0.1",
         admin_port=int(os.environ.get("VOXMESH_GATEWAY_ADMIN_PORT", "9901")),
-        upstream=f"127.0.0.1:{port}", origins=origins,
+        upstream=f"127.0.0.1:{port}", origins=origins, http_api=f"127.0.0.1:{http_port}",
     )))  # fmt: skip
+
+    def start_http_api() -> subprocess.Popen[bytes]:
+        return child([sys.executable, "-m", "gateway.http", "--control", f"127.0.0.1:{port}",
+                      "--port", str(http_port)])  # fmt: skip
+
+    http_api: subprocess.Popen[bytes] | None = None
     try:
         wait_healthy(f"127.0.0.1:{port}", control)
         parent = os.getpid()
         gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent))
+        http_api = start_http_api()
         workers = [
             child([sys.executable, "-m", name], env=worker_env(i, job_type))
             for i, (name, job_type) in enumerate(WORKERS.items())
         ]
-        print(f"Voxmesh is running: console and gRPC-web on http://127.0.0.1:{gateway_port}/, "
+        print(f"Voxmesh is running: console, gRPC-web and the HTTP API (/v1) on "
+              f"http://127.0.0.1:{gateway_port}/, "
               f"gRPC on 127.0.0.1:{port}, workers: {', '.join(WORKERS)}, "
               f"metrics on http://127.0.0.1:{metrics_base}-{metrics_base + len(WORKERS)}/metrics. "
               "Ctrl-C stops it.", flush=True)  # fmt: skip
@@ -159,6 +168,9 @@ def main() -> None:
             if gateway.poll() is not None:
                 print(f"the gateway exited ({gateway.returncode}); restarting", flush=True)
                 gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent))
+            if http_api.poll() is not None:
+                print(f"the HTTP API exited ({http_api.returncode}); restarting", flush=True)
+                http_api = start_http_api()
             for i, (worker, (name, job_type)) in enumerate(
                 zip(workers, WORKERS.items(), strict=True)
             ):
@@ -169,6 +181,8 @@ def main() -> None:
     finally:
         if gateway is not None and gateway.poll() is None:
             gateway.terminate()
+        if http_api is not None and http_api.poll() is None:
+            http_api.terminate()
         for worker in workers:
             if worker.poll() is None:
                 worker.terminate()
@@ -179,6 +193,8 @@ def main() -> None:
         control.wait(60)
         if gateway is not None:
             gateway.wait(10)
+        if http_api is not None:
+            http_api.wait(10)
 
 
 if __name__ == "__main__":

@@ -130,17 +130,28 @@ class JobContext:
         return self.params
 
     async def progress(
-        self, percent: float, stage: str, message: str = "", *, coalesce: bool = False
+        self,
+        percent: float,
+        stage: str,
+        message: str = "",
+        *,
+        coalesce: bool = False,
+        text: str = "",
     ) -> None:
         """Report progress (0-100, never lower than before); also a cancellation checkpoint.
         With `coalesce`, reports closer than PROGRESS_INTERVAL to the previous one are skipped
-        (for handlers that advance many times a second); the checkpoint still happens."""
+        (for handlers that advance many times a second); the checkpoint still happens. `text` is
+        what was produced since the last report (live captions); a report carrying text is
+        never coalesced away."""
         value = max(self._last_percent, min(100, int(percent)))
         now = time.monotonic()
-        if not coalesce or value >= 100 or now - self._last_report >= PROGRESS_INTERVAL:
+        if not coalesce or text or value >= 100 or now - self._last_report >= PROGRESS_INTERVAL:
             self._last_percent, self._last_report = value, now
             await self._worker.emit(
-                self, progress=jobs_pb2.JobProgress(percent=value, stage=stage, message=message)
+                self,
+                progress=jobs_pb2.JobProgress(
+                    percent=value, stage=stage, message=message, text=text
+                ),
             )
         await self.checkpoint()
 

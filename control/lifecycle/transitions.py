@@ -198,7 +198,10 @@ class Lifecycle:
         self.record(
             job,
             progress=jobs_pb2.JobProgress(
-                percent=percent, stage=progress.stage[:200], message=progress.message[:2000]
+                percent=percent,
+                stage=stage,
+                message=progress.message[:2000],
+                text=progress.text[:8000],
             ),
         )
         return True

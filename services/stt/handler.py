@@ -102,7 +102,10 @@ async def transcribe_streaming(
             segments.append(item)
             done = min(1.0, item.end / duration) if duration else 1.0
             await ctx.progress(
-                low + (high - low) * done, "transcribing", f"{item.end:.1f} s of {duration:.1f} s"
+                low + (high - low) * done,
+                "transcribing",
+                f"{item.end:.1f} s of {duration:.1f} s",
+                text=item.text,
             )
     finally:
         stop.set()
