@@ -172,9 +172,10 @@ async def test_openai_client_transcribes_in_every_format(harness: Harness, tmp_p
         jobs = await editor.client.jobs.ListJobs(
             jobs_pb2.ListJobsRequest(created_by=str(editor.user_id))
         )
-        assert len(jobs.jobs) == 7 and sum(
-            j.status == jobs_pb2.JOB_STATUS_COMPLETED for j in jobs.jobs
-        ) == 6, [(j.title, j.status) for j in jobs.jobs]
+        assert (
+            len(jobs.jobs) == 7
+            and sum(j.status == jobs_pb2.JOB_STATUS_COMPLETED for j in jobs.jobs) == 6
+        ), [(j.title, j.status) for j in jobs.jobs]
 
 
 def _decoded_seconds(data: bytes, fmt: str) -> float:

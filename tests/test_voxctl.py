@@ -23,9 +23,11 @@ from voxmesh import audio
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def voxctl(h: Harness, home: Path, *args: str, stdin: str = "") -> tuple[int, str]:
+async def voxctl(
+    h: Harness, home: Path, *args: str, stdin: str = "", **extra_env: str
+) -> tuple[int, str]:
     env = {**os.environ, "VOXCTL_CONFIG_DIR": str(home), "VOXMESH_SERVER": h.target,
-           "COLUMNS": "200", "PYTHONPATH": str(ROOT)}  # fmt: skip
+           "COLUMNS": "200", "PYTHONPATH": str(ROOT), **extra_env}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "voxctl", *args, env=env, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -116,3 +118,25 @@ async def test_voxctl_watch_outlives_its_access_tokens(
         job = await create(editor, project, "sleep:8")  # outlives two or three access tokens
         code, out = await voxctl(harness, home, "watch", job.id)
     assert code == 0 and f"Job {job.id} completed" in out, out
+
+
+async def test_voxctl_keys_make_use_list_and_revoke(harness: Harness, tmp_path: Path) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    home = tmp_path / "home"
+    rc, out = await voxctl(harness, home, "login", "-u", editor.username, "--password-stdin",
+                           stdin=editor.password + "\n")  # fmt: skip
+    assert rc == 0, out
+    rc, out = await voxctl(harness, home, "keys", "create", "nightly-batch", "--role", "viewer")
+    assert rc == 0, out
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("vxk_"), out
+    # A script with only the key (no sign-in stored) lists projects as a viewer...
+    rc, out = await voxctl(harness, tmp_path / "elsewhere", "projects", VOXMESH_API_KEY=secret)
+    assert rc == 0, out
+    rc, out = await voxctl(harness, home, "keys", "list")
+    assert rc == 0 and "nightly-batch" in out and secret[:12] in out and secret not in out, out
+    key_id = next(line.split()[1] for line in out.splitlines() if "nightly-batch" in line)
+    rc, out = await voxctl(harness, home, "keys", "revoke", key_id)
+    assert rc == 0 and "revoked" in out, out
+    rc, out = await voxctl(harness, tmp_path / "elsewhere", "projects", VOXMESH_API_KEY=secret)
+    assert rc != 0 and "UNAUTHENTICATED" in out and "revoked" in out, out

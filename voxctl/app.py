@@ -7,6 +7,7 @@ import getpass
 import hashlib
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from voxmesh.v1 import (
     auth_pb2_grpc,
     files_pb2,
     jobs_pb2,
+    keys_pb2,
     projects_pb2,
     results_pb2,
     settings_pb2,
@@ -415,6 +417,70 @@ def settings(
         table.add_row(item.key, str(shown).lower() if isinstance(shown, bool) else str(shown),
                       _name(item.source, settings_pb2.SettingSource, "SETTING_SOURCE_"), item.description)  # fmt: skip
     console.print(table)
+
+
+keys_app = typer.Typer(help="API keys for services and scripts (Bearer vxk_...; VOXMESH_API_KEY).",
+                       no_args_is_help=True)  # fmt: skip
+app.add_typer(keys_app, name="keys")
+ROLES = {"viewer": users_pb2.USER_ROLE_VIEWER, "editor": users_pb2.USER_ROLE_EDITOR,
+         "admin": users_pb2.USER_ROLE_ADMIN}  # fmt: skip
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="what the key is for, e.g. n8n")],
+    role: Annotated[str, typer.Option(help="viewer, editor or admin (at most yours)")] = "",
+    project: Annotated[str, typer.Option(help="a project id: the key acts only there")] = "",
+    days: Annotated[int, typer.Option(help="expire after this many days (0: never)")] = 0,
+    owner: Annotated[str, typer.Option(help="admins: a user id (a service account)")] = "",
+    server: Server = "",
+) -> None:
+    """Make a key; its secret is printed once and never stored here or shown again."""
+    if role and role not in ROLES:
+        err.print("[red]--role takes viewer, editor or admin[/red]")
+        raise typer.Exit(2)
+    s = _session(server)
+    request = keys_pb2.CreateApiKeyRequest(
+        name=name, role=ROLES[role] if role else users_pb2.USER_ROLE_UNSPECIFIED,
+        project_id=project, owner_id=owner,
+    )
+    if days > 0:
+        request.expire_time.FromDatetime(datetime.now(UTC) + timedelta(days=days))
+    reply = _call(s.stub("keys").CreateApiKey, request, s)
+    console.print(f"key {reply.key.id} ({reply.key.name}) made; its secret, shown only now:")
+    print(reply.secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    all_users: Annotated[bool, typer.Option("--all", help="admins: every user's keys")] = False,
+    revoked: Annotated[bool, typer.Option(help="also revoked and expired keys")] = False,
+    server: Server = "",
+) -> None:
+    """Your API keys (never their secrets)."""
+    s = _session(server)
+    reply = _call(s.stub("keys").ListApiKeys,
+                  keys_pb2.ListApiKeysRequest(all_users=all_users, include_revoked=revoked), s)  # fmt: skip
+    table = Table("id", "name", "prefix", "owner", "role", "project", "last used", "state")
+
+    def when(stamp: Any, present: bool) -> str:
+        return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M") if present else "-"
+
+    for k in reply.keys:
+        state = "revoked" if k.HasField("revoke_time") else (
+            f"expires {when(k.expire_time, True)}" if k.HasField("expire_time") else "active")  # fmt: skip
+        table.add_row(k.id, k.name, k.prefix, k.owner_username,
+                      _name(k.role, users_pb2.UserRole, "USER_ROLE_").lower(), k.project_id or "all",
+                      when(k.last_used_time, k.HasField("last_used_time")), state)  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, server: Server = "") -> None:
+    """Stop a key from working, from its next call on."""
+    s = _session(server)
+    reply = _call(s.stub("keys").RevokeApiKey, keys_pb2.RevokeApiKeyRequest(key_id=key_id), s)
+    console.print(f"key {reply.key.id} ({reply.key.name}) revoked")
 
 
 def main() -> None:

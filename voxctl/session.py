@@ -17,6 +17,7 @@ from voxmesh.v1 import (
     auth_pb2_grpc,
     files_pb2_grpc,
     jobs_pb2_grpc,
+    keys_pb2_grpc,
     projects_pb2_grpc,
     results_pb2_grpc,
     settings_pb2_grpc,
@@ -93,6 +94,9 @@ class Session:
 
     @classmethod
     def open(cls, server: str) -> Session:
+        key = os.environ.get("VOXMESH_API_KEY")
+        if key:  # a service's API key: no sign-in, nothing stored
+            return cls(server, grpc.insecure_channel(server), "(API key)", key)
         entry = _read().get("servers", {}).get(server)
         if not entry:
             raise NotSignedIn(f"not signed in to {server}: run `voxctl login --server {server}`")
@@ -120,5 +124,6 @@ class Session:
             "projects": projects_pb2_grpc.ProjectServiceStub, "jobs": jobs_pb2_grpc.JobServiceStub,
             "results": results_pb2_grpc.JobResultServiceStub, "files": files_pb2_grpc.FileServiceStub,
             "settings": settings_pb2_grpc.SettingsServiceStub, "voices": voices_pb2_grpc.VoiceServiceStub,
+            "keys": keys_pb2_grpc.KeyServiceStub,
         }  # fmt: skip
         return stubs[name](self.channel)
