@@ -441,8 +441,10 @@ def keys_create(
         raise typer.Exit(2)
     s = _session(server)
     request = keys_pb2.CreateApiKeyRequest(
-        name=name, role=ROLES[role] if role else users_pb2.USER_ROLE_UNSPECIFIED,
-        project_id=project, owner_id=owner,
+        name=name,
+        role=ROLES[role] if role else users_pb2.USER_ROLE_UNSPECIFIED,
+        project_id=project,
+        owner_id=owner,
     )
     if days > 0:
         request.expire_time.FromDatetime(datetime.now(UTC) + timedelta(days=days))
