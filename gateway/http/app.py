@@ -397,10 +397,7 @@ def create_app(control_target: str) -> FastAPI:
         /v1/dubbing/{id}/audio/{target_lang}. Always asynchronous."""
         c = caller(authorization)
         project_id = await c.project(project or voxmesh_project)
-        file_id = await c.upload(
-            file.filename or "media", file.content_type or "application/octet-stream",
-            await file.read(),
-        )  # fmt: skip
+        file_id = await _upload(c, file, "media")
         job = await c.create(
             jobs_pb2.CreateJobRequest(
                 project_id=project_id, title=(name or f"dub of {file.filename}")[:200],
@@ -489,10 +486,7 @@ def create_app(control_target: str) -> FastAPI:
         in the project for later TTS jobs."""
         c = caller(authorization)
         project_id = await c.project(project or voxmesh_project)
-        file_id = await c.upload(
-            file.filename or "reference", file.content_type or "application/octet-stream",
-            await file.read(),
-        )  # fmt: skip
+        file_id = await _upload(c, file, "reference")
         job = await c.create(
             jobs_pb2.CreateJobRequest(
                 project_id=project_id, title=f"cloned voice: {text[:60]}", input_file_id=file_id,
@@ -587,6 +581,15 @@ def _job_json(job: jobs_pb2.Job, result: jobs_pb2.JobResult | None) -> dict[str,
 
 def _sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+
+
+async def _upload(c: Control, file: UploadFile, fallback: str) -> str:
+    """A form's file, uploaded as the caller (StartUpload refuses one over max_file_size_mb:
+    413)."""
+    return await c.upload(
+        file.filename or fallback, file.content_type or "application/octet-stream",
+        await file.read(),
+    )  # fmt: skip
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
