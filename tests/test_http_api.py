@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -53,15 +54,19 @@ ROOT = Path(__file__).resolve().parents[1]
 async def http_api(h: Harness) -> AsyncIterator[str]:
     """The HTTP API in its own process, as `make run` starts it; its host:port once it answers."""
     port = free_port()
+    # Its log goes to a file, not a pipe nobody drains (a full pipe would stall the process).
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.http", "--control", h.target, "--port", str(port)],
-        cwd=ROOT, stderr=subprocess.PIPE,
+        cwd=ROOT, stderr=log,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:
             while True:
-                assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"the HTTP API exited: {log.read().decode()[-3000:]}")
                 try:
                     if (await client.get(f"http://127.0.0.1:{port}/v1/openapi.json")).is_success:
                         break
@@ -73,6 +78,7 @@ async def http_api(h: Harness) -> AsyncIterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+        log.close()
 
 
 @contextlib.asynccontextmanager
