@@ -35,7 +35,7 @@ from tests.conftest import free_port
 from tests.harness import Client, Harness, rpc_error, run_workers
 from tests.test_dispatch import create
 from tests.workers import behave
-from voxmesh.v1 import auth_pb2, auth_pb2_grpc, jobs_pb2, projects_pb2
+from voxmesh.v1 import auth_pb2, auth_pb2_grpc, jobs_pb2, keys_pb2, projects_pb2, users_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSOLE = ROOT / "console"
@@ -348,3 +348,37 @@ async def test_console_stops_following_when_its_sign_in_is_revoked(
     signed_out = steps["signed out"]
     assert signed_out["stored"] is None  # the page forgot the revoked tokens
     assert "Signed out" in signed_out["message"] and "revoked" in signed_out["message"], signed_out
+
+
+@browser
+@pytest.mark.slow
+async def test_console_makes_uses_and_revokes_an_api_key_and_sets_webhooks(
+    harness: Harness, tmp_path: Path
+) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    project = str(await harness.project(editor.user_id, name="Hooked"))
+    async with gateway(harness, tmp_path) as gw:
+        steps = await drive("access", gw, editor.username, editor.password)
+    created = steps["key created"]
+    assert created["secret"].startswith("vxk_") and created["state"] == "active"
+    assert "viewer" in created["listed"] and created["secret"] not in created["listed"]
+    assert steps["key works"]["grpcStatus"] == grpc.StatusCode.OK.value[0], steps["key works"]
+    assert "private" in steps["loopback webhook refused"]["notice"]
+    revoked = steps["key revoked"]
+    assert revoked["state"].startswith("revoked") and revoked["revokeButtons"] == 0
+    assert revoked["call"]["grpcStatus"] == grpc.StatusCode.UNAUTHENTICATED.value[0], revoked
+    # What the page did is what the server holds.
+    keys = await editor.client.keys.ListApiKeys(keys_pb2.ListApiKeysRequest(include_revoked=True))
+    (key,) = keys.keys
+    assert key.name == "ci-pipeline" and key.role == users_pb2.USER_ROLE_VIEWER
+    assert key.HasField("revoke_time") and key.HasField("expire_time")
+    got = await editor.client.projects.GetProject(
+        projects_pb2.GetProjectRequest(project_id=project)
+    )
+    assert [(w.url, w.stages) for w in got.project.webhooks] == [
+        ("https://hooks.example.com/voxmesh", True)
+    ]
+    assert got.project.webhook_secret == steps["webhook saved"]["secret"]
+    shot = Path(steps["screenshot"]["path"])
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    print(f"\nscreenshot: {shot}")

@@ -1,5 +1,5 @@
 // Drives the console in Debian's Chromium with playwright-core (no downloaded browser).
-//   node e2e/console.mjs <editor|viewer|refresh|stream|revoked>
+//   node e2e/console.mjs <editor|viewer|refresh|stream|revoked|access>
 // Environment: BASE_URL, VOXMESH_USER, VOXMESH_PASSWORD, OUT_DIR, and JOB_ID for `stream` and
 // `revoked`.
 // Prints one JSON object with what it saw; exits non-zero if any step fails.
@@ -163,8 +163,62 @@ async function revoked() {
   await page.screenshot({ path: join(OUT_DIR, "console-revoked.png"), fullPage: true });
 }
 
+// One gRPC-web call made by hand from the page with an API key (not the page's own session):
+// GetCurrentUser, answering its grpc-status (from the trailers-only headers or the trailer frame).
+async function callWithKey(key) {
+  return page.evaluate(async (k) => {
+    const reply = await fetch("/voxmesh.v1.UserService/GetCurrentUser", {
+      method: "POST",
+      headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", authorization: `Bearer ${k}` },
+      body: new Uint8Array([0, 0, 0, 0, 0]),
+    });
+    const body = new TextDecoder("latin1").decode(await reply.arrayBuffer());
+    const status = reply.headers.get("grpc-status") ?? /grpc-status:\s*(\d+)/.exec(body)?.[1];
+    return { http: reply.status, grpcStatus: Number(status), message: reply.headers.get("grpc-message") ?? "" };
+  }, key);
+}
+
+// API keys and webhooks from the console: make a key (shown once), use it, revoke it; save a
+// project's webhook URL and be refused a loopback one.
+async function access() {
+  await login();
+  page.on("dialog", (dialog) => dialog.accept()); // "Revoke the key …?"
+  await page.getByTestId("open-access").click();
+  await page.getByTestId("access").waitFor();
+  await page.getByTestId("key-name").fill("ci-pipeline");
+  await page.getByTestId("key-role").selectOption({ label: "viewer" });
+  await page.getByTestId("key-days").fill("30");
+  await page.getByTestId("key-create").click();
+  const secret = await page.getByTestId("key-secret").textContent();
+  await page.getByTestId("key-ci-pipeline").waitFor();
+  step("key created", {
+    secret,
+    state: await page.getByTestId("key-state-ci-pipeline").textContent(),
+    listed: await page.getByTestId("key-ci-pipeline").textContent(),
+  });
+  step("key works", await callWithKey(secret));
+  await page.getByTestId("hook-urls").fill("http://127.0.0.1:9/hook");
+  await page.getByTestId("hook-save").click();
+  await page.waitForFunction(() => /private/.test(document.querySelector("[data-testid=notice]")?.textContent ?? ""));
+  step("loopback webhook refused", { notice: await page.getByTestId("notice").textContent() });
+  await page.getByTestId("hook-urls").fill("https://hooks.example.com/voxmesh");
+  await page.getByTestId("hook-stages").check();
+  await page.getByTestId("hook-save").click();
+  await page.waitForFunction(() => (document.querySelector("[data-testid=hook-secret]")?.textContent ?? "").startsWith("whsec_"));
+  step("webhook saved", { secret: await page.getByTestId("hook-secret").textContent() });
+  await page.screenshot({ path: join(OUT_DIR, "console-access.png"), fullPage: true });
+  step("screenshot", { path: join(OUT_DIR, "console-access.png") });
+  await page.getByTestId("revoke-ci-pipeline").click();
+  await page.waitForFunction(() => (document.querySelector("[data-testid=key-state-ci-pipeline]")?.textContent ?? "").startsWith("revoked"));
+  step("key revoked", {
+    state: await page.getByTestId("key-state-ci-pipeline").textContent(),
+    revokeButtons: await page.getByTestId("revoke-ci-pipeline").count(),
+    call: await callWithKey(secret),
+  });
+}
+
 try {
-  await { editor, viewer, refresh, stream, revoked }[scenario]();
+  await { editor, viewer, refresh, stream, revoked, access }[scenario]();
   report.ok = true;
 } catch (err) {
   report.ok = false;

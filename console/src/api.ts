@@ -6,10 +6,12 @@ import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { AuthService, type TokenPair } from "./gen/voxmesh/v1/auth_pb";
 import { FileService } from "./gen/voxmesh/v1/files_pb";
 import { JobService } from "./gen/voxmesh/v1/jobs_pb";
+import { KeyService } from "./gen/voxmesh/v1/keys_pb";
 import { ProjectService } from "./gen/voxmesh/v1/projects_pb";
 import { JobResultService } from "./gen/voxmesh/v1/results_pb";
 import { UserRole, UserService, type User } from "./gen/voxmesh/v1/users_pb";
 import { VoiceService } from "./gen/voxmesh/v1/voices_pb";
+import { WebhookService } from "./gen/voxmesh/v1/webhooks_pb";
 
 const STORAGE_KEY = "voxmesh.session";
 /** Refresh this long before the access token expires (or at 80% of its life if shorter). */
@@ -166,6 +168,8 @@ export function createApi(baseUrl: string) {
     results: createClient(JobResultService, transport),
     files: createClient(FileService, transport),
     voices: createClient(VoiceService, transport),
+    keys: createClient(KeyService, transport),
+    webhooks: createClient(WebhookService, transport),
   };
 }
 

@@ -6,33 +6,8 @@ import type { Project } from "./gen/voxmesh/v1/projects_pb";
 import { UserRole } from "./gen/voxmesh/v1/users_pb";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createApi, describe, download, upload, type Api } from "./api";
-
-type Child = Node | string | null | undefined | false;
-
-function h<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  props: Record<string, unknown> = {},
-  ...children: Child[]
-): HTMLElementTagNameMap[K] {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key.startsWith("on") && typeof value === "function") {
-      el.addEventListener(key.slice(2).toLowerCase(), value as EventListener);
-    } else if (key === "testid") {
-      el.dataset.testid = String(value);
-    } else if (key in el && typeof value !== "string") {
-      (el as unknown as Record<string, unknown>)[key] = value;
-    } else {
-      el.setAttribute(key, value === true ? "" : String(value));
-    }
-  }
-  for (const child of children) {
-    if (child === null || child === undefined || child === false) continue;
-    el.append(child);
-  }
-  return el;
-}
+import { accessPanel, deliveries } from "./access";
+import { h } from "./dom";
 
 const TYPES: [JobType, string][] = [
   [JobType.TTS, "Text to speech"],
@@ -109,6 +84,7 @@ async function showMain(): Promise<void> {
   const header = h("header", { "data-refreshes": String(api.session.refreshCount) },
     h("strong", {}, "Voxmesh"),
     h("span", { class: "who", testid: "who" }, `${me.displayName} · ${UserRole[me.role].toLowerCase()}`),
+    h("button", { testid: "open-access", onclick: () => showAccess() }, "API keys & webhooks"),
     h("button", { testid: "logout", onclick: async () => { await api.session.logout(); showLogin("Signed out."); } }, "Sign out"),
   );
   const notices = h("div", { id: "notice", class: "notice", hidden: true, role: "alert", testid: "notice" });
@@ -278,6 +254,13 @@ function watch(jobId: string): void {
   })();
 }
 
+// --- API keys and webhooks --------------------------------------------------------------------
+
+function showAccess(): void {
+  state.open = "";
+  document.getElementById("detail")!.replaceChildren(accessPanel(api, state.projects, notice));
+}
+
 // --- one job ---------------------------------------------------------------------------------
 
 async function openJob(jobId: string): Promise<void> {
@@ -297,6 +280,7 @@ async function openJob(jobId: string): Promise<void> {
     h("p", { class: "muted", testid: "stage" }),
     h("div", { id: "result", testid: "result" }),
     h("details", {}, h("summary", {}, "Log"), h("pre", {})),
+    deliveries(api, job.id),
   ));
   if (ACTIVE.has(job.status)) {
     state.watchers.get(jobId)?.abort();
