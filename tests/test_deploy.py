@@ -7,6 +7,7 @@ operations issue asks for (2 control replicas behind a Service, a Deployment per
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +30,8 @@ DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
 DEPLOY_ENVOY = dict(upstream="control:50051", dns=True, origins=["https://voxmesh.example.com"],
-                    console_dir=Path("/srv/console"), check_console=False)  # fmt: skip
+                    console_dir=Path("/srv/console"), check_console=False,
+                    http_api="127.0.0.1:8090")  # fmt: skip
 # Worker module → (job type its health service names, Compose/Kubernetes name).
 WORKER_NAMES = {"services.stt": ("stt", "stt"), "services.tts": ("tts", "tts"),
                 "services.stories": ("ai_stories", "stories"),
@@ -72,6 +74,11 @@ def test_compose_runs_the_whole_mesh() -> None:
         worker = services[name]
         assert worker["command"] == ["python", "-m", module]
         assert health_service_name(job_type) in worker["healthcheck"]["test"]
+    # The HTTP API shares the gateway's network: Envoy reaches it on loopback, as in the pod.
+    api = services["http-api"]
+    assert api["network_mode"] == "service:gateway" and "gateway.http" in api["command"]
+    assert api["command"][api["command"].index("--port") + 1] == "8090"
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
     for i in (1, 2, 3):  # each node routes to the other two
         command = " ".join(services[f"nats-{i}"]["command"])
         assert "--jetstream" in command and "--cluster_name voxmesh" in command
@@ -112,7 +119,13 @@ def test_kubernetes_shape() -> None:
     conf = find("ConfigMap", "nats-config")["data"]["nats.conf"]
     assert all(f"nats://nats-{i}.nats:6222" in conf for i in range(3)) and "jetstream" in conf
     assert find("ConfigMap", "voxmesh-config")["data"]["VOXMESH_NATS_REPLICAS"] == "3"
-    assert find("StatefulSet", "postgres") and find("Deployment", "gateway")
+    assert find("StatefulSet", "postgres")
+    pod = find("Deployment", "gateway")["spec"]["template"]["spec"]
+    http = next(c for c in pod["containers"] if c["name"] == "http-api")
+    assert http["args"][:3] == ["python", "-m", "gateway.http"] and "8090" in http["args"]
+    assert http["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    routes = yaml.safe_load((DEPLOY / "gateway" / "envoy.yaml").read_text())
+    assert "127.0.0.1" in json.dumps(routes) and '"/v1/"' in json.dumps(routes)
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(f"k8s/{p.name}" for p in MANIFESTS)
 

@@ -51,13 +51,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.asynccontextmanager
-async def http_api(h: Harness) -> AsyncIterator[str]:
-    """The HTTP API in its own process, as `make run` starts it; its host:port once it answers."""
+async def http_api(h: Harness, control: str | None = None) -> AsyncIterator[str]:
+    """The HTTP API in its own process, as `make run` starts it; its host:port once it answers.
+    `control`: the control plane it calls (the harness's by default)."""
     port = free_port()
     # Its log goes to a file, not a pipe nobody drains (a full pipe would stall the process).
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.http", "--control", h.target, "--port", str(port)],
+        [sys.executable, "-m", "gateway.http", "--control", control or h.target, "--port", str(port)],
         cwd=ROOT, stderr=log,
     )  # fmt: skip
     try:
@@ -86,6 +87,16 @@ async def front_door(h: Harness, tmp_path: Path) -> AsyncIterator[str]:
     """Envoy + the HTTP API: the base URL clients are given (http://127.0.0.1:PORT/v1)."""
     async with http_api(h) as api, gateway(h, tmp_path, http_api=api) as gw:
         yield f"{gw.url}/v1"
+
+
+async def test_health_follows_the_control_plane(harness: Harness) -> None:
+    """/healthz (what Compose and Kubernetes probe) is 200 only while the control plane serves."""
+    async with http_api(harness) as up, http_api(harness, f"127.0.0.1:{_closed_port()}") as down:
+        async with httpx.AsyncClient() as client:
+            ok = await client.get(f"http://{up}/healthz")
+            bad = await client.get(f"http://{down}/healthz")
+    assert ok.status_code == 200 and ok.json() == {"control_plane": "SERVING"}
+    assert bad.status_code == 503 and bad.json() == {"control_plane": "NOT_SERVING"}
 
 
 def speech_wav() -> tuple[bytes, str]:

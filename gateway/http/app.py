@@ -19,6 +19,7 @@ from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel, Field
 
 from gateway.http import compat
@@ -82,6 +83,22 @@ def create_app(control_target: str) -> FastAPI:
     Prefer = Annotated[str | None, Header()]
     Async = Annotated[bool, Query(alias="async")]
     ProjectHeader = Annotated[str | None, Header(alias="voxmesh-project")]
+
+    # --- health (for probes; not routed by Envoy) -----------------------------------------
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        """200 while the control plane answers SERVING, else 503 (Kubernetes and Compose probe
+        this; the API is no use without the control plane)."""
+        assert channel is not None
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=3
+            )
+            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError:
+            serving = False
+        status = "SERVING" if serving else "NOT_SERVING"
+        return JSONResponse({"control_plane": status}, status_code=200 if serving else 503)
 
     # --- models and voices ----------------------------------------------------------------
     @app.get("/v1/models")
