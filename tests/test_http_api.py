@@ -91,10 +91,14 @@ async def front_door(h: Harness, tmp_path: Path) -> AsyncIterator[str]:
 
 async def test_health_follows_the_control_plane(harness: Harness) -> None:
     """/healthz (what Compose and Kubernetes probe) is 200 only while the control plane serves."""
-    async with http_api(harness) as up, http_api(harness, f"127.0.0.1:{_closed_port()}") as down:
-        async with httpx.AsyncClient() as client:
-            ok = await client.get(f"http://{up}/healthz")
-            bad = await client.get(f"http://{down}/healthz")
+    closed = f"127.0.0.1:{_closed_port()}"
+    async with (
+        http_api(harness) as up,
+        http_api(harness, closed) as down,
+        httpx.AsyncClient() as client,
+    ):
+        ok = await client.get(f"http://{up}/healthz")
+        bad = await client.get(f"http://{down}/healthz")
     assert ok.status_code == 200 and ok.json() == {"control_plane": "SERVING"}
     assert bad.status_code == 503 and bad.json() == {"control_plane": "NOT_SERVING"}
 
