@@ -108,6 +108,7 @@ bench: install test-data
 	$(PY) -m tests.bench.watch_load
 	$(PY) -m tests.bench.stt_bench
 	$(PY) -m tests.bench.tts_bench
+	$(PY) -m tests.bench.http_bench
 
 clean:
 	rm -rf $(VENV) *.egg-info voxmesh/v1/*_pb2*.py voxmesh/v1/*_pb2*.pyi $(PROTO_STAMP) .test-output \

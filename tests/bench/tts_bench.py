@@ -41,7 +41,7 @@ def direct() -> tuple[float, float]:
             np.zeros(int(0.25 * engine.sample_rate), np.float32),
         ]
     speech = audio.normalize_loudness(np.concatenate(parts[:-1]), engine.sample_rate)
-    audio.encode(speech, engine.sample_rate, "AUDIO_FORMAT_WAV")
+    audio.encode(speech, engine.sample_rate, jobs_pb2.AUDIO_FORMAT_WAV)
     return time.perf_counter() - start, len(speech) / engine.sample_rate
 
 

@@ -1,0 +1,117 @@
+"""`make bench` (HTTP API): POST /v1/audio/speech for a two-sentence text through the HTTP API
+(official `openai` client → Envoy → gateway/http → control plane → TTS worker), the same job
+through gRPC (CreateJob → WatchJob → DownloadFile, straight to the control plane), and the
+synthesis called directly; medians of interleaved runs in one process, printed as ratios.
+Goal: the HTTP layer adds under 5 % over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from openai import AsyncOpenAI
+
+from control.db.models import UserRole
+from gateway.http import compat
+from tests.bench.platform import running_platform
+from tests.test_files import download
+from tests.test_http_api import front_door
+from voxmesh import audio
+from voxmesh.speech import voices
+from voxmesh.speech.text import split
+from voxmesh.speech.tts import load
+from voxmesh.v1 import jobs_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background."
+VOICE = "echo"  # OpenAI's name; Voxmesh's stock voice below
+REPEATS = 9
+
+
+def engine_direct(engine: object, voice: voices.Voice) -> float:
+    """Seconds to synthesise TEXT as the TTS handler does (sentences, pauses, loudness, WAV)."""
+    start = time.perf_counter()
+    parts = []
+    for sentence, _ in split(TEXT):
+        parts += [
+            engine.synthesize(sentence, voice, 1.0),  # type: ignore[attr-defined]
+            np.zeros(int(0.25 * engine.sample_rate), np.float32),  # type: ignore[attr-defined]
+        ]
+    speech = audio.normalize_loudness(np.concatenate(parts[:-1]), engine.sample_rate)  # type: ignore[attr-defined]
+    audio.encode(speech, engine.sample_rate, jobs_pb2.AUDIO_FORMAT_WAV)  # type: ignore[attr-defined]
+    return time.perf_counter() - start
+
+
+async def main() -> None:
+    voice = voices.CATALOG[compat.OPENAI_VOICES[VOICE]]
+    engine = load(voice)
+    engine_direct(engine, voice)  # warm
+    async with running_platform() as h:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NATS_URL": h.nats.url}
+        worker = subprocess.Popen([sys.executable, "-m", "services.tts"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                async with front_door(h, Path(tmp)) as base_url:
+                    editor = await h.user(UserRole.EDITOR)
+                    project = str(await h.project(editor.user_id))
+                    key = await h.key(editor)
+                    as_key = h.client(key)
+                    client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
+
+                    async def over_grpc() -> float:
+                        start = time.perf_counter()
+                        job = (await as_key.jobs.CreateJob(jobs_pb2.CreateJobRequest(
+                            project_id=project, tts=jobs_pb2.TtsParams(
+                                text=TEXT, voice=voice.id,
+                                format=jobs_pb2.AUDIO_FORMAT_WAV)))).job  # fmt: skip
+                        async for event in as_key.jobs.WatchJob(
+                            jobs_pb2.WatchJobRequest(job_id=job.id)
+                        ):
+                            if event.WhichOneof("event") == "result":
+                                result = event.result
+                                break
+                        _, data = await download(editor, result.files[0].file_id)
+                        assert len(data) > 10_000
+                        return time.perf_counter() - start
+
+                    async def over_http() -> float:
+                        start = time.perf_counter()
+                        reply = await client.audio.speech.create(
+                            model="tts-1", voice=VOICE, input=TEXT, response_format="wav",
+                            extra_headers={"voxmesh-project": project},
+                        )  # fmt: skip
+                        assert len(reply.content) > 10_000
+                        return time.perf_counter() - start
+
+                    warm = await over_grpc() + await over_http()
+                    del warm
+                    runs: dict[str, list[float]] = {"engine": [], "grpc": [], "http": []}
+                    for _ in range(REPEATS):  # interleaved: drift hits all three alike
+                        runs["engine"].append(engine_direct(engine, voice))
+                        runs["grpc"].append(await over_grpc())
+                        runs["http"].append(await over_http())
+                    await client.close()
+        finally:
+            worker.terminate()
+            worker.wait(30)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"Voxmesh HTTP API bench (/v1/audio/speech, {len(TEXT)} characters, {voice.id}, WAV; "
+          f"medians of {REPEATS} interleaved runs)")  # fmt: skip
+    print(f"  {'synthesis called directly':<48} {med['engine'] * 1000:7.0f} ms")
+    print(f"  {'gRPC: CreateJob → WatchJob → DownloadFile':<48} {med['grpc'] * 1000:7.0f} ms")
+    print(f"  {'HTTP: openai client → Envoy → HTTP API':<48} {med['http'] * 1000:7.0f} ms")
+    print(f"  gRPC / engine: {med['grpc'] / med['engine']:.2f}x   "
+          f"HTTP / gRPC: {med['http'] / med['grpc']:.3f}x "
+          f"(HTTP layer adds {100 * (med['http'] / med['grpc'] - 1):+.1f} %; goal < 5 %)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
