@@ -25,6 +25,7 @@ import grpc
 import httpx
 import pytest
 import yaml
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from control.db.models import UserRole
@@ -32,10 +33,18 @@ from gateway import envoy
 from services.tts.config import TtsSettings
 from services.tts.handler import make_handler
 from tests.conftest import free_port
-from tests.harness import Client, Harness, rpc_error, run_workers
+from tests.harness import Client, Harness, eventually, rpc_error, run_workers
 from tests.test_dispatch import create
 from tests.workers import behave
-from voxmesh.v1 import auth_pb2, auth_pb2_grpc, jobs_pb2, keys_pb2, projects_pb2, users_pb2
+from voxmesh.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    jobs_pb2,
+    keys_pb2,
+    projects_pb2,
+    settings_pb2,
+    users_pb2,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSOLE = ROOT / "console"
@@ -382,3 +391,52 @@ async def test_console_makes_uses_and_revokes_an_api_key_and_sets_webhooks(
     shot = Path(steps["screenshot"]["path"])
     assert shot.is_file() and shot.stat().st_size > 10_000
     print(f"\nscreenshot: {shot}")
+
+
+@browser
+@pytest.mark.slow
+async def test_console_stays_responsive_with_110_active_jobs(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """100 jobs held PENDING (auto_start off) and 10 RUNNING in view: the page follows them on
+    one WatchJobs stream (not one per row), CreateJob from its form answers within a second,
+    and the list updates live."""
+    editor = await harness.user(UserRole.EDITOR)
+    project = str(await harness.project(editor.user_id, name="Busy"))
+    await harness.setting("max_concurrent_jobs", 20, user_id=editor.user_id)
+
+    async def auto_start(on: bool) -> None:
+        await editor.client.settings.SetSetting(settings_pb2.SetSettingRequest(
+            key="auto_start_jobs", value=struct_pb2.Value(bool_value=on),
+            scope=settings_pb2.SETTING_SCOPE_USER))  # fmt: skip
+
+    await auto_start(False)
+    for i in range(100):
+        await create(editor, project, f"steps:{i % 3 + 1}")
+    await auto_start(True)
+    async with run_workers(harness, "tts", behave, count=10), gateway(harness, tmp_path) as gw:
+        running = [await create(editor, project, "sleep:120") for _ in range(10)]
+
+        async def all_running() -> bool:
+            got = await editor.client.jobs.ListJobs(jobs_pb2.ListJobsRequest(
+                project_id=project, status=jobs_pb2.JOB_STATUS_RUNNING))  # fmt: skip
+            return len(got.jobs) == 10
+
+        await eventually(all_running, "10 jobs running", timeout=60)
+        try:
+            steps = await drive("busy", gw, editor.username, editor.password)
+        finally:
+            for job in running:
+                await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+    listed = steps["listed"]
+    assert listed["rows"] == 100 and listed["running"] == 10, listed
+    assert listed["pageInfo"].startswith("1\u2013100 of 110"), listed
+    assert steps["row moved live"]["after"] > steps["row moved live"]["before"]
+    assert steps["created from the form"]["ms"] < 1000, steps["created from the form"]
+    assert steps["appeared live"]["ms"] < 10_000
+    # One list stream for 110 active rows; WatchJob only for a job opened in the detail panel.
+    streams = steps["streams"]
+    assert streams["WatchJobs"] == 1 and streams["WatchJob"] <= 1, streams
+    shot = Path(steps["screenshot"]["path"])
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    print(f"\n{steps['created from the form']['ms']} ms to create; streams {streams}; {shot}")

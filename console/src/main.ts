@@ -1,7 +1,7 @@
 // The Voxmesh web console: sign in, browse projects and jobs, create jobs of every type (with
 // the resumable upload), follow live progress from WatchJob, play and download results, cancel
 // and retry. Viewers get no write controls (and the server refuses them anyway).
-import { JobStatus, JobType, AudioFormat, SttTask, type Job, type JobResult } from "./gen/voxmesh/v1/jobs_pb";
+import { JobStatus, JobType, AudioFormat, PendingState, SttTask, type Job, type JobResult } from "./gen/voxmesh/v1/jobs_pb";
 import type { Project } from "./gen/voxmesh/v1/projects_pb";
 import { UserRole } from "./gen/voxmesh/v1/users_pb";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -20,6 +20,13 @@ const STATUSES = [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED, Job
 const ACTIVE = new Set([JobStatus.PENDING, JobStatus.RUNNING]);
 const typeName = (t: JobType) => TYPES.find(([v]) => v === t)?.[1] ?? JobType[t];
 const statusName = (s: JobStatus) => JobStatus[s].toLowerCase();
+const WAITING: Partial<Record<PendingState, string>> = {
+  [PendingState.AWAITING_START]: "waiting for start",
+  [PendingState.WAITING_FOR_SLOT]: "waiting for a slot",
+  [PendingState.QUEUED]: "queued",
+};
+/** The status a person reads: "pending · queued". */
+const jobStatus = (job: Job) => statusName(job.status) + (job.status === JobStatus.PENDING && WAITING[job.pendingState] ? ` · ${WAITING[job.pendingState]}` : "");
 
 const api: Api = createApi(window.location.origin);
 (window as unknown as { voxmesh: Api }).voxmesh = api; // for operators' consoles and the tests
@@ -29,9 +36,15 @@ const state = {
   projects: [] as Project[],
   jobs: [] as Job[],
   filters: { project: "", type: JobType.UNSPECIFIED, status: JobStatus.UNSPECIFIED },
-  watchers: new Map<string, AbortController>(),
+  /** Page tokens of the pages before this one (paging back), and the next page's token. */
+  pages: { before: [] as string[], current: "", next: "", total: 0 },
+  /** One WatchJobs stream for the whole list (never one per row: browsers allow 6 HTTP/1.1
+   * connections per host), and one WatchJob stream for the open job's detail. */
+  list: null as { ctl: AbortController; project: string } | null,
+  detail: null as { ctl: AbortController; jobId: string } | null,
   open: "" as string,
 };
+const PAGE_SIZE = 100;
 
 function notice(text: string, kind: "error" | "info" = "error"): void {
   const bar = document.getElementById("notice");
@@ -89,7 +102,7 @@ async function showMain(): Promise<void> {
   );
   const notices = h("div", { id: "notice", class: "notice", hidden: true, role: "alert", testid: "notice" });
   const layout = h("main", {},
-    h("section", { class: "jobs" }, filtersBar(), h("table", { id: "jobs", testid: "jobs" })),
+    h("section", { class: "jobs" }, filtersBar(), h("table", { id: "jobs", testid: "jobs" }), h("div", { id: "pager", class: "pager" })),
     h("aside", {}, api.session.canWrite ? createForm() : h("p", { class: "muted", testid: "read-only" }, "Read-only access: viewers can follow jobs but not create or change them."), h("div", { id: "detail" })),
   );
   root.replaceChildren(header, notices, layout);
@@ -111,29 +124,87 @@ async function showMain(): Promise<void> {
 }
 
 function filtersBar(): HTMLElement {
-  const project = h("select", { "data-projects": "any", testid: "filter-project", onchange: () => { state.filters.project = project.value; void refreshJobs(); } });
-  const type = h("select", { testid: "filter-type", onchange: () => { state.filters.type = Number(type.value); void refreshJobs(); } },
+  const project = h("select", { "data-projects": "any", testid: "filter-project", onchange: () => { state.filters.project = project.value; firstPage(); } });
+  const type = h("select", { testid: "filter-type", onchange: () => { state.filters.type = Number(type.value); firstPage(); } },
     h("option", { value: "0" }, "All types"), ...TYPES.map(([v, n]) => h("option", { value: String(v) }, n)));
-  const status = h("select", { testid: "filter-status", onchange: () => { state.filters.status = Number(status.value); void refreshJobs(); } },
+  const status = h("select", { testid: "filter-status", onchange: () => { state.filters.status = Number(status.value); firstPage(); } },
     h("option", { value: "0" }, "Any status"), ...STATUSES.map((s) => h("option", { value: String(s) }, statusName(s))));
   return h("div", { class: "filters" }, project, type, status, h("button", { onclick: () => void refreshJobs(), testid: "reload" }, "Reload"));
 }
 
-async function refreshJobs(): Promise<void> {
+function firstPage(): void {
+  state.pages.before = [];
+  void refreshJobs("");
+}
+
+async function refreshJobs(page = state.pages.current): Promise<void> {
   try {
     const reply = await api.jobs.listJobs({
       projectId: state.filters.project,
       type: state.filters.type,
       status: state.filters.status,
-      page: { pageSize: 50 },
+      page: { pageSize: PAGE_SIZE, pageToken: page },
     });
     state.jobs = reply.jobs;
+    state.pages.current = page;
+    state.pages.next = reply.page?.nextPageToken ?? "";
+    state.pages.total = Number(reply.page?.totalSize ?? reply.jobs.length);
   } catch (err) {
     notice(describe(err));
     return;
   }
   renderJobs();
-  for (const job of state.jobs) if (ACTIVE.has(job.status)) watch(job.id);
+  followList();
+}
+
+/** Start (or keep) the one WatchJobs stream for the jobs the list can show. */
+function followList(): void {
+  if (state.list && state.list.project === state.filters.project && !state.list.ctl.signal.aborted) return;
+  state.list?.ctl.abort();
+  const ctl = new AbortController();
+  const project = state.filters.project;
+  state.list = { ctl, project };
+  void (async () => {
+    while (!ctl.signal.aborted) {
+      try {
+        for await (const update of api.jobs.watchJobs({ projectId: project }, { signal: ctl.signal })) {
+          if (update.job) applyUpdate(update.job);
+        }
+      } catch (err) {
+        if (ctl.signal.aborted) return;
+        if (err instanceof ConnectError && err.code === Code.Unauthenticated) {
+          await api.session.refresh(); // the server ends streams whose token expired
+          if (!api.session.user) return;
+        } else {
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+        if (ctl.signal.aborted) return;
+        // Changes made while the stream was down are not replayed: read the list again.
+        state.list = null;
+        await refreshJobs();
+        return;
+      }
+    }
+  })();
+}
+
+const matches = (job: Job) =>
+  (!state.filters.project || job.projectId === state.filters.project) &&
+  (!state.filters.type || job.type === state.filters.type) &&
+  (!state.filters.status || job.status === state.filters.status);
+
+/** A job changed: update its row in place, or add a new job at the top of the first page. */
+function applyUpdate(job: Job): void {
+  const at = state.jobs.findIndex((j) => j.id === job.id);
+  if (at >= 0) {
+    state.jobs[at] = job;
+    document.querySelector(`tr[data-job="${job.id}"]`)?.replaceWith(jobRow(job));
+  } else if (!state.pages.current && matches(job)) {
+    state.jobs.unshift(job);
+    state.pages.total += 1;
+    if (state.jobs.length > PAGE_SIZE) state.jobs.pop();
+    renderJobs();
+  }
 }
 
 function progressBar(id: string, percent: number, status: JobStatus): HTMLElement {
@@ -149,23 +220,34 @@ function setBar(bar: Element | null, percent: number, status?: JobStatus): void 
   if (status !== undefined) bar.className = `bar ${statusName(status)}`;
 }
 
+function jobRow(job: Job): HTMLElement {
+  const canWrite = api.session.canWrite;
+  return h("tr", { "data-job": job.id, testid: `job-${job.id}` },
+    h("td", {}, h("a", { href: "#", onclick: (e: Event) => { e.preventDefault(); void openJob(job.id); } }, job.title || job.id.slice(0, 8))),
+    h("td", {}, typeName(job.type)),
+    h("td", { class: "status", testid: `status-${job.id}` }, jobStatus(job)),
+    h("td", {}, progressBar(`row-progress-${job.id}`, job.status === JobStatus.COMPLETED ? 100 : job.progress, job.status)),
+    h("td", { class: "actions" },
+      canWrite && ACTIVE.has(job.status) && h("button", { testid: `cancel-${job.id}`, onclick: () => act("cancel", job.id) }, "Cancel"),
+      canWrite && (job.status === JobStatus.FAILED || job.status === JobStatus.CANCELLED) && h("button", { testid: `retry-${job.id}`, onclick: () => act("retry", job.id) }, "Retry"),
+    ),
+  );
+}
+
 function renderJobs(): void {
   const table = document.getElementById("jobs")!;
-  const canWrite = api.session.canWrite;
   table.replaceChildren(
     h("thead", {}, h("tr", {}, ...["Job", "Type", "Status", "Progress", ""].map((t) => h("th", {}, t)))),
-    h("tbody", {}, ...state.jobs.map((job) => h("tr", { "data-job": job.id, testid: `job-${job.id}` },
-      h("td", {}, h("a", { href: "#", onclick: (e: Event) => { e.preventDefault(); void openJob(job.id); } }, job.title || job.id.slice(0, 8))),
-      h("td", {}, typeName(job.type)),
-      h("td", { class: "status", testid: `status-${job.id}` }, statusName(job.status)),
-      h("td", {}, progressBar(`row-progress-${job.id}`, job.progress, job.status)),
-      h("td", { class: "actions" },
-        canWrite && ACTIVE.has(job.status) && h("button", { testid: `cancel-${job.id}`, onclick: () => act("cancel", job.id) }, "Cancel"),
-        canWrite && (job.status === JobStatus.FAILED || job.status === JobStatus.CANCELLED) && h("button", { testid: `retry-${job.id}`, onclick: () => act("retry", job.id) }, "Retry"),
-      ),
-    ))),
+    h("tbody", {}, ...state.jobs.map(jobRow)),
   );
   if (!state.jobs.length) table.append(h("tbody", {}, h("tr", {}, h("td", { colspan: "5", class: "muted" }, "No jobs match."))));
+  const first = state.pages.before.length * PAGE_SIZE;
+  const pager = document.getElementById("pager");
+  pager?.replaceChildren(
+    h("button", { testid: "page-prev", disabled: !state.pages.before.length, onclick: () => void refreshJobs(state.pages.before.pop() ?? "") }, "← Newer"),
+    h("span", { class: "muted", testid: "page-info" }, state.jobs.length ? `${first + 1}–${first + state.jobs.length} of ${state.pages.total}` : ""),
+    h("button", { testid: "page-next", disabled: !state.pages.next, onclick: () => { state.pages.before.push(state.pages.current); void refreshJobs(state.pages.next); } }, "Older →"),
+  );
 }
 
 async function act(what: "cancel" | "retry", jobId: string): Promise<void> {
@@ -183,15 +265,19 @@ async function act(what: "cancel" | "retry", jobId: string): Promise<void> {
 // --- live progress ---------------------------------------------------------------------------
 
 function stopWatching(): void {
-  for (const ctl of state.watchers.values()) ctl.abort();
-  state.watchers.clear();
+  state.list?.ctl.abort();
+  state.list = null;
+  state.detail?.ctl.abort();
+  state.detail = null;
 }
 
-/** Follow a job's WatchJob stream, updating its row and (if open) its detail panel. */
+/** Follow the open job's WatchJob stream (stage, log, result) in its detail panel; the list's
+ * rows follow the one WatchJobs stream. */
 function watch(jobId: string): void {
-  if (state.watchers.has(jobId)) return;
+  if (state.detail?.jobId === jobId) return;
+  state.detail?.ctl.abort();
   const ctl = new AbortController();
-  state.watchers.set(jobId, ctl);
+  state.detail = { ctl, jobId };
   void (async () => {
     let after = 0n;
     while (!ctl.signal.aborted) {
@@ -249,8 +335,7 @@ function watch(jobId: string): void {
         await new Promise((r) => setTimeout(r, 1000)); // reconnect after `after`: nothing missed
       }
     }
-    state.watchers.delete(jobId);
-    await refreshJobs();
+    if (state.detail?.ctl === ctl) state.detail = null;
   })();
 }
 
@@ -258,6 +343,8 @@ function watch(jobId: string): void {
 
 function showAccess(): void {
   state.open = "";
+  state.detail?.ctl.abort();
+  state.detail = null;
   document.getElementById("detail")!.replaceChildren(accessPanel(api, state.projects, notice));
 }
 
@@ -265,6 +352,10 @@ function showAccess(): void {
 
 async function openJob(jobId: string): Promise<void> {
   state.open = jobId;
+  if (state.detail && state.detail.jobId !== jobId) {
+    state.detail.ctl.abort(); // one detail stream: the open job's
+    state.detail = null;
+  }
   const detail = document.getElementById("detail")!;
   let job: Job;
   try {
@@ -283,8 +374,6 @@ async function openJob(jobId: string): Promise<void> {
     deliveries(api, job.id),
   ));
   if (ACTIVE.has(job.status)) {
-    state.watchers.get(jobId)?.abort();
-    state.watchers.delete(jobId);
     watch(jobId);
   } else if (job.status === JobStatus.COMPLETED) {
     try {

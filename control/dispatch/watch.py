@@ -60,8 +60,8 @@ async def job_events(
         for old in await _stored(sessions, job_id, last):
             yield old
             last = old.seq
-            if _is_end(old):
-                return  # it finished between the snapshot and the replay: that was the end
+            if _is_end(old) and old.seq >= snapshot.last_event_seq:
+                return  # the end of the latest attempt (an earlier attempt's end is history)
         if finished and last >= snapshot.last_event_seq:
             return
         while True:
