@@ -169,9 +169,11 @@ class Harness:
         status: JobStatus = JobStatus.PENDING,
         text_: str = "Hello from a test.",
         title: str = "",
+        job_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         async with self.app.sessions() as session:
             row = Job(
+                id=job_id or uuid.uuid4(),
                 project_id=project_id,
                 created_by=created_by,
                 type=JobType.TTS,
@@ -261,6 +263,7 @@ async def run_workers(
     ack_wait: float = 5.0,
     shard_handler: ShardHandler | None = None,
     name: str = "",
+    capabilities: dict[str, Any] | None = None,
 ) -> AsyncIterator[list[Worker]]:
     """`count` real workers (the shared runtime) of `job_type` in this process, on the test's
     NATS; stopped when the block ends."""
@@ -273,7 +276,8 @@ async def run_workers(
         )
     workers = [
         Worker(job_type, handler, nats_url=h.nats.url_for(worker_user(job_type)),
-               worker_id=f"{name or job_type}-{i}", shard_handler=shard_handler)
+               worker_id=f"{name or job_type}-{i}", shard_handler=shard_handler,
+               capabilities=capabilities)
         for i in range(count)
     ]  # fmt: skip
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]

@@ -127,6 +127,8 @@ async def test_a_worker_user_may_only_do_its_own_work(harness: Harness) -> None:
             "voxmesh.jobs.tts": lambda: nc.publish("voxmesh.jobs.tts", b"x"),
             "voxmesh.updates.x": lambda: nc.publish("voxmesh.updates.x", b"x"),
             "voxmesh.jobstate.p.j": lambda: nc.publish("voxmesh.jobstate.p.j", b"x"),
+            # announcing itself as another type's worker
+            "voxmesh.presence.stt": lambda: nc.publish("voxmesh.presence.stt", b"{}"),
             "$KV.voxmesh_job_control.j.1": lambda: nc.publish("$KV.voxmesh_job_control.j.1", b"done"),
             "voxmesh.updates.>": lambda: nc.subscribe("voxmesh.updates.>"),
             "_INBOX.>": lambda: nc.subscribe("_INBOX.>"),

@@ -16,10 +16,11 @@ from control.db.models import UserRole
 from services.tts.config import TtsSettings
 from services.tts.handler import make_handler
 from tests import quality
-from tests.harness import Caller, Harness, run_workers
+from tests.harness import Caller, Harness, eventually, run_workers
 from tests.speech import normalize
 from tests.test_dispatch import wait_for
 from tests.test_files import download
+from tests.workers import behave
 from voxmesh import audio
 from voxmesh.speech.stt import Options
 from voxmesh.speech.stt import load as load_stt
@@ -91,6 +92,36 @@ async def test_list_voices(harness: Harness) -> None:
         )
     ).voices
     assert len(bark_pt) == 10 and all(v.requirements for v in bark_pt)
+
+
+async def test_voices_say_whether_a_connected_worker_can_speak_them(harness: Harness) -> None:
+    """ListVoices marks a voice available while a connected TTS worker announces its engine,
+    lists those first, and `available_only` keeps only them; a worker that leaves takes its
+    voices with it."""
+    viewer = await harness.user(UserRole.VIEWER)
+
+    async def listed(only: bool = False) -> list[voices_pb2.VoiceInfo]:
+        request = voices_pb2.ListVoicesRequest(available_only=only)
+        return list((await viewer.client.voices.ListVoices(request)).voices)
+
+    assert not any(v.available for v in await listed()) and await listed(only=True) == []
+    async with run_workers(harness, "tts", behave, capabilities={"engines": ["piper", "kokoro"]}):
+
+        async def announced() -> bool:
+            return bool(await listed(only=True))
+
+        await eventually(announced, "the worker's announcement", timeout=15)
+        every = await listed()
+        speakable = [v for v in every if v.available]
+        assert {v.engine for v in speakable} == {"piper", "kokoro"}
+        assert every[: len(speakable)] == speakable  # what can be spoken now comes first
+        assert not any(v.available for v in every if v.engine == "bark")
+        assert [v.id for v in await listed(only=True)] == [v.id for v in speakable]
+
+    async def gone() -> bool:
+        return not await listed(only=True)
+
+    await eventually(gone, "the worker's voices to go with it", timeout=10)
 
 
 async def test_every_format_normalised_loudness_and_meta(harness: Harness) -> None:

@@ -7,9 +7,12 @@ import json
 import os
 import stat
 import sys
+import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from control.auth.tokens import TokenKind, TokenService
@@ -18,7 +21,10 @@ from services.tts.config import TtsSettings
 from services.tts.handler import make_handler
 from tests.conftest import TEST_SECRET
 from tests.harness import Harness, run_workers
+from tests.test_dispatch import wait_for
+from tests.workers import behave
 from voxmesh import audio
+from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +65,7 @@ async def test_voxctl_end_to_end(harness: Harness, tmp_path: Path) -> None:
                                  "Hello from the command line.", "--format", "mp3", "--watch")  # fmt: skip
     assert code == 0 and "completed" in out and "speech.mp3" in out, out
     job = out.split("Created job ")[1].split()[0]
-    code, out = await voxctl(harness, home, "jobs", "--status", "completed")
+    code, out = await voxctl(harness, home, "jobs", "--status", "completed", "--wide")
     assert code == 0 and job in out and "tts" in out, out
     code, out = await voxctl(harness, home, "download", job, "--out", str(tmp_path / "out"))
     assert code == 0, out
@@ -140,3 +146,95 @@ async def test_voxctl_keys_make_use_list_and_revoke(harness: Harness, tmp_path: 
     assert rc == 0 and "revoked" in out, out
     rc, out = await voxctl(harness, tmp_path / "elsewhere", "projects", VOXMESH_API_KEY=secret)
     assert rc != 0 and "UNAUTHENTICATED" in out and "revoked" in out, out
+
+
+async def _login(h: Harness, home: Path, role: UserRole = UserRole.EDITOR) -> Any:
+    who = await h.user(role)
+    code, out = await voxctl(h, home, "login", "-u", who.username, "--password-stdin",
+                             stdin=f"{who.password}\n")  # fmt: skip
+    assert code == 0, out
+    return who
+
+
+async def test_voxctl_takes_short_ids_and_project_names(harness: Harness, tmp_path: Path) -> None:
+    home = tmp_path / "config"
+    editor = await _login(harness, home)
+    code, out = await voxctl(harness, home, "projects", "--create", "Podcasts")
+    assert code == 0, out
+    project = uuid.UUID(out.split()[-1])
+    # Two ids that share their first 8 characters, and one that does not.
+    twins = [uuid.UUID("abcd1234-0000-4000-8000-00000000000" + d) for d in "12"]
+    for job_id in twins:
+        await harness.job(project, editor.user_id, job_id=job_id, title="twin")
+    single = await harness.job(project, editor.user_id, title="an episode with a long title " * 3)
+    # At 80 columns ids are never cut: the short id column shows 8 characters whole.
+    code, out = await voxctl(harness, home, "jobs", "--project", "podcasts", COLUMNS="80")
+    assert code == 0 and "3 jobs" in out, out
+    assert str(single)[:8] in out and "abcd1234" in out and "…" not in out.split("title")[0], out
+    code, out = await voxctl(harness, home, "jobs", "--project", "Podcasts", "--json")
+    assert code == 0 and {j["id"] for j in json.loads(out)} == {str(single), *map(str, twins)}
+    # A unique prefix works anywhere an id is asked; an ambiguous one says which ids it matches.
+    code, out = await voxctl(harness, home, "cancel", str(single)[:6])
+    assert code == 0 and f"Cancelled job {single}" in out, out
+    code, out = await voxctl(harness, home, "cancel", "abcd1234")
+    assert code == 2 and "ambiguous" in out and "abcd1234-0000" in out, out
+    code, out = await voxctl(harness, home, "cancel", "abcd1234-0000-4000-8000-000000000002")
+    assert code == 0, out
+    code, out = await voxctl(harness, home, "watch", "ab")
+    assert code == 2 and "too short" in out, out
+    code, out = await voxctl(harness, home, "watch", "ffff0000")
+    assert code == 1 and "no job id matches" in out, out
+    code, out = await voxctl(harness, home, "jobs", "--project", "Radio")
+    assert code == 1 and "no project" in out and "voxctl projects" in out, out
+    # An unsupported format is refused before anything is uploaded.
+    recording = tmp_path / "speech.wav"
+    recording.write_bytes(audio.encode(np.zeros(16000, np.float32), 16000)[0])
+    code, out = await voxctl(harness, home, "submit", "dub", "--project", "Podcasts", "--file",
+                             str(recording), "--target-language", "pt", "--format", "aac")  # fmt: skip
+    assert code == 2 and "'aac' is not produced" in out and "wav, flac, mp3, ogg" in out, out
+    assert "uploading" not in out
+    async with harness.app.engine.connect() as conn:
+        uploads = (await conn.exec_driver_sql("SELECT count(*) FROM uploads")).scalar()
+    assert uploads == 0
+
+
+async def test_voxctl_settings_voices_and_json(harness: Harness, tmp_path: Path) -> None:
+    home = tmp_path / "config"
+    await _login(harness, home)
+    code, out = await voxctl(harness, home, "settings")
+    row = next(line for line in out.splitlines() if "max_concurrent_jobs" in line)
+    assert " 5 " in row and "5.0" not in row, row  # integers print as integers
+    code, out = await voxctl(harness, home, "settings", "--json")
+    values = json.loads(out)
+    assert values["max_concurrent_jobs"] == 5 and values["auto_start_jobs"] is True
+    async with run_workers(harness, "tts", behave, capabilities={"engines": ["piper"]}):
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:  # until the worker's announcement has arrived
+            code, out = await voxctl(harness, home, "voices", "--json")
+            if json.loads(out):
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the worker never announced"
+        assert {v["id"] for v in json.loads(out)} == {"en_US-joe-medium"}
+        code, out = await voxctl(harness, home, "voices")
+        assert code == 0 and "en_US-joe-medium" in out and "bark" not in out, out
+        code, out = await voxctl(harness, home, "voices", "--all", "--engine", "bark")
+        assert code == 0 and "bark:v2/en_speaker_0" in out and " no " in out, out
+
+
+async def test_voxctl_watch_follows_the_newest_run(harness: Harness, tmp_path: Path) -> None:
+    home = tmp_path / "config"
+    editor = await _login(harness, home)
+    project = str(await harness.project(editor.user_id, name="Retries"))
+    async with run_workers(harness, "tts", behave):
+        # Its first run fails (after some progress); the retried run completes.
+        job = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
+            project_id=project, tts=jobs_pb2.TtsParams(text="fail-then-sleep:3")))).job  # fmt: skip
+        await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_FAILED})
+        code, out = await voxctl(harness, home, "retry", job.id[:8])
+        assert code == 0 and "run 2" in out, out
+        code, out = await voxctl(harness, home, "watch", job.id[:8])
+    assert code == 0 and f"Job {job.id} completed (run 2)" in out, out
+    assert "failed" not in out and "100%" in out, out  # the old run is history; the bar ends full
+    code, out = await voxctl(harness, home, "watch", job.id[:8], "--json")
+    finished = json.loads(out)
+    assert finished["status"] == "JOB_STATUS_COMPLETED" and finished["files"], finished

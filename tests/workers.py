@@ -5,6 +5,7 @@ chooses. No model: these tests are about the mesh, not speech.
     "sleep:S"        progress for S seconds (for cancellation and crashes), then a result
     "fail"           a permanent failure (JobFailed: no retry)
     "fail-run:1"     fails permanently on run 1, succeeds on later runs (RetryJob)
+    "fail-then-sleep:S"  fails on run 1; later runs as "sleep:S"
     "flaky"          a transient error on the first delivery, success on the next
     "always-broken"  a transient error on every delivery
 
@@ -30,6 +31,10 @@ async def behave(ctx: JobContext) -> Outcome:
         raise JobFailed("this input can never be processed (test)")
     if kind == "fail-run" and ctx.run <= int(arg):
         raise JobFailed(f"failing run {ctx.run} on purpose (test)")
+    if kind == "fail-then-sleep":
+        if ctx.run == 1:
+            raise JobFailed("failing run 1 on purpose (test)")
+        kind = "sleep"
     if kind == "flaky" and ctx.delivery == 1:
         raise RuntimeError("transient trouble (test)")
     if kind == "always-broken":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
+import json
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -29,6 +31,7 @@ from voxmesh.v1 import (
     results_pb2,
     settings_pb2,
     users_pb2,
+    voices_pb2,
 )
 
 app = typer.Typer(help="Voxmesh from the command line: sign in, submit speech jobs, watch them, fetch results.",
@@ -47,6 +50,78 @@ FORMATS: dict[str, Any] = {
     "wav": jobs_pb2.AUDIO_FORMAT_WAV, "flac": jobs_pb2.AUDIO_FORMAT_FLAC,
     "mp3": jobs_pb2.AUDIO_FORMAT_MP3, "ogg": jobs_pb2.AUDIO_FORMAT_OGG_OPUS,
 }  # fmt: skip
+
+
+Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table (for scripts)")]
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SHORT = 8
+"""Characters of an id shown in tables (`--wide` shows all); any unique prefix is accepted."""
+
+
+def _dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]{message}[/red]")
+    return typer.Exit(code)
+
+
+def _one(ref: str, what: str, matches: list[tuple[str, str]], listing: str) -> str:
+    """The one id among `matches` (id, label) or a clear error: none, or ambiguous (git-style)."""
+    if not matches:
+        raise _fail(f"no {what} matches {ref!r}; {listing} lists them", 1)
+    if len({i for i, _ in matches}) > 1:
+        shown = ", ".join(f"{i[:13]} ({label})" for i, label in matches[:5])
+        more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+        raise _fail(f"{ref!r} is ambiguous: it matches {shown}{more}; give more of the id")
+    return matches[0][0]
+
+
+def _job_id(s: sessions.Session, ref: str) -> str:
+    """A job id from what a person typed: the whole id or a unique prefix (4+ characters)."""
+    ref = ref.strip().lower()
+    if UUID.fullmatch(ref):
+        return ref
+    if len(ref) < 4:
+        raise _fail(f"{ref!r} is too short: give at least 4 characters of the job id")
+    request = jobs_pb2.ListJobsRequest(id_prefix=ref)
+    request.page.page_size = 6
+    reply = _call(s.stub("jobs").ListJobs, request, s)
+    return _one(ref, "job id", [(j.id, j.title or _kind(j)) for j in reply.jobs], "`voxctl jobs`")
+
+
+def _all_projects(s: sessions.Session) -> list[Any]:
+    out: list[Any] = []
+    request = projects_pb2.ListProjectsRequest()
+    request.page.page_size = 500
+    while True:
+        reply = _call(s.stub("projects").ListProjects, request, s)
+        out += reply.projects
+        if not reply.page.next_page_token:
+            return out
+        request.page.page_token = reply.page.next_page_token
+
+
+def _project_id(s: sessions.Session, ref: str) -> str:
+    """A project id from its name (any case), its id or a unique id prefix; "" stays ""."""
+    ref = ref.strip()
+    if not ref or UUID.fullmatch(ref.lower()):
+        return ref.lower()
+    projects = _all_projects(s)
+    named = [(p.id, p.name) for p in projects if p.name.casefold() == ref.casefold()]
+    if named:
+        return _one(ref, "project", named, "`voxctl projects`")
+    prefixed = [(p.id, p.name) for p in projects if len(ref) >= 4 and p.id.startswith(ref.lower())]
+    return _one(ref, "project name or id", prefixed, "`voxctl projects`")
+
+
+def _kind(job: Any) -> str:
+    return _name(job.type, jobs_pb2.JobType, "JOB_TYPE_")
 
 
 def _session(server: str) -> sessions.Session:
@@ -126,27 +201,38 @@ def logout(server: Server = "") -> None:
 @app.command()
 def projects(
     create: Annotated[str, typer.Option(help="create a project with this name")] = "",
+    wide: Annotated[bool, typer.Option(help="show whole ids")] = False,
+    as_json: Json = False,
     server: Server = "",
 ) -> None:
-    """List projects (or create one)."""
+    """List projects (or create one). Anywhere a project is asked, its name works too."""
     s = _session(server)
     stub = s.stub("projects")
     if create:
         project = _call(
             stub.CreateProject, projects_pb2.CreateProjectRequest(name=create), s
         ).project
+        if as_json:
+            _print_json(_dict(project))
+            return
         console.print(f"Created project {project.name} [dim]{project.id}[/dim]")
         return
-    reply = _call(stub.ListProjects, projects_pb2.ListProjectsRequest(), s)
-    table = Table("id", "name", "owner", "jobs", title=f"{reply.page.total_size} projects")
-    for p in reply.projects:
-        table.add_row(p.id, p.name, p.owner_username, str(p.jobs_count))
+    found = _all_projects(s)
+    if as_json:
+        _print_json([_dict(p) for p in found])
+        return
+    table = Table(title=f"{len(found)} projects")
+    table.add_column("id", no_wrap=True)
+    for column in ("name", "owner", "jobs"):
+        table.add_column(column)
+    for p in found:
+        table.add_row(p.id if wide else p.id[:SHORT], p.name, p.owner_username, str(p.jobs_count))
     console.print(table)
 
 
 @app.command()
 def jobs(
-    project: Annotated[str, typer.Option(help="only this project's jobs")] = "",
+    project: Annotated[str, typer.Option(help="only this project's jobs (name or id)")] = "",
     type_: Annotated[
         str, typer.Option("--type", help=f"only jobs of this type: {', '.join(TYPES)}")
     ] = "",
@@ -154,38 +240,72 @@ def jobs(
         str, typer.Option(help="pending, running, completed, failed or cancelled")
     ] = "",
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    wide: Annotated[bool, typer.Option(help="show whole ids")] = False,
+    as_json: Json = False,
     server: Server = "",
 ) -> None:
-    """List jobs, newest first."""
-    s = _session(server)
-    request = jobs_pb2.ListJobsRequest(project_id=project)
-    request.page.page_size = limit
+    """List jobs, newest first. Ids are shortened (any unique start of an id is accepted)."""
     if type_ and TYPES.get(type_, type_).upper() not in {t.upper() for t in TYPES.values()}:
-        err.print(f"[red]unknown job type {type_!r}[/red]; one of {', '.join(TYPES)}")
-        raise typer.Exit(2)
+        raise _fail(f"unknown job type {type_!r}; one of {', '.join(TYPES)}")
     if status and f"JOB_STATUS_{status.upper()}" not in jobs_pb2.JobStatus.keys():  # noqa: SIM118
-        err.print(
-            f"[red]unknown status {status!r}[/red]; pending, running, completed, failed or cancelled"
-        )
-        raise typer.Exit(2)
+        raise _fail(f"unknown status {status!r}; pending, running, completed, failed or cancelled")
+    s = _session(server)
+    request = jobs_pb2.ListJobsRequest(project_id=_project_id(s, project))
+    request.page.page_size = limit
     if type_:
         request.type = jobs_pb2.JobType.Value(f"JOB_TYPE_{TYPES.get(type_, type_).upper()}")  # type: ignore[assignment]
     if status:
         request.status = jobs_pb2.JobStatus.Value(f"JOB_STATUS_{status.upper()}")  # type: ignore[assignment]
     reply = _call(s.stub("jobs").ListJobs, request, s)
-    table = Table(
-        "id",
-        "type",
-        "status",
-        "progress",
-        "title",
-        "created",
-        title=f"{reply.page.total_size} jobs",
-    )
+    if as_json:
+        _print_json([_dict(j) for j in reply.jobs])
+        return
+    table = Table(title=f"{reply.page.total_size} jobs")
+    # Ids and times never shrink; status and title wrap at narrow widths.
+    table.add_column("id", no_wrap=True, min_width=36 if wide else SHORT)
+    table.add_column("type", no_wrap=True)
+    table.add_column("status", min_width=7)
+    table.add_column("progress", no_wrap=True, justify="right")
+    table.add_column("title", overflow="fold", min_width=8)
+    table.add_column("created", no_wrap=True, min_width=11)
     for j in reply.jobs:
-        table.add_row(j.id, _name(j.type, jobs_pb2.JobType, "JOB_TYPE_"), _status(j),
-                      f"{j.progress}%", j.title, j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"))  # fmt: skip
+        progress = 100 if j.status == jobs_pb2.JOB_STATUS_COMPLETED else j.progress
+        table.add_row(j.id if wide else j.id[:SHORT], _kind(j), _status(j), f"{progress}%",
+                      j.title, j.create_time.ToDatetime().strftime("%m-%d %H:%M"))  # fmt: skip
     console.print(table)
+
+
+@app.command()
+def voices(
+    project: Annotated[str, typer.Option(help="also this project's saved voices")] = "",
+    engine: Annotated[str, typer.Option(help="only this engine: piper, kokoro, bark…")] = "",
+    language: Annotated[str, typer.Option(help="only this language, e.g. en or pt-BR")] = "",
+    all_: Annotated[
+        bool, typer.Option("--all", help="also voices no running worker can speak now")
+    ] = False,
+    as_json: Json = False,
+    server: Server = "",
+) -> None:
+    """Voices to speak with (tts, story, dub --voice): stock voices and a project's saved ones.
+    By default only those a connected worker can speak now."""
+    s = _session(server)
+    reply = _call(s.stub("voices").ListVoices, voices_pb2.ListVoicesRequest(
+        project_id=_project_id(s, project), engine=engine, language=language,
+        available_only=not all_), s)  # fmt: skip
+    if as_json:
+        _print_json([_dict(v) for v in reply.voices])
+        return
+    table = Table(title=f"{len(reply.voices)} voices")
+    table.add_column("voice", no_wrap=True)
+    for column in ("engine", "language", "gender", "can run now"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("about", overflow="fold")
+    for v in reply.voices:
+        table.add_row(v.id, v.engine, v.language, v.gender or "-",
+                      "yes" if v.available else "no", v.description or v.requirements)  # fmt: skip
+    console.print(table)
+    if not reply.voices and not all_:
+        err.print("No connected worker can speak any voice now; `--all` lists every voice.")
 
 
 def _upload(s: sessions.Session, path: Path) -> str:
@@ -215,7 +335,7 @@ def _upload(s: sessions.Session, path: Path) -> str:
 @app.command()
 def submit(
     kind: Annotated[str, typer.Argument(help=f"the job type: {', '.join(TYPES)}")],
-    project: Annotated[str, typer.Option(help="the project id (voxctl projects)")],
+    project: Annotated[str, typer.Option(help="the project: its name or id (voxctl projects)")],
     file: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="input audio/video")
     ] = None,
@@ -241,17 +361,19 @@ def submit(
     seed: int = 0,
     title: str = "",
     watch_: Annotated[bool, typer.Option("--watch", help="follow the job until it ends")] = False,
+    as_json: Json = False,
     server: Server = "",
 ) -> None:
     """Create a job (uploading its input file), and optionally watch it."""
     if kind not in TYPES:
-        err.print(f"[red]unknown job type {kind!r}[/red]; one of {', '.join(TYPES)}")
-        raise typer.Exit(2)
+        raise _fail(f"unknown job type {kind!r}; one of {', '.join(TYPES)}")
+    if audio_format.lower() not in FORMATS:  # refused here, before any upload
+        raise _fail(f"--format {audio_format!r} is not produced; one of {', '.join(FORMATS)}")
+    fmt = FORMATS[audio_format.lower()]
     s = _session(server)
-    request = jobs_pb2.CreateJobRequest(project_id=project, title=title)
+    request = jobs_pb2.CreateJobRequest(project_id=_project_id(s, project), title=title)
     if file is not None:
         request.input_file_id = _upload(s, file)
-    fmt = FORMATS.get(audio_format, jobs_pb2.AUDIO_FORMAT_UNSPECIFIED)
     if kind == "stt":
         request.stt.CopyFrom(jobs_pb2.SttParams(language=language, word_timestamps=True))
     elif kind == "tts":
@@ -275,15 +397,20 @@ def submit(
         request.ai_stories.CopyFrom(jobs_pb2.AiStoriesParams(prompt=prompt, target_words=words, seed=seed,
                                                              language=language, voice=voice, format=fmt))  # fmt: skip
     job = _call(s.stub("jobs").CreateJob, request, s).job
-    console.print(f"Created job [bold]{job.id}[/bold] ({_status(job)})")
+    if as_json and not watch_:
+        _print_json(_dict(job))
+        return
+    if not as_json:
+        console.print(f"Created job [bold]{job.id}[/bold] ({_status(job)})")
     if watch_:
-        watch(job.id, server=s.server)
+        watch(job.id, as_json=as_json, server=s.server)
 
 
-def _follow(server: str, s: sessions.Session, job: str) -> Iterator[jobs_pb2.WatchJobResponse]:
-    """WatchJob's events; when the server ends the stream because the access token expired,
-    refresh it and resume after the last event seen (nothing is missed or repeated)."""
-    after = 0
+def _follow(
+    server: str, s: sessions.Session, job: str, after: int
+) -> Iterator[jobs_pb2.WatchJobResponse]:
+    """WatchJob's events after `after`; when the server ends the stream because the access
+    token expired, refresh it and resume after the last event seen (nothing missed or repeated)."""
     resumed = False
     while True:
         try:
@@ -306,51 +433,69 @@ def _follow(server: str, s: sessions.Session, job: str) -> Iterator[jobs_pb2.Wat
             raise typer.Exit(1) from None
 
 
+FINISHED = {
+    jobs_pb2.JOB_STATUS_COMPLETED,
+    jobs_pb2.JOB_STATUS_FAILED,
+    jobs_pb2.JOB_STATUS_CANCELLED,
+}
+
+
 @app.command()
-def watch(job: Annotated[str, typer.Argument(help="the job id")], server: Server = "") -> None:
-    """Follow a job live (WatchJob) until it ends, with a progress bar."""
+def watch(
+    job: Annotated[str, typer.Argument(help="the job id (or a unique start of it)")],
+    as_json: Json = False,
+    server: Server = "",
+) -> None:
+    """Follow a job's newest run live (WatchJob) until it ends, with a progress bar; exits 1
+    unless it completed."""
     s = _session(server)
-    last = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  console=err) as progress:  # fmt: skip
-        bar = progress.add_task("waiting", total=100)
-        for event in _follow(server, s, job):
-            kind = event.WhichOneof("event")
-            if kind == "snapshot":
-                progress.update(bar, completed=event.snapshot.progress,
-                                description=_name(event.snapshot.status, jobs_pb2.JobStatus, "JOB_STATUS_"))  # fmt: skip
-            elif kind == "progress":
-                progress.update(
-                    bar, completed=event.progress.percent, description=event.progress.stage
-                )
-            elif kind == "status":
-                progress.update(
-                    bar,
-                    description=_name(event.status.status, jobs_pb2.JobStatus, "JOB_STATUS_"),
-                )
-            last = event
-    if last is not None and last.WhichOneof("event") == "result":
+    job = _job_id(s, job)
+    current = _call(s.stub("jobs").GetJob, jobs_pb2.GetJobRequest(job_id=job), s).job
+    if current.status not in FINISHED:
+        # From the newest event on: an earlier run of a retried job is history, not news.
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.percentage:>3.0f}%"), console=err,
+                      disable=as_json) as progress:  # fmt: skip
+            bar = progress.add_task(_status(current), total=100, completed=current.progress)
+            for event in _follow(server, s, job, current.last_event_seq):
+                kind = event.WhichOneof("event")
+                if kind == "progress":
+                    progress.update(
+                        bar, completed=event.progress.percent, description=event.progress.stage
+                    )
+                elif kind == "status":
+                    name = _name(event.status.status, jobs_pb2.JobStatus, "JOB_STATUS_")
+                    progress.update(bar, description=name)
+                    if event.status.status == jobs_pb2.JOB_STATUS_COMPLETED:
+                        progress.update(bar, completed=100)  # the bar ends full
         s = _session(server)  # the watch may have outlived its access token
-        final = _call(s.stub("jobs").GetJob, jobs_pb2.GetJobRequest(job_id=job), s).job
-        status = _name(final.status, jobs_pb2.JobStatus, "JOB_STATUS_")
-        console.print(
-            f"Job {job} {status}"
-            + (f": {final.error}" if final.error and status != "completed" else "")
-        )
-        for f in last.result.files:
+        current = _call(s.stub("jobs").GetJob, jobs_pb2.GetJobRequest(job_id=job), s).job
+    files: list[Any] = []
+    if current.status == jobs_pb2.JOB_STATUS_COMPLETED:
+        files = list(_call(s.stub("results").GetJobResult,
+                           results_pb2.GetJobResultRequest(job_id=job), s).result.files)  # fmt: skip
+    status = _name(current.status, jobs_pb2.JobStatus, "JOB_STATUS_")
+    if as_json:
+        _print_json({**_dict(current), "files": [_dict(f) for f in files]})
+    else:
+        run = f" (run {current.attempts})" if current.attempts > 1 else ""
+        console.print(f"Job {job} {status}{run}"
+                      + (f": {current.error}" if current.error and status != "completed" else ""))  # fmt: skip
+        for f in files:
             console.print(f"  {f.name}  {f.size_bytes} bytes  [dim]{f.file_id}[/dim]")
-        if status != "completed":
-            raise typer.Exit(1)
+    if current.status != jobs_pb2.JOB_STATUS_COMPLETED:
+        raise typer.Exit(1)
 
 
 @app.command()
 def download(
-    job: Annotated[str, typer.Argument(help="the job id")],
+    job: Annotated[str, typer.Argument(help="the job id (or a unique start of it)")],
     out: Annotated[Path, typer.Option(help="directory to write into")] = Path("."),
     server: Server = "",
 ) -> None:
     """Download every result file of a job."""
     s = _session(server)
+    job = _job_id(s, job)
     result = _call(
         s.stub("results").GetJobResult, results_pb2.GetJobResultRequest(job_id=job), s
     ).result
@@ -368,16 +513,18 @@ def download(
 
 @app.command()
 def cancel(job: str, server: Server = "") -> None:
-    """Cancel a pending or running job."""
+    """Cancel a pending or running job (its id or a unique start of it)."""
     s = _session(server)
+    job = _job_id(s, job)
     _call(s.stub("jobs").CancelJob, jobs_pb2.CancelJobRequest(job_id=job), s)
     console.print(f"Cancelled job {job}.")
 
 
 @app.command()
 def retry(job: str, server: Server = "") -> None:
-    """Run a failed or cancelled job again."""
+    """Run a failed or cancelled job again (its id or a unique start of it)."""
     s = _session(server)
+    job = _job_id(s, job)
     new = _call(s.stub("jobs").RetryJob, jobs_pb2.RetryJobRequest(job_id=job), s).job
     console.print(f"Job {job} queued again (run {new.attempts + 1}).")
 
@@ -391,6 +538,7 @@ def settings(
     global_: Annotated[
         bool, typer.Option("--global", help="change the global value (admins)")
     ] = False,
+    as_json: Json = False,
     server: Server = "",
 ) -> None:
     """Show your effective settings, or set one."""
@@ -411,12 +559,23 @@ def settings(
         console.print(f"{key} = {value}")
         return
     reply = _call(stub.GetEffectiveSettings, settings_pb2.GetEffectiveSettingsRequest(), s)
+    if as_json:
+        _print_json({item.key: _typed(item) for item in reply.settings})
+        return
     table = Table("setting", "value", "from", "about")
     for item in reply.settings:
-        shown = getattr(item.value, item.value.WhichOneof("kind") or "string_value")
-        table.add_row(item.key, str(shown).lower() if isinstance(shown, bool) else str(shown),
+        shown = _typed(item)
+        table.add_row(item.key, json.dumps(shown) if isinstance(shown, bool) else str(shown),
                       _name(item.source, settings_pb2.SettingSource, "SETTING_SOURCE_"), item.description)  # fmt: skip
     console.print(table)
+
+
+def _typed(item: Any) -> Any:
+    """A setting's value in its own type (JSON numbers arrive as floats: 5, not 5.0)."""
+    value = getattr(item.value, item.value.WhichOneof("kind") or "string_value")
+    if item.type == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 keys_app = typer.Typer(help="API keys for services and scripts (Bearer vxk_...; VOXMESH_API_KEY).",
@@ -430,7 +589,9 @@ ROLES = {"viewer": users_pb2.USER_ROLE_VIEWER, "editor": users_pb2.USER_ROLE_EDI
 def keys_create(
     name: Annotated[str, typer.Argument(help="what the key is for, e.g. n8n")],
     role: Annotated[str, typer.Option(help="viewer, editor or admin (at most yours)")] = "",
-    project: Annotated[str, typer.Option(help="a project id: the key acts only there")] = "",
+    project: Annotated[
+        str, typer.Option(help="a project (name or id): the key acts only there")
+    ] = "",
     days: Annotated[int, typer.Option(help="expire after this many days (0: never)")] = 0,
     owner: Annotated[str, typer.Option(help="admins: a user id (a service account)")] = "",
     server: Server = "",
@@ -443,7 +604,7 @@ def keys_create(
     request = keys_pb2.CreateApiKeyRequest(
         name=name,
         role=ROLES[role] if role else users_pb2.USER_ROLE_UNSPECIFIED,
-        project_id=project,
+        project_id=_project_id(s, project),
         owner_id=owner,
     )
     if days > 0:
@@ -457,12 +618,16 @@ def keys_create(
 def keys_list(
     all_users: Annotated[bool, typer.Option("--all", help="admins: every user's keys")] = False,
     revoked: Annotated[bool, typer.Option(help="also revoked and expired keys")] = False,
+    as_json: Json = False,
     server: Server = "",
 ) -> None:
     """Your API keys (never their secrets)."""
     s = _session(server)
     reply = _call(s.stub("keys").ListApiKeys,
                   keys_pb2.ListApiKeysRequest(all_users=all_users, include_revoked=revoked), s)  # fmt: skip
+    if as_json:
+        _print_json([_dict(k) for k in reply.keys])
+        return
     table = Table("id", "name", "prefix", "owner", "role", "project", "last used", "state")
 
     def when(stamp: Any, present: bool) -> str:
@@ -478,9 +643,18 @@ def keys_list(
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, server: Server = "") -> None:
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="the key's id, a unique start of it, or its name")],
+    server: Server = "",
+) -> None:
     """Stop a key from working, from its next call on."""
     s = _session(server)
+    listed = _call(s.stub("keys").ListApiKeys, keys_pb2.ListApiKeysRequest(), s).keys
+    named = [(k.id, k.name) for k in listed if k.name == key]
+    key_id = key if UUID.fullmatch(key.lower()) else _one(
+        key, "active key", named or [(k.id, k.name) for k in listed
+                                     if len(key) >= 4 and k.id.startswith(key.lower())],
+        "`voxctl keys list`")  # fmt: skip
     reply = _call(s.stub("keys").RevokeApiKey, keys_pb2.RevokeApiKeyRequest(key_id=key_id), s)
     console.print(f"key {reply.key.id} ({reply.key.name}) revoked")
 

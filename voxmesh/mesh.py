@@ -45,6 +45,16 @@ CANCEL = b"cancel"
 DONE = b"done"
 
 
+PRESENCE_SECONDS = 5.0
+"""How often a worker announces itself; the control plane forgets one silent for 3 times this."""
+
+
+def presence_subject(job_type: str) -> str:
+    """Where workers of a type announce what they can do (core NATS; each worker user may
+    publish only on its own type's subject, so the subject, not the payload, names the type)."""
+    return f"voxmesh.presence.{job_type}"
+
+
 def jobs_subject(job_type: str) -> str:
     return f"voxmesh.jobs.{job_type}"
 

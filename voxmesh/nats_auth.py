@@ -53,6 +53,7 @@ def worker_permissions(job_type: str) -> dict[str, Any]:
                 f"$JS.ACK.VOXMESH_TASKS.{tasks}.>",
                 "voxmesh.events.>",
                 f"voxmesh.tasks.{job_type}",
+                f"voxmesh.presence.{job_type}",  # announcing what it can run (voices, models)
                 # Binding to the buckets, reading run marks, shard results and blobs.
                 "$JS.API.STREAM.INFO.KV_voxmesh_job_control",
                 "$JS.API.STREAM.INFO.KV_voxmesh_shards",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -269,8 +270,12 @@ class Worker:
         nats_url: str,
         worker_id: str | None = None,
         shard_handler: ShardHandler | None = None,
+        capabilities: dict[str, Any] | None = None,
     ) -> None:
         self.job_type = job_type
+        self.capabilities = capabilities or {}
+        """What this worker can run (e.g. {"engines": ["piper", "kokoro"]}), announced every
+        mesh.PRESENCE_SECONDS so the control plane can say what is available now."""
         self.handler = handler
         self.nats_url = nats_url
         self.worker_id = worker_id or f"{job_type}@{socket.gethostname()}:{os.getpid()}"
@@ -342,10 +347,29 @@ class Worker:
                 self.limits.max_deliver,
             )  # fmt: skip
             self.ready.set()
-            await asyncio.gather(*loops)
+            announcing = asyncio.create_task(self._announce(stop), name="presence")
+            try:
+                await asyncio.gather(*loops)
+            finally:
+                announcing.cancel()
+                with contextlib.suppress(Exception):  # leaving: forget me now, not in 15 s
+                    await self._presence({"leaving": True})
         finally:
             with contextlib.suppress(Exception):
                 await self.nc.close()  # between jobs: nothing in flight to drain
+
+    async def _presence(self, extra: dict[str, Any] | None = None) -> None:
+        body = {"worker_id": self.worker_id, "capabilities": self.capabilities, **(extra or {})}
+        await self.nc.publish(mesh.presence_subject(self.job_type), json.dumps(body).encode())
+
+    async def _announce(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._presence()
+            except NatsError as e:  # reconnecting: the next announcement tells it again
+                log.debug("presence not announced: %s", e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), mesh.PRESENCE_SECONDS)
 
     async def _pull(
         self, stream: str, durable: str, process: Callable[[Msg], Awaitable[None]],

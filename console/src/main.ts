@@ -417,17 +417,26 @@ async function renderResult(result: JobResult): Promise<void> {
 
 // --- create a job ----------------------------------------------------------------------------
 
-let voices: { id: string; label: string }[] = [];
+let voices: { id: string; label: string; available: boolean }[] = [];
+
+/** The voice choices: those a connected worker can speak now, then the rest (greyed out). */
+function voiceOptions(): HTMLElement[] {
+  const now = voices.filter((v) => v.available);
+  const later = voices.filter((v) => !v.available);
+  const options: HTMLElement[] = [h("option", { value: "" }, "Default voice"), ...now.map((v) => h("option", { value: v.id }, v.label))];
+  if (later.length) options.push(h("optgroup", { label: "No worker can speak these now" }, ...later.map((v) => h("option", { value: v.id, disabled: true }, v.label))));
+  return options;
+}
 
 async function loadVoices(projectId = ""): Promise<void> {
   try {
     // Stock voices, and the project's saved (cloned) voices.
-    voices = (await api.voices.listVoices({ projectId })).voices.map((v) => ({ id: v.id, label: `${v.id} (${v.engine}${v.language ? ", " + v.language : ""})` }));
+    voices = (await api.voices.listVoices({ projectId })).voices.map((v) => ({ id: v.id, label: `${v.id} (${v.engine}${v.language ? ", " + v.language : ""})`, available: v.available }));
   } catch {
     voices = [];
   }
   const select = document.querySelector<HTMLSelectElement>("select[name=voice]");
-  if (select) select.replaceChildren(h("option", { value: "" }, "Default voice"), ...voices.map((v) => h("option", { value: v.id }, v.label)));
+  if (select) select.replaceChildren(...voiceOptions());
 }
 
 function formatSelect(): HTMLSelectElement {
@@ -440,7 +449,7 @@ function fieldsFor(type: JobType): HTMLElement[] {
     case JobType.TTS:
       return [
         h("label", {}, "Text", h("textarea", { name: "text", required: true, rows: "4", testid: "text" })),
-        h("label", {}, "Voice", h("select", { name: "voice", testid: "voice" }, h("option", { value: "" }, "Default voice"), ...voices.map((v) => h("option", { value: v.id }, v.label)))),
+        h("label", {}, "Voice", h("select", { name: "voice", testid: "voice" }, ...voiceOptions())),
         h("label", {}, "Format", formatSelect()),
       ];
     case JobType.STT:

@@ -5,12 +5,13 @@ control/kinds, status changes in control/lifecycle."""
 from __future__ import annotations
 
 import inspect
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from sqlalchemy import select
+from sqlalchemy import String, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import settings_catalog, webhooks
@@ -32,6 +33,9 @@ from control.lifecycle.transitions import Lifecycle
 from control.validate import enum_field, mask_paths, required_uuid, text_field, uuid_field
 from voxmesh.errors import InvalidArgument, NotFound, Unavailable
 from voxmesh.v1 import jobs_pb2, jobs_pb2_grpc
+
+ID_PREFIX = re.compile(r"[0-9a-f-]{4,36}")
+"""A job id as printed, or its start (ListJobs.id_prefix)."""
 
 
 async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = False) -> Job:
@@ -122,9 +126,18 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         enum_field(jobs_pb2.JobType, request.type, "type")
         enum_field(jobs_pb2.JobStatus, request.status, "status")
         project_id = project_id or policy.scope()
-        filters: tuple[Any, ...] = ("jobs", project_id, request.type, request.status, created_by)
+        prefix = request.id_prefix.lower()
+        if prefix and not ID_PREFIX.fullmatch(prefix):
+            raise InvalidArgument(
+                "id_prefix must be 4 to 36 characters of a job id (hex digits and dashes)",
+                field="id_prefix",
+            )
+        filters: tuple[Any, ...] = ("jobs", project_id, request.type, request.status, created_by,
+                                    prefix)  # fmt: skip
         page = pagination.parse(request.page, filters)
         stmt = select(Job)
+        if prefix:
+            stmt = stmt.where(cast(Job.id, String).startswith(prefix, autoescape=True))
         if project_id is not None:
             stmt = stmt.where(Job.project_id == project_id)
         if request.type:

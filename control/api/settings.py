@@ -19,6 +19,7 @@ from control.validate import enum_field, uuid_field
 from voxmesh.errors import InvalidArgument, NotFound, PermissionDenied
 from voxmesh.v1 import settings_pb2, settings_pb2_grpc
 
+TYPE_NAMES = {int: "integer", bool: "boolean", str: "string"}
 SOURCE_PB = {
     Source.DEFAULT: settings_pb2.SETTING_SOURCE_DEFAULT,
     Source.GLOBAL: settings_pb2.SETTING_SOURCE_GLOBAL,
@@ -148,6 +149,7 @@ class SettingsService(settings_pb2_grpc.SettingsServiceServicer):
                     value=to_value(values[key][0]),
                     source=SOURCE_PB[values[key][1]],
                     description=CATALOG[key].describe(),
+                    type=TYPE_NAMES[CATALOG[key].kind],
                 )
                 for key in sorted(CATALOG)
             ]

@@ -31,6 +31,7 @@ class VoiceService(voices_pb2_grpc.VoiceServiceServicer):
                 f"engine {engine!r} is not one of {', '.join(ENGINES)}", field="engine"
             )
         language = text_field(request.language, "language", max_len=16).lower()
+        speakable = self.app.mesh.presence.engines("tts") if self.app.mesh is not None else set()
         found = [
             voices_pb2.VoiceInfo(
                 id=v.id,
@@ -40,6 +41,7 @@ class VoiceService(voices_pb2_grpc.VoiceServiceServicer):
                 description=v.description,
                 sample_rate=v.sample_rate,
                 requirements=v.needs,
+                available=v.engine in speakable,
             )
             for v in sorted(voices.CATALOG.values(), key=lambda v: v.id)
             if (not engine or v.engine == engine)
@@ -63,7 +65,12 @@ class VoiceService(voices_pb2_grpc.VoiceServiceServicer):
                         description=f"cloned voice ({row.meta.get('method', 'profile')}); {figures}",
                         sample_rate=16000, project_id=str(row.project_id),
                         reference_file_id=str(row.reference_file_id or ""),
+                        available=bool(base and base.engine in speakable),
                     ))  # fmt: skip
+        if request.available_only:
+            found = [v for v in found if v.available]
+        # What can be spoken now first (a stable sort keeps the catalog's order within each).
+        found.sort(key=lambda v: not v.available)
         return voices_pb2.ListVoicesResponse(voices=found)
 
     async def DeleteVoice(

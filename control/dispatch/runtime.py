@@ -20,6 +20,7 @@ from control.db.models import Job, JobStatus, JobType, OutboxEntry
 from control.dispatch.broadcast import Broadcaster
 from control.dispatch.dispatcher import Dispatcher
 from control.dispatch.ingest import EventIngester, give_up_exhausted
+from control.dispatch.presence import Presence
 from control.kinds import FIELDS, kind_of
 from voxmesh import mesh
 from voxmesh.blobs import NatsBlobStore
@@ -64,6 +65,8 @@ class MeshRuntime:
         self.run_secret = b""
         """The key run tokens are made and checked with."""
         self.broadcaster = Broadcaster()
+        self.presence = Presence()
+        """The workers connected now and what they can run (ListVoices)."""
         self.dispatcher: Dispatcher | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._leader_conn: AsyncConnection | None = None
@@ -89,6 +92,7 @@ class MeshRuntime:
         self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
         self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
         await self.broadcaster.start(self.nc, sessions)
+        await self.presence.start(self.nc)
         self.dispatcher = Dispatcher(
             sessions, self.js, settings.dispatch_poll_seconds, self, run_secret
         )

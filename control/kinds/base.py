@@ -126,12 +126,19 @@ def spoken_text(value: str, field: str, limit: int) -> str:
     return text_field(value, field, min_len=1, max_len=limit, multiline=True)
 
 
+FORMAT_NAMES = ", ".join(
+    jobs_pb2.AudioFormat.Name(f).removeprefix("AUDIO_FORMAT_") for f in audio.FORMATS
+)
+
+
 def audio_format(value: int, field: str) -> jobs_pb2.AudioFormat:
     """An AudioFormat the services can encode (voxmesh.audio.FORMATS); unspecified → WAV."""
     enum_field(jobs_pb2.AudioFormat, value, field)
     if value and value not in audio.FORMATS:
         raise InvalidArgument(
-            f"{field} {jobs_pb2.AudioFormat.Name(value)} cannot be produced", field=field
+            f"{field} {jobs_pb2.AudioFormat.Name(value)} cannot be produced; "
+            f"formats: {FORMAT_NAMES}",
+            field=field,
         )
     return value or audio.DEFAULT_FORMAT  # type: ignore[return-value]
 

@@ -7,6 +7,7 @@ from services.tts.config import WorkerSettings
 from services.tts.handler import make_handler
 from voxmesh import service
 from voxmesh.speech import voices
+from voxmesh.speech.tts import installed_engines
 from voxmesh.speech.tts import load as load_voice
 from voxmesh.worker import Worker
 
@@ -18,7 +19,9 @@ def make() -> tuple[Worker, service.Loader]:
         engine = load_voice(voices.CATALOG[voices.DEFAULT_VOICE])
         return {f"piper:{voices.DEFAULT_VOICE}": engine.load_seconds}
 
-    return Worker("tts", make_handler(settings.tts), nats_url=settings.nats_url), load
+    worker = Worker("tts", make_handler(settings.tts), nats_url=settings.nats_url,
+                    capabilities={"engines": installed_engines(settings.tts)})  # fmt: skip
+    return worker, load
 
 
 if __name__ == "__main__":

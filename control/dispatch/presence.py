@@ -1,0 +1,71 @@
+"""Which workers are connected now, and what they can run: every replica listens to the
+workers' announcements (mesh.presence_subject, every mesh.PRESENCE_SECONDS) and forgets a worker
+silent for 3 intervals, or at once when it says it is leaving. ListVoices reads it to say
+which voices a connected worker can speak.
+
+The subject names the worker's type and NATS permissions let a worker publish only on its own
+type's subject, so a worker cannot claim to be another type; what it says it can run is its
+own word (a TTS worker that claims an engine it lacks fails those jobs with a reason)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from voxmesh import mesh
+
+log = logging.getLogger(__name__)
+FORGET_AFTER = 3 * mesh.PRESENCE_SECONDS
+
+
+@dataclass
+class Seen:
+    job_type: str
+    capabilities: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._workers: dict[str, Seen] = {}
+
+    async def start(self, nc: NATS) -> None:
+        await nc.subscribe(mesh.presence_subject("*"), cb=self._on_announce)
+
+    async def _on_announce(self, msg: Msg) -> None:
+        job_type = msg.subject.rsplit(".", 1)[-1]
+        try:
+            body = json.loads(msg.data)
+            worker_id = str(body["worker_id"])[:200]
+            capabilities = body.get("capabilities") or {}
+            if not isinstance(capabilities, dict):
+                raise ValueError("capabilities is not an object")
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("ignored a malformed %s presence announcement: %s", job_type, e)
+            return
+        key = f"{job_type}/{worker_id}"
+        if body.get("leaving"):
+            self._workers.pop(key, None)
+        else:
+            self._workers[key] = Seen(job_type, capabilities)
+
+    def workers(self, job_type: str | None = None) -> list[Seen]:
+        """The workers heard from lately (of `job_type`)."""
+        now = time.monotonic()
+        for key in [k for k, seen in self._workers.items() if now - seen.at > FORGET_AFTER]:
+            del self._workers[key]
+        return [s for s in self._workers.values() if job_type in (None, s.job_type)]
+
+    def engines(self, job_type: str = "tts") -> set[str]:
+        """The speech engines a connected worker of `job_type` says it can run."""
+        return {
+            str(engine)
+            for seen in self.workers(job_type)
+            for engine in seen.capabilities.get("engines", ())
+        }
