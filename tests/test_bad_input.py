@@ -133,6 +133,8 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         ("list jobs: negative page", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(page=Page(page_size=-1))), INVALID, "between 1 and 500", "page.page_size"),
         ("list jobs: unknown type", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(type=42)), INVALID, "type 42 is not one of", "type"),
         ("list jobs: unknown status", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(status=42)), INVALID, "status 42 is not one of", "status"),
+        ("list jobs: id prefix not of an id", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(id_prefix="zz'; --")), INVALID, "4 to 36 characters of a job id", "id_prefix"),
+        ("list jobs: id prefix too short", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(id_prefix="ab")), INVALID, "4 to 36 characters", "id_prefix"),
         ("list jobs: forged token", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(page=Page(page_token="bm90IGEgdG9rZW4="))), INVALID, "not a token this server issued", "page.page_token"),
         ("list jobs: token with wrong types", lambda: e.jobs.ListJobs(jobs_pb2.ListJobsRequest(page=Page(page_token=b64('{"t": 1, "i": 2, "f": 3}')))), INVALID, "not a token this server issued", "page.page_token"),
         ("list projects: deeply nested token", lambda: e.projects.ListProjects(projects_pb2.ListProjectsRequest(page=Page(page_token=b64("[" * 50000)))), INVALID, "not a token this server issued", "page.page_token"),
