@@ -52,7 +52,7 @@ async def _sample_data(settings: ControlSettings, url: str, reset: bool) -> None
         async with sessions() as session:
             if reset:
                 await sample_data.clear(session)
-            counts = await sample_data.load(session, blobs)
+            counts = await sample_data.load(session, blobs, sample_data.sample_speech())
             await session.commit()
     finally:
         await engine.dispose()

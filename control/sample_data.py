@@ -1,6 +1,12 @@
-"""Demo data, as the first specification listed it: users admin / editor1 / editor2 / viewer1,
-4 projects, 15 jobs (one PENDING, one RUNNING and one COMPLETED per type), a result with logs and
-per-type meta for each completed job, 4 global and 2 user settings.
+"""Demo data: users admin / editor1 / editor2 / viewer1, 4 projects, 15 jobs (three per type:
+one new, one stopped earlier, one finished), a result with logs and per-type meta for each
+finished job, 4 global and 2 user settings.
+
+Nothing in it pretends: the new jobs are queued for real, with inputs that succeed (a recording
+of real speech, synthesised here by the stock Piper voice; where no TTS engine is installed, the
+jobs that need a recording wait for StartJob instead of being queued to fail); the "earlier"
+jobs are CANCELLED history, never a RUNNING row no worker holds; the finished jobs' results say
+they are sample data.
 
 Every row has a fixed id, so running it twice adds nothing; `--clear` deletes what the sample
 users own (and the sample global settings) and loads it again. The demo passwords exist only
@@ -10,6 +16,7 @@ here and are printed by the command; they are never defaults of a real deploymen
 from __future__ import annotations
 
 import io
+import logging
 import math
 import struct
 import uuid
@@ -39,6 +46,8 @@ from control.db.models import (
 from voxmesh.blobs import BlobStore
 from voxmesh.errors import AlreadyExists
 from voxmesh.v1 import jobs_pb2
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = uuid.UUID("6f1d3c2e-8b7a-4e55-9a61-0c5d2b7e9f10")
 
@@ -105,6 +114,50 @@ TEXT_RESULTS = {
         "# Sample\n\nThis is sample data, not a story.\n",
     ),
 }
+
+
+TITLES = {
+    JobType.STT: "Episode 12: transcript",
+    JobType.TTS: "Chapter one, narrated",
+    JobType.VOICE_CLONING: "Narrator voice",
+    JobType.DUBBING: "Product tour, Portuguese dub",
+    JobType.AI_STORIES: "The shy dragon",
+}
+SPEECH_TEXT = (
+    "Welcome to episode twelve of the Voxmesh podcast. Today we talk about running speech "
+    "models on your own machines. Our guest built a small studio in her garage, and she "
+    "records every morning before the neighbours wake up."
+)
+NEEDS_RECORDING = {JobType.STT, JobType.VOICE_CLONING, JobType.DUBBING}
+
+
+def sample_speech() -> bytes | None:
+    """About 12 s of real English speech (SPEECH_TEXT in the stock Piper voice) as WAV, for the
+    sample jobs' inputs; None where no TTS engine is installed here."""
+    try:
+        import numpy as np
+
+        from voxmesh import audio
+        from voxmesh.speech import voices
+        from voxmesh.speech.text import split
+        from voxmesh.speech.tts import load as load_voice
+    except ImportError:
+        return None
+    try:
+        voice = voices.CATALOG[voices.DEFAULT_VOICE]
+        engine = load_voice(voice)
+        pause = np.zeros(int(0.3 * engine.sample_rate), np.float32)
+        parts = []
+        for sentence, _ in split(SPEECH_TEXT):
+            parts += [engine.synthesize(sentence, voice, 1.0), pause]
+        data, *_ = audio.encode(
+            np.concatenate(parts), engine.sample_rate, jobs_pb2.AUDIO_FORMAT_WAV
+        )
+        return data
+    except Exception as e:  # an engine that is installed but broken: the jobs wait instead
+        log.warning("no sample speech (%s: %s): jobs that need a recording will wait for a "
+                    "start", type(e).__name__, e)  # fmt: skip
+        return None
 
 
 def tone_wav(seconds: float = 1.0, rate: int = 16000, freq: float = 440.0) -> bytes:
@@ -176,8 +229,12 @@ async def _put_file(
     return row
 
 
-async def load(session: AsyncSession, blobs: BlobStore) -> dict[str, int]:
-    """Add whatever of the sample data is missing; returns counts of what exists after."""
+async def load(
+    session: AsyncSession, blobs: BlobStore, speech: bytes | None = None
+) -> dict[str, int]:
+    """Add whatever of the sample data is missing; returns counts of what exists after.
+    `speech`: a recording for the inputs (sample_speech()); without one, the new jobs that need
+    a recording wait for StartJob rather than fail at once on a placeholder."""
     users = await _ensure_users(session)
     now = datetime.now(UTC).replace(microsecond=0)
 
@@ -191,31 +248,46 @@ async def load(session: AsyncSession, blobs: BlobStore) -> dict[str, int]:
     await session.flush()
 
     tone = tone_wav()
+    recording = speech or tone
+    statuses = (JobStatus.PENDING, JobStatus.CANCELLED, JobStatus.COMPLETED)
     for t, (job_type, project_index, owner, params, input_kind) in enumerate(JOB_SPECS):
-        for s, status in enumerate((JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED)):
+        for s, status in enumerate(statuses):
             jid = sample_id(f"job:{job_type.value}:{status.value}")
             if await session.get(Job, jid) is not None:
                 continue
             input_file = None
             if input_kind is not None:
+                name = f"{input_kind}.wav" if speech else f"{input_kind}-placeholder-tone.wav"
                 input_file = await _put_file(session, blobs, f"{input_kind}:{jid}", users[owner],
-                                             f"{input_kind}.wav", "audio/wav", tone)  # fmt: skip
+                                             name, "audio/wav", recording)  # fmt: skip
             created = now - timedelta(hours=48 - 3 * t - s)
+            title = TITLES[job_type] + {JobStatus.PENDING: "", JobStatus.CANCELLED: ", first take",
+                                        JobStatus.COMPLETED: " (sample result)"}[status]  # fmt: skip
             job = Job(
                 id=jid, project_id=project_ids[project_index], created_by=users[owner],
-                type=job_type, status=status, title=f"Sample {job_type.value.lower()} job ({status.value.lower()})",
+                type=job_type, status=status, title=title,
                 params=params_to_json(params), input_file_id=input_file.id if input_file else None,
                 created_at=created, updated_at=created, run=1, last_event_seq=0,
             )  # fmt: skip
             if status is not JobStatus.PENDING:
                 job.attempts, job.started_at = 1, created + timedelta(minutes=1)
-                job.progress = 45 if status is JobStatus.RUNNING else 100
-            if status is JobStatus.COMPLETED:
                 job.finished_at = created + timedelta(minutes=3)
+                job.progress = 100 if status is JobStatus.COMPLETED else 45
+            if status is JobStatus.CANCELLED:
+                job.error = "cancelled"
             session.add(job)
             await session.flush()
-            if status is JobStatus.PENDING:  # queued like any new job: a worker will take it
-                session.add(OutboxEntry(job_id=jid, run=1))
+            if status is JobStatus.PENDING:
+                if job_type in NEEDS_RECORDING and speech is None:
+                    job.awaiting_start = True  # a placeholder tone would only fail: not queued
+                else:  # queued like any new job: a worker will take it, and it will succeed
+                    session.add(OutboxEntry(job_id=jid, run=1))
+            if status is JobStatus.CANCELLED:
+                session.add(JobResult(
+                    job_id=jid, files=[], meta={}, finished_at=job.finished_at,
+                    logs=(f"{created + timedelta(minutes=1):%Y-%m-%dT%H:%M:%SZ} worker started (sample data)\n"
+                          f"{created + timedelta(minutes=3):%Y-%m-%dT%H:%M:%SZ} cancelled by {owner} at 45%\n"),
+                ))  # fmt: skip
             if status is JobStatus.COMPLETED:
                 name, content_type, text = TEXT_RESULTS.get(
                     job_type, ("sample-tone.wav", "audio/wav", "")

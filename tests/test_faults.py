@@ -509,3 +509,56 @@ async def test_embedded_servers_that_die_are_started_again(tmp_path: Path) -> No
     finally:
         control.send_signal(signal.SIGTERM)
         control.wait(60)
+
+
+async def test_a_running_job_no_worker_holds_is_failed_not_watched_for_ever(
+    harness: Harness,
+) -> None:
+    """A job RUNNING with no worker (its worker lost and the max-deliveries advisory missed, or
+    left so by an import) is failed with a reason once ack_wait * max_deliver has passed with
+    no event and no connected worker says it holds it; a job a worker holds is left alone, and
+    a watcher of the orphan gets its end instead of waiting for ever."""
+    from control.db.models import Job, JobStatus
+    from control.dispatch import reaper
+    from tests.harness import run_workers
+    from tests.test_dispatch import create, wait_for
+    from tests.workers import behave
+
+    assert harness.app.mesh is not None
+    presence = harness.app.mesh.presence
+    editor = await harness.user(UserRole.EDITOR)
+    project = await harness.project(editor.user_id)
+    orphan = await harness.job(project, editor.user_id, status=JobStatus.RUNNING)
+    async with run_workers(harness, "tts", behave):
+        held = await create(editor, str(project), "sleep:20")
+        await wait_for(harness, held.id, {jobs_pb2.JOB_STATUS_RUNNING})
+
+        async def announced() -> bool:
+            return held.id in presence.held_jobs()
+
+        await eventually(announced, "the worker's announcement of the job it holds", timeout=15)
+        async with harness.app.sessions() as session:  # both silent for an hour
+            for job_id in (orphan, uuid.UUID(held.id)):
+                row = await session.get(Job, job_id)
+                assert row is not None
+                row.updated_at = row.updated_at.replace(year=row.updated_at.year - 1)
+            await session.commit()
+        watcher = asyncio.create_task(
+            collect(editor.client.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=str(orphan))))
+        )
+        presence.listening_since = None  # a replica that only just began listening cannot tell
+        assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == []
+        presence.listening_since = 0.0
+        assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == [orphan]
+        events = await asyncio.wait_for(watcher, 10)
+        await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=held.id))
+    final = await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=str(orphan)))
+    assert final.job.status == jobs_pb2.JOB_STATUS_FAILED
+    assert "no worker has held this job" in final.job.error, final.job.error
+    assert events[-1].WhichOneof("event") == "result"
+    still = await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=held.id))
+    assert still.job.status != jobs_pb2.JOB_STATUS_FAILED  # the held one was not touched
+
+
+async def collect(call: Any) -> list[Any]:
+    return [event async for event in call]

@@ -276,6 +276,9 @@ class Worker:
         self.capabilities = capabilities or {}
         """What this worker can run (e.g. {"engines": ["piper", "kokoro"]}), announced every
         mesh.PRESENCE_SECONDS so the control plane can say what is available now."""
+        self.holding: set[str] = set()
+        """The jobs this worker is running now (announced with its presence: the control plane
+        fails a RUNNING job that no worker has held for ack_wait * max_deliver)."""
         self.handler = handler
         self.nats_url = nats_url
         self.worker_id = worker_id or f"{job_type}@{socket.gethostname()}:{os.getpid()}"
@@ -359,7 +362,8 @@ class Worker:
                 await self.nc.close()  # between jobs: nothing in flight to drain
 
     async def _presence(self, extra: dict[str, Any] | None = None) -> None:
-        body = {"worker_id": self.worker_id, "capabilities": self.capabilities, **(extra or {})}
+        body = {"worker_id": self.worker_id, "capabilities": self.capabilities,
+                "jobs": sorted(self.holding), **(extra or {})}  # fmt: skip
         await self.nc.publish(mesh.presence_subject(self.job_type), json.dumps(body).encode())
 
     async def _announce(self, stop: asyncio.Event) -> None:
@@ -457,9 +461,11 @@ class Worker:
         with job_context(ctx.job_id, dispatch.traceparent):
             started = time.monotonic()
             WORKER_BUSY.labels(self.job_type).set(1)
+            self.holding.add(ctx.job_id)
             try:
                 outcome = await self._run_handler(ctx, msg)
             finally:
+                self.holding.discard(ctx.job_id)
                 WORKER_BUSY.labels(self.job_type).set(0)
             WORKER_JOBS.labels(self.job_type, outcome).inc()
             WORKER_SECONDS.labels(self.job_type, outcome).observe(time.monotonic() - started)

@@ -28,15 +28,27 @@ FORGET_AFTER = 3 * mesh.PRESENCE_SECONDS
 class Seen:
     job_type: str
     capabilities: dict[str, Any]
+    jobs: frozenset[str] = frozenset()
     at: float = field(default_factory=time.monotonic)
 
 
 class Presence:
     def __init__(self) -> None:
         self._workers: dict[str, Seen] = {}
+        self.listening_since: float | None = None
+        """When this replica began hearing announcements (before FORGET_AFTER has passed
+        since, it cannot know that a worker is absent)."""
 
     async def start(self, nc: NATS) -> None:
         await nc.subscribe(mesh.presence_subject("*"), cb=self._on_announce)
+        self.listening_since = time.monotonic()
+
+    def knows_absence(self) -> bool:
+        """Whether a worker that held a job would have been heard from by now."""
+        return (
+            self.listening_since is not None
+            and time.monotonic() - self.listening_since > FORGET_AFTER
+        )
 
     async def _on_announce(self, msg: Msg) -> None:
         job_type = msg.subject.rsplit(".", 1)[-1]
@@ -44,6 +56,7 @@ class Presence:
             body = json.loads(msg.data)
             worker_id = str(body["worker_id"])[:200]
             capabilities = body.get("capabilities") or {}
+            jobs = frozenset(str(j) for j in body.get("jobs") or ())
             if not isinstance(capabilities, dict):
                 raise ValueError("capabilities is not an object")
         except (ValueError, KeyError, TypeError) as e:
@@ -53,7 +66,7 @@ class Presence:
         if body.get("leaving"):
             self._workers.pop(key, None)
         else:
-            self._workers[key] = Seen(job_type, capabilities)
+            self._workers[key] = Seen(job_type, capabilities, jobs)
 
     def workers(self, job_type: str | None = None) -> list[Seen]:
         """The workers heard from lately (of `job_type`)."""
@@ -69,3 +82,7 @@ class Presence:
             for seen in self.workers(job_type)
             for engine in seen.capabilities.get("engines", ())
         }
+
+    def held_jobs(self) -> set[str]:
+        """The job ids connected workers say they are running now."""
+        return {job for seen in self.workers() for job in seen.jobs}

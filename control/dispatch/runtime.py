@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from control.config import MeshSettings
 from control.db.models import Job, JobStatus, JobType, OutboxEntry
+from control.dispatch import reaper
 from control.dispatch.broadcast import Broadcaster
 from control.dispatch.dispatcher import Dispatcher
 from control.dispatch.ingest import EventIngester, give_up_exhausted
@@ -84,6 +85,7 @@ class MeshRuntime:
         """`run_secret`: the key run tokens are made with (the same on every replica)."""
         self = cls()
         self.run_secret = run_secret
+        self.settings = settings
         self.nc = await mesh.connect(
             url, "voxmesh-control", reconnected=self.broadcaster.reconnected
         )
@@ -102,6 +104,7 @@ class MeshRuntime:
     async def provision(self, settings: MeshSettings) -> None:
         """Create or update the mesh's streams, consumers and buckets with `settings`: the only
         place they are written (workers read ack_wait and max_deliver from their consumer)."""
+        self.settings = settings
         await mesh.ensure(self.js, settings, FIELDS)
 
     async def _lead(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -128,7 +131,15 @@ class MeshRuntime:
         await self.nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{mesh.JOBS_STREAM}.*", cb=exhausted
         )
-        await asyncio.gather(self.dispatcher.run(), ingester.run(), self._gauges(sessions))
+        await asyncio.gather(
+            self.dispatcher.run(), ingester.run(), self._gauges(sessions),
+            reaper.run(sessions, self.presence, self, self._orphan_grace),
+        )  # fmt: skip
+
+    def _orphan_grace(self) -> float:
+        """How long JetStream may keep redelivering a run: past this, a RUNNING job no worker
+        holds is lost."""
+        return self.settings.ack_wait_seconds * self.settings.max_deliver
 
     async def _gauges(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         """Keep the job and queue gauges current (the leader only, so a metric scraped from
