@@ -56,7 +56,7 @@ protos: $(PROTO_STAMP)
 # by protoc-gen-es through grpc_tools' protoc, bundled by esbuild into console/dist/.
 CONSOLE_NPM := console/node_modules/.installed-stamp
 CONSOLE_STAMP := console/dist/.built-stamp
-CONSOLE_SOURCES := $(wildcard console/src/*.ts) console/index.html console/app.css console/build.mjs console/tsconfig.json
+CONSOLE_SOURCES := $(wildcard console/src/*.ts) console/index.html console/app.css console/favicon.svg console/build.mjs console/tsconfig.json
 $(CONSOLE_NPM): console/package.json console/package-lock.json
 	cd console && npm ci --no-audit --no-fund --loglevel=error
 	touch $@

@@ -15,4 +15,5 @@ await build({
 });
 copyFileSync("index.html", "dist/index.html");
 copyFileSync("app.css", "dist/app.css");
-console.log("console built into dist/ (index.html, app.js, app.css)");
+copyFileSync("favicon.svg", "dist/favicon.svg");
+console.log("console built into dist/ (index.html, app.js, app.css, favicon.svg)");

@@ -117,6 +117,7 @@ def job_to_pb(job: models.Job) -> jobs_pb2.Job:
         last_event_seq=job.last_event_seq,
         awaiting_start=job.awaiting_start,
         pending_state=pending_state(job),
+        stage=job.stage or "",
     )
     field = kind_of(job.type).field
     json_format.ParseDict(job.params, getattr(out, field), ignore_unknown_fields=True)

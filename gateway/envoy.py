@@ -31,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSOLE_DIST = ROOT / "console" / "dist"
-CONSOLE_FILES = ("index.html", "app.js", "app.css")
+CONSOLE_FILES = ("index.html", "app.js", "app.css", "favicon.svg")
 """What `npm run build` in console/ writes (fixed names, so configurations need no rebuild)."""
 DEFAULT_ORIGINS = ["http://localhost:8080", "http://127.0.0.1:8080"]
 API_PREFIXES = ["/voxmesh.", "/grpc.health.", "/grpc.reflection."]
@@ -60,7 +60,8 @@ def _console_routes(console_dir: Path | None, *, check: bool = True) -> list[dic
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind.endswith("javascript"):
             kind += "; charset=utf-8"
-        for url in ["/", "/index.html"] if name == "index.html" else [f"/{name}"]:
+        urls = {"index.html": ["/", "/index.html"], "favicon.svg": ["/favicon.svg", "/favicon.ico"]}
+        for url in urls.get(name, [f"/{name}"]):
             routes.append({
                 "match": {"path": url},
                 "direct_response": {"status": 200, "body": {"filename": str(path)}},

@@ -440,3 +440,41 @@ async def test_console_stays_responsive_with_110_active_jobs(
     shot = Path(steps["screenshot"]["path"])
     assert shot.is_file() and shot.stat().st_size > 10_000
     print(f"\n{steps['created from the form']['ms']} ms to create; streams {streams}; {shot}")
+
+
+@browser
+@pytest.mark.slow
+async def test_console_forms_results_cancel_retry_and_layouts(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Every job type's form creates its job (uploads included); a finished transcription shows
+    as timestamped text with both subtitle formats previewed and a labelled meta table; Cancel
+    and Retry work from the row; at 400 px the layout is one column with nothing overlapping;
+    the favicon is served; the page logs no error."""
+    from tests.speech import passage, wav_bytes
+    from tests.test_stt import stt_worker
+
+    editor = await harness.user(UserRole.EDITOR)
+    await harness.project(editor.user_id, name="Forms")
+    samples, _ = passage()
+    speech = tmp_path / "speech.wav"
+    speech.write_bytes(wav_bytes(samples[: 16000 * 12]))
+    async with stt_worker(harness), gateway(harness, tmp_path) as gw:
+        steps = await drive("forms", gw, editor.username, editor.password, SPEECH=str(speech))
+    assert len(steps["created every type"]["ids"]) == 5
+    shown = steps["transcript shown"]
+    assert shown["lines"] >= 1 and "00:0" in shown["first"], shown
+    assert "-->" in shown["srt"] and shown["vtt"].startswith("WEBVTT"), shown
+    assert (
+        "Duration" in shown["meta"]
+        and " s" in shown["meta"]
+        and "Real-time factor" in shown["meta"]
+    )
+    assert shown["stage"] == "Finished.", shown
+    assert steps["cancelled and retried"]["status"].startswith("pending")
+    narrow = steps["narrow layout"]
+    assert not narrow["overlap"] and narrow["pageWidth"] <= 400, narrow
+    assert (steps["favicon"]["status"], steps["favicon"]["type"]) == (200, "image/svg+xml")
+    for name in ("console-1280.png", "console-400.png"):
+        assert (OUTPUT / "forms" / name).stat().st_size > 10_000
+    print(f"\nscreenshots: {OUTPUT / 'forms'}")

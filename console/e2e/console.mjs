@@ -1,5 +1,5 @@
 // Drives the console in Debian's Chromium with playwright-core (no downloaded browser).
-//   node e2e/console.mjs <editor|viewer|refresh|stream|revoked|access|busy>
+//   node e2e/console.mjs <editor|viewer|refresh|stream|revoked|access|busy|forms>
 // Environment: BASE_URL, VOXMESH_USER, VOXMESH_PASSWORD, OUT_DIR, and JOB_ID for `stream` and
 // `revoked`.
 // Prints one JSON object with what it saw; exits non-zero if any step fails.
@@ -22,6 +22,7 @@ const browser = await chromium.launch({
 const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1280, height: 800 } });
 const consoleErrors = [];
 page.on("pageerror", (err) => consoleErrors.push(String(err)));
+page.on("console", (msg) => { if (msg.type() === "error") consoleErrors.push(`console: ${msg.text()}`); });
 page.setDefaultTimeout(30_000);
 mkdirSync(OUT_DIR, { recursive: true });
 
@@ -63,7 +64,7 @@ async function editor() {
   const audio = page.locator("audio[data-testid^=audio-]").first();
   await audio.waitFor({ timeout: 30_000 });
   const name = (await audio.getAttribute("data-testid")).slice("audio-".length);
-  await page.getByTestId(`play-${name}`).click();
+  await page.getByTestId(`audio-${name}`).evaluate((a) => a.play()); // the player's own control
   await page.waitForFunction((n) => {
     const a = document.querySelector(`[data-testid="audio-${n}"]`);
     return a && a.currentTime > 0.3 && !a.paused;
@@ -260,8 +261,69 @@ async function busy() {
   step("streams", streams);
 }
 
+// Every job type's form, a transcript as a person reads it, Cancel and Retry, and the layout at
+// 1280 and 400 px. SPEECH is a WAV of real speech; only an STT worker runs.
+async function forms() {
+  await login();
+  const created = {};
+  const create = async (label, title, fill) => {
+    await page.getByTestId("type").selectOption({ label });
+    await page.getByTestId("title").fill(title);
+    await fill();
+    await page.getByTestId("create").click();
+    await page.waitForFunction((t) => document.querySelector("#detail h2")?.textContent === t, title, { timeout: 60_000 });
+    created[label] = await page.locator(`tr[data-job]`, { hasText: title }).first().getAttribute("data-job");
+  };
+  const form = (name) => page.locator(`[data-testid=create-form] [name=${name}]`);
+  await create("Text to speech", "Form: speech", async () => { await page.getByTestId("text").fill("Made in the form."); });
+  await create("Voice cloning", "Form: clone", async () => {
+    await page.getByTestId("file").setInputFiles(process.env.SPEECH);
+    await form("text").fill("Spoken in the cloned voice.");
+  });
+  await create("Dubbing", "Form: dub", async () => {
+    await page.getByTestId("file").setInputFiles(process.env.SPEECH);
+    await form("target_language").fill("pt");
+  });
+  await create("AI story", "Form: story", async () => { await form("prompt").fill("A lighthouse keeper befriends a storm"); });
+  await create("Speech to text", "Form: transcript", async () => {
+    await page.getByTestId("file").setInputFiles(process.env.SPEECH);
+    await form("language").fill("en");
+  });
+  step("created every type", { ids: created });
+  // The transcription finishes: timestamped text, both subtitle formats, a labelled meta table.
+  await page.getByTestId("transcript").waitFor({ timeout: 180_000 });
+  await page.getByTestId("meta").waitFor();
+  step("transcript shown", {
+    lines: await page.locator("[data-testid=transcript] li").count(),
+    first: await page.locator("[data-testid=transcript] li").first().textContent(),
+    srt: await page.getByTestId("preview-transcript.srt").textContent(),
+    vtt: await page.getByTestId("preview-transcript.vtt").textContent(),
+    meta: await page.getByTestId("meta").textContent(),
+    stage: await page.getByTestId("stage").textContent(),
+  });
+  await page.screenshot({ path: join(OUT_DIR, "console-1280.png"), fullPage: true });
+  // Cancel the queued speech job from its row, then Retry it.
+  const tts = created["Text to speech"];
+  await page.getByTestId(`cancel-${tts}`).click();
+  await page.waitForFunction((id) => document.querySelector(`[data-testid=status-${id}]`)?.textContent === "cancelled", tts);
+  await page.getByTestId(`retry-${tts}`).click();
+  await page.waitForFunction((id) => document.querySelector(`[data-testid=status-${id}]`)?.textContent?.startsWith("pending"), tts);
+  step("cancelled and retried", { status: await page.getByTestId(`status-${tts}`).textContent() });
+  // 400 px wide: one column, nothing overlaps, nothing wider than the screen.
+  await page.setViewportSize({ width: 400, height: 900 });
+  await page.waitForTimeout(200); // layout settles (no event to wait on for a resize reflow)
+  step("narrow layout", await page.evaluate(() => {
+    const jobs = document.querySelector("section.jobs").getBoundingClientRect();
+    const aside = document.querySelector("aside").getBoundingClientRect();
+    return { overlap: aside.top < jobs.bottom - 1 && aside.left < jobs.right - 1, pageWidth: document.documentElement.scrollWidth };
+  }));
+  await page.screenshot({ path: join(OUT_DIR, "console-400.png"), fullPage: true });
+  const icon = await page.evaluate(async () => { const r = await fetch("/favicon.ico"); return { status: r.status, type: r.headers.get("content-type") }; });
+  step("favicon", icon);
+}
+
 try {
-  await { editor, viewer, refresh, stream, revoked, access, busy }[scenario]();
+  await { editor, viewer, refresh, stream, revoked, access, busy, forms }[scenario]();
   report.ok = true;
 } catch (err) {
   report.ok = false;

@@ -7,6 +7,7 @@ import { UserRole } from "./gen/voxmesh/v1/users_pb";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createApi, describe, download, upload, type Api } from "./api";
 import { accessPanel, deliveries } from "./access";
+import { metaTable, renderFiles } from "./results";
 import { h } from "./dom";
 
 const TYPES: [JobType, string][] = [
@@ -296,8 +297,11 @@ function watch(jobId: string): void {
               const p = ev.event.value;
               setBar(row?.querySelector(".bar") ?? null, p.percent);
               setBar(detail?.querySelector(".bar") ?? null, p.percent);
-              const stage = detail?.querySelector("[data-testid=stage]");
-              if (stage) stage.textContent = [p.stage, p.message].filter(Boolean).join(": ");
+              const stage = detail?.querySelector<HTMLElement>("[data-testid=stage]");
+              if (stage) {
+                stage.textContent = [p.stage, p.message].filter(Boolean).join(": ");
+                if (p.stage) stage.dataset.stage = p.stage;
+              }
               break;
             }
             case "status": {
@@ -310,6 +314,8 @@ function watch(jobId: string): void {
               }
               const st = detail?.querySelector("[data-testid=detail-status]");
               if (st) st.textContent = statusName(s) + (ev.event.value.error ? ` — ${ev.event.value.error}` : "");
+              const line = detail?.querySelector<HTMLElement>("[data-testid=stage]");
+              if (line && !ACTIVE.has(s)) line.textContent = stageLine(s, line.dataset.stage ?? "");
               break;
             }
             case "log": {
@@ -368,7 +374,7 @@ async function openJob(jobId: string): Promise<void> {
     h("h2", {}, job.title || typeName(job.type)),
     h("p", {}, `${typeName(job.type)} · `, h("span", { testid: "detail-status" }, statusName(job.status) + (job.error ? ` — ${job.error}` : ""))),
     progressBar("detail-progress", job.progress, job.status),
-    h("p", { class: "muted", testid: "stage" }),
+    h("p", { class: "muted", testid: "stage", "data-stage": job.stage }, stageLine(job.status, job.stage)),
     h("div", { id: "result", testid: "result" }),
     h("details", {}, h("summary", {}, "Log"), h("pre", {})),
     deliveries(api, job.id),
@@ -390,29 +396,22 @@ async function renderResult(result: JobResult): Promise<void> {
   if (!box) return;
   const logs = document.querySelector("#detail pre");
   if (logs) logs.textContent = result.logs;
-  const items: HTMLElement[] = [];
-  for (const file of result.files) {
-    const item = h("div", { class: "file" }, h("span", {}, `${file.name} (${Math.ceil(Number(file.sizeBytes) / 1024)} KiB)`));
-    const get = h("button", { testid: `download-${file.name}`, onclick: async () => {
-      const { blob, name } = await download(api, file.fileId);
-      const link = h("a", { href: URL.createObjectURL(blob), download: name });
-      document.body.append(link);
-      link.click();
-      link.remove();
-    } }, "Download");
-    item.append(get);
-    if (file.contentType.startsWith("audio/")) {
-      const { blob } = await download(api, file.fileId);
-      const audio = h("audio", { controls: true, src: URL.createObjectURL(blob), testid: `audio-${file.name}` });
-      item.append(audio, h("button", { testid: `play-${file.name}`, onclick: () => void audio.play() }, "Play"));
-    } else if (file.contentType.startsWith("text/") && Number(file.sizeBytes) < 100_000) {
-      const { blob } = await download(api, file.fileId);
-      item.append(h("pre", { class: "text" }, await blob.text()));
-    }
-    items.push(item);
+  const files = await renderFiles(api, result);
+  box.replaceChildren(...files, metaTable(result.meta as Record<string, unknown> | undefined) ?? "");
+}
+
+/** The line under a job's bar: its stage while it runs; where it stopped once it has. */
+function stageLine(status: JobStatus, stage: string, error = ""): string {
+  switch (status) {
+    case JobStatus.COMPLETED:
+      return "Finished.";
+    case JobStatus.FAILED:
+      return stage ? `Failed during: ${stage}` : "Failed before it started.";
+    case JobStatus.CANCELLED:
+      return stage ? `Cancelled during: ${stage}` : "Cancelled before it started.";
+    default:
+      return [stage, error].filter(Boolean).join(": ");
   }
-  const meta = result.meta ? Object.entries(result.meta).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ") : "";
-  box.replaceChildren(...items, h("p", { class: "muted" }, meta));
 }
 
 // --- create a job ----------------------------------------------------------------------------
