@@ -30,7 +30,17 @@ const META: Record<string, [string, (v: unknown) => string]> = {
   max_overflow_seconds: ["Longest overrun", (v) => seconds(Number(v))],
   parts: ["Parts decoded in parallel", String],
   saved_voice: ["Saved as voice", String],
+  task: ["Task", String],
+  speakers: ["Speakers", String],
+  writer: ["Writer", String],
+  target_words: ["Words asked for", String],
+  length_note: ["Length", String],
 };
+
+function rest(k: string): string {
+  const words = k.replaceAll("_", " ");
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
 
 function seconds(v: number): string {
   if (!Number.isFinite(v)) return "–";
@@ -52,11 +62,11 @@ function clock(t: number): string {
 export function metaTable(meta: Record<string, unknown> | undefined): HTMLElement | null {
   if (!meta || !Object.keys(meta).length) return null;
   const known = Object.keys(META).filter((k) => k in meta);
-  const rest = Object.keys(meta).filter((k) => !(k in META)).sort();
+  const others = Object.keys(meta).filter((k) => !(k in META)).sort();
   const row = (label: string, value: string) => h("tr", {}, h("th", {}, label), h("td", {}, value));
   return h("table", { class: "meta", testid: "meta" }, h("tbody", {},
     ...known.map((k) => row(META[k][0], META[k][1](meta[k]))),
-    ...rest.map((k) => row(k.replaceAll("_", " "), typeof meta[k] === "object" ? JSON.stringify(meta[k]) : String(meta[k]))),
+    ...others.map((k) => row(rest(k), typeof meta[k] === "object" ? JSON.stringify(meta[k]) : String(meta[k]))),
   ));
 }
 
