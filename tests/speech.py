@@ -96,3 +96,81 @@ def normalize(text: str) -> str:
     text = text.lower().replace("mr.", "mister").replace("-", " ")
     text = re.sub(r"[^a-z' ]+", " ", text)
     return re.sub(r"\s+", " ", text).strip()
+
+
+CONVERSATION_LINES = {
+    "piper": [
+        "Good morning, and welcome back to the program about old books and their readers.",
+        "I have always wondered how a reader chooses which chapter to record first.",
+        "That makes sense. Do listeners ever write to you about the voices you choose?",
+        "And what do you do when a sentence is simply too long to read in one breath?",
+        "Is there a book you would never agree to read aloud, whatever the offer?",
+        "Thank you both for coming in today; this was a real pleasure.",
+    ],
+    "kokoro": [
+        "I think the secret is patience, and a quiet room with thick curtains.",
+        "Some of them do, and they are very kind about it, even when I make mistakes.",
+        "My favourite part is when a story surprises me halfway through the reading.",
+        "I mark the page with a pencil, take a breath, and read it again slowly.",
+        "Only the ones with tiny print in the footnotes; my eyes would never forgive me.",
+        "The pleasure was ours, and I hope the listeners enjoyed it as much as we did.",
+    ],
+}
+
+
+def _speech_extent(samples: np.ndarray, rate: int = RATE) -> np.ndarray:
+    """Frames (10 ms) with speech energy, small gaps (< 0.3 s) filled: where a clip speaks."""
+    hop = rate // 100
+    frames = samples[: len(samples) // hop * hop].reshape(-1, hop)
+    energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
+    speech = energy > energy.max() - 35
+    gap = 0
+    for i in range(len(speech)):
+        if speech[i]:
+            if 0 < gap < 30:
+                speech[i - gap : i] = True
+            gap = 0
+        else:
+            gap += 1
+    return speech
+
+
+def conversation(overlap: float = 0.6) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """A three-person conversation of over 60 s: the LibriVox reader (a real person), Piper's
+    joe and Kokoro's female voice take turns, each turn starting `overlap` s before the
+    previous one ends. Returns 16 kHz samples and the reference turns (speaker, start, end),
+    taken from where each clip has speech energy (so pauses inside a turn are not speech)."""
+    from voxmesh import audio
+    from voxmesh.speech import voices
+    from voxmesh.speech.tts import load as load_voice
+
+    def synth(voice_id: str, text: str) -> np.ndarray:
+        voice = voices.CATALOG[voice_id]
+        engine = load_voice(voice)
+        return audio.resample(engine.synthesize(text, voice, 1.0), engine.sample_rate, RATE)
+
+    reader = [samples for samples, _ in clips()]
+    turns: list[tuple[str, np.ndarray]] = []
+    for i in range(6):
+        turns.append(("piper", synth("en_US-joe-medium", CONVERSATION_LINES["piper"][i])))
+        turns.append(("reader", reader[i % len(reader)]))
+        turns.append(("kokoro", synth("kokoro:en-US/jf_alpha", CONVERSATION_LINES["kokoro"][i])))
+    placed: list[tuple[str, int, np.ndarray]] = []
+    position = 0
+    for speaker, samples in turns:
+        extent = _speech_extent(samples)
+        first, last = int(np.argmax(extent)), len(extent) - int(np.argmax(extent[::-1]))
+        clip = samples[first * RATE // 100 : last * RATE // 100]
+        start = max(0, position - int(overlap * RATE)) if placed else 0
+        placed.append((speaker, start, clip))
+        position = start + len(clip)
+    mix = np.zeros(position + RATE // 2, np.float32)
+    reference: list[tuple[str, float, float]] = []
+    for speaker, start, clip in placed:
+        peak = float(np.max(np.abs(clip))) or 1.0
+        mix[start : start + len(clip)] += clip * (0.5 / peak)
+        extent = _speech_extent(clip)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], extent.astype(int), [0]])))
+        for a, b in zip(edges[::2], edges[1::2], strict=True):
+            reference.append((speaker, start / RATE + a / 100, start / RATE + b / 100))
+    return mix, reference

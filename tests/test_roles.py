@@ -76,6 +76,7 @@ EXPECTED = {
     "FileService/GetFile": VIEWER,
     "FileService/DownloadFile": VIEWER,
     "VoiceService/ListVoices": VIEWER,
+    "VoiceService/ListModels": VIEWER,
     "VoiceService/DeleteVoice": EDITOR,
     "SettingsService/ListSettings": VIEWER,
     "SettingsService/SetSetting": EDITOR,

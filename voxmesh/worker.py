@@ -192,11 +192,13 @@ class JobContext:
         return await asyncio.to_thread(fn, *args)
 
     async def run_shards(
-        self, payloads: list[bytes], *, low: float, high: float, stage: str
-    ) -> list[bytes]:
+        self, payloads: list[bytes], *, low: float, high: float, stage: str,
+        params: Message | None = None,
+    ) -> list[bytes]:  # fmt: skip
         """Have every worker of this type (this one included) process `payloads` at once;
         return their results in order. Progress goes from `low` to `high` as shards finish;
-        cancellation is checked meanwhile; a shard that fails fails the job."""
+        cancellation is checked meanwhile; a shard that fails fails the job. Shards carry the
+        job's params, or `params` (what the parent settled, e.g. a detected language)."""
         worker = self._worker
         keys = [f"{mesh.run_key(self.job_id, self.run)}.{i}" for i in range(len(payloads))]
         for index, (key, payload) in enumerate(zip(keys, payloads, strict=True)):
@@ -208,7 +210,7 @@ class JobContext:
             )  # fmt: skip
             which = self.dispatch.WhichOneof("params")
             if which:
-                getattr(task, which).CopyFrom(self.params)
+                getattr(task, which).CopyFrom(params or self.params)
             await worker.js.publish(
                 mesh.tasks_subject(worker.job_type), task.SerializeToString(),
                 headers={"Nats-Msg-Id": key},

@@ -32,6 +32,7 @@ from control.kinds.base import Request, UserDefaults
 from control.lifecycle.transitions import Lifecycle
 from control.validate import enum_field, mask_paths, required_uuid, text_field, uuid_field
 from voxmesh.errors import InvalidArgument, NotFound, Unavailable
+from voxmesh.speech.languages import SHIPPED_STT
 from voxmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 ID_PREFIX = re.compile(r"[0-9a-f-]{4,36}")
@@ -50,7 +51,7 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fals
 
 
 async def _defaults(
-    session: AsyncSession, user_id: uuid.UUID, project_id: uuid.UUID
+    session: AsyncSession, user_id: uuid.UUID, project_id: uuid.UUID, app: ControlApp
 ) -> tuple[UserDefaults, bool]:
     """The creator's defaults for job parameters (and the voices the project saved), and
     whether their jobs start at once."""
@@ -63,6 +64,7 @@ async def _defaults(
         default_language=str(values["default_language"][0]),
         max_text_length=int(values["max_text_length"][0]),
         saved_voices=frozenset(name.lower() for name in saved),
+        stt_models=app.mesh.presence.stt_models() if app.mesh is not None else SHIPPED_STT,
     )
     return defaults, bool(values["auto_start_jobs"][0])
 
@@ -91,7 +93,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         async with self.app.sessions() as session:
             project = await get_project(session, project_id)
             policy.require_project_owner(who, project, "create jobs in it")
-            defaults, auto_start = await _defaults(session, who.user_id, project.id)
+            defaults, auto_start = await _defaults(session, who.user_id, project.id, self.app)
             req = Request(session, who, project.id, defaults)
             params = kind.normalize(getattr(request, kind.field), defaults)
             input_file = await kind.input_file(req, params, request.input_file_id)
@@ -170,7 +172,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                         field="params",
                     )
                 lifecycle.check_params_editable(job)
-                defaults, _ = await _defaults(session, job.created_by, job.project_id)
+                defaults, _ = await _defaults(session, job.created_by, job.project_id, self.app)
                 params = kind.normalize(getattr(request, kind.field), defaults)
                 await kind.check(Request(session, who, job.project_id, defaults), params)
                 job.params = params_to_json(params)

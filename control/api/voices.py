@@ -12,7 +12,7 @@ from control.auth import policy, principal
 from control.db.models import File, Job, SavedVoice
 from control.validate import required_uuid, text_field
 from voxmesh.errors import InvalidArgument, NotFound
-from voxmesh.speech import voices
+from voxmesh.speech import languages, voices, writer
 from voxmesh.v1 import voices_pb2, voices_pb2_grpc
 
 ENGINES = (*voices.ENGINES, "clone")
@@ -72,6 +72,34 @@ class VoiceService(voices_pb2_grpc.VoiceServiceServicer):
         # What can be spoken now first (a stable sort keeps the catalog's order within each).
         found.sort(key=lambda v: not v.available)
         return voices_pb2.ListVoicesResponse(voices=found)
+
+    async def ListModels(
+        self, request: voices_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> voices_pb2.ListModelsResponse:
+        job_type = text_field(request.job_type, "job_type", max_len=32).lower()
+        if job_type not in ("", "stt", "ai_stories"):
+            raise InvalidArgument(
+                f"job_type {job_type!r} is not one of stt, ai_stories", field="job_type"
+            )
+        presence = self.app.mesh.presence if self.app.mesh is not None else None
+        found: list[voices_pb2.ModelInfo] = []
+        if job_type in ("", "stt"):
+            connected = presence.stt_models() if presence and presence.workers("stt") else ()
+            announced = {m.name for m in connected}
+            for model in connected or languages.SHIPPED_STT:
+                found.append(voices_pb2.ModelInfo(
+                    name=model.name, job_type="stt", multilingual=model.multilingual,
+                    languages=sorted(languages.WHISPER_LANGUAGES) if model.multilingual else ["en"],
+                    description=f"Whisper {model.describe()}", available=model.name in announced,
+                ))  # fmt: skip
+        if job_type in ("", "ai_stories"):
+            writing = bool(presence and presence.workers("ai_stories"))
+            for story_writer in writer.WRITERS.values():
+                found.append(voices_pb2.ModelInfo(
+                    name=story_writer.name, job_type="ai_stories", languages=sorted(languages.STORY_LANGUAGES),
+                    description=story_writer.about, available=writing,
+                ))  # fmt: skip
+        return voices_pb2.ListModelsResponse(models=found)
 
     async def DeleteVoice(
         self, request: voices_pb2.DeleteVoiceRequest, context: grpc.aio.ServicerContext

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from voxmesh import mesh
+from voxmesh.speech.languages import SHIPPED_STT, SttModel
 
 log = logging.getLogger(__name__)
 FORGET_AFTER = 3 * mesh.PRESENCE_SECONDS
@@ -82,6 +83,17 @@ class Presence:
             for seen in self.workers(job_type)
             for engine in seen.capabilities.get("engines", ())
         }
+
+    def stt_models(self) -> tuple[SttModel, ...]:
+        """The STT models connected workers announce, in their order of preference (the
+        shipped set while none has announced any: a job may then wait for a worker)."""
+        found: dict[str, SttModel] = {}
+        for seen in self.workers("stt"):
+            for capability in seen.capabilities.get("models") or ():
+                model = SttModel.from_capability(capability)
+                if model is not None:
+                    found.setdefault(model.name, model)
+        return tuple(found.values()) or SHIPPED_STT
 
     def held_jobs(self) -> set[str]:
         """The job ids connected workers say they are running now."""

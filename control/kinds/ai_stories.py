@@ -12,7 +12,7 @@ from control.kinds.base import (
 )
 from control.validate import language_field, number_range, text_field
 from voxmesh.errors import InvalidArgument
-from voxmesh.speech import languages, voices
+from voxmesh.speech import languages, voices, writer
 from voxmesh.v1 import jobs_pb2
 
 
@@ -53,6 +53,12 @@ class AiStories(JobKind[jobs_pb2.AiStoriesParams]):
                 "",
                 "ai_stories.dialogue_voice",
                 defaults,
+            )
+        out.writer = out.writer.strip().lower()
+        if out.writer and out.writer not in writer.WRITERS:
+            raise InvalidArgument(
+                f"ai_stories.writer {out.writer[:40]!r} is not one of {', '.join(writer.WRITERS)}",
+                field="ai_stories.writer",
             )
         if out.seed < 0:
             raise InvalidArgument("ai_stories.seed must be 0 or positive", field="ai_stories.seed")

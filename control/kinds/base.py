@@ -22,6 +22,7 @@ from control.validate import VOICE_RE, enum_field, text_field, uuid_field
 from voxmesh import audio
 from voxmesh.errors import InvalidArgument, NotFound, PermissionDenied
 from voxmesh.speech import voices
+from voxmesh.speech.languages import SHIPPED_STT, SttModel
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
 P = TypeVar("P", bound=Message)
@@ -36,6 +37,9 @@ class UserDefaults:
     max_text_length: int = 20_000
     saved_voices: frozenset[str] = frozenset()
     """Lower-cased names of the voices the job's project saved (cloned voices)."""
+    stt_models: tuple[SttModel, ...] = SHIPPED_STT
+    """The STT models connected workers serve, in their order of preference (the shipped set
+    while no STT worker is connected)."""
 
 
 @dataclass

@@ -5,7 +5,12 @@ from __future__ import annotations
 from control.db.models import JobType
 from control.kinds.base import JobKind, UserDefaults
 from control.validate import enum_field, language_field, text_field
+from voxmesh.errors import InvalidArgument
+from voxmesh.speech.languages import NoModel, route_stt
 from voxmesh.v1 import jobs_pb2
+
+
+MAX_SPEAKERS = 20
 
 
 class Stt(JobKind[jobs_pb2.SttParams]):
@@ -21,3 +26,34 @@ class Stt(JobKind[jobs_pb2.SttParams]):
         out.initial_prompt = text_field(
             out.initial_prompt, "stt.initial_prompt", max_len=1000, multiline=True
         )
+        out.model = text_field(out.model, "stt.model", max_len=200)
+        for name in ("num_speakers", "min_speakers", "max_speakers"):
+            value = getattr(out, name)
+            if value and not out.diarize:
+                raise InvalidArgument(f"stt.{name} needs stt.diarize", field=f"stt.{name}")
+            if not 0 <= value <= MAX_SPEAKERS:
+                raise InvalidArgument(
+                    f"stt.{name} must be between 1 and {MAX_SPEAKERS} (0: found from the audio)",
+                    field=f"stt.{name}",
+                )
+        if out.num_speakers and (out.min_speakers or out.max_speakers):
+            raise InvalidArgument(
+                "give stt.num_speakers or stt.min_speakers/max_speakers, not both",
+                field="stt.num_speakers",
+            )
+        if out.min_speakers and out.max_speakers and out.min_speakers > out.max_speakers:
+            raise InvalidArgument(
+                f"stt.min_speakers ({out.min_speakers}) is above stt.max_speakers "
+                f"({out.max_speakers})",
+                field="stt.min_speakers",
+            )
+        if out.diarize:
+            out.word_timestamps = True  # speakers are assigned word by word
+        task = "translate" if out.task == jobs_pb2.STT_TASK_TRANSLATE else "transcribe"
+        try:  # refused now if no connected worker's model can do it, not after queueing
+            route_stt(defaults.stt_models, out.language, task, out.model)
+        except NoModel as e:
+            field = "stt.model" if out.model and "no STT model" in str(e) else (
+                "stt.task" if task == "translate" and "translation" in str(e) else "stt.language"
+            )  # fmt: skip
+            raise InvalidArgument(f"{field}: {e}", field=field) from None

@@ -9,25 +9,24 @@ import time
 import numpy as np
 
 from services.stories.config import WorkerSettings
+from services.stories.drafting import Draft, Writing, length_verdict, write_base, write_chat
 from services.stories.writing import (
-    OPENING,
     clean_title,
     distinct_ngram_ratio,
-    prompt,
+    missing_terms,
+    premise_terms,
     runs,
-    shape,
     title_prompt,
 )
 from voxmesh import audio, roles
 from voxmesh.speech import languages, voice_profile, voices
 from voxmesh.speech import text as text_split
 from voxmesh.speech.tts import EngineError, for_voice
-from voxmesh.speech.writer import Endpoint, GeneratorError, local_model, stream
+from voxmesh.speech.writer import Endpoint, GeneratorError, chat, local_model, stream
 from voxmesh.stages import Stages
 from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import Handler, JobContext, JobFailed, Outcome, Output
 
-FLUSH_SECONDS = 0.3
 PROGRESS = {
     "writing": (0, 60),
     "narrating title": (60, 62),
@@ -58,46 +57,70 @@ def make_handler(settings: WorkerSettings) -> Handler:
         seed = p.seed or int(time.time()) % 2**31
 
         await stages.report("writing")
+        writer_name = p.writer or config.writer
         if config.base_url:
             endpoint = Endpoint(
                 config.base_url,
                 config.api_key.get_secret_value() if config.api_key else None,
                 config.model,
+                config.chat,
             )
         else:
-            endpoint = (await ctx.run_blocking(local_model, config.threads)).endpoint
-        raw, pending, tokens = "", OPENING, 0
-        started = last_flush = time.perf_counter()
+            try:
+                model = await ctx.run_blocking(local_model, config.threads, writer_name)
+            except GeneratorError as e:
+                raise JobFailed(str(e)) from None
+            endpoint = model.endpoint
+        started = time.perf_counter()
+        out = Writing(ctx, stages, target)
+        terms = premise_terms(premise)
+        best: Draft | None = None
         try:
-            async for piece in stream(
-                endpoint, prompt(premise, p.genre, p.audience, target),
-                max_tokens=int(target * 1.8) + 40, temperature=config.temperature, seed=seed,
-                repeat_penalty=config.repeat_penalty,
-            ):  # fmt: skip
-                raw, pending, tokens = raw + piece, pending + piece, tokens + 1
-                if time.perf_counter() - last_flush >= FLUSH_SECONDS:
-                    words = len(raw.split())
-                    await stages.report("writing", words / target, pending)
-                    pending, last_flush = "", time.perf_counter()
+            for draft_number in range(1, (config.drafts if endpoint.chat else 1) + 1):
+                draft = await (write_chat if endpoint.chat else write_base)(
+                    out, endpoint, config, premise, p.genre, p.audience, target,
+                    seed + 1000 * (draft_number - 1),
+                )  # fmt: skip
+                draft.missing = missing_terms(" ".join(draft.story.paragraphs), terms)
+                if best is None or draft.rank() < best.rank():
+                    best = draft
+                if not draft.missing or not endpoint.chat:
+                    break
+                await ctx.log(
+                    f"draft {draft_number} never mentions {', '.join(draft.missing)}: "
+                    "writing it again"
+                )
         except GeneratorError as e:
             raise JobFailed(str(e)) from None
+        assert best is not None
+        story, tokens = best.story, out.tokens
         writing_seconds = time.perf_counter() - started
-        if pending:
-            await stages.report("writing", len(raw.split()) / target, pending)
-        story = shape(raw, target, title="")
-        try:  # a second, short completion names the story
-            named = ""
-            async for piece in stream(
-                endpoint, title_prompt(" ".join(story.paragraphs)), max_tokens=16,
-                temperature=0.3, seed=seed, repeat_penalty=1.0, stop=['"', "\n"],
-            ):  # fmt: skip
-                named += piece
-        except GeneratorError as e:
-            raise JobFailed(str(e)) from None
-        story.title = clean_title(named, fallback=premise[:60].strip().capitalize())
+        await out.flush()
+        if not story.title:
+            try:  # a short completion names the story
+                named = ""
+                async for piece in stream(
+                    endpoint, title_prompt(" ".join(story.paragraphs)), max_tokens=16,
+                    temperature=0.3, seed=seed, repeat_penalty=1.0, stop=['"', "\n"],
+                ) if not endpoint.chat else chat(
+                    endpoint, [{"role": "user", "content": "Give this story a title of 2 to 8 "
+                               "words. Answer with the title only.\n\n"
+                               + " ".join(story.paragraphs)[:3000]}],
+                    max_tokens=20, temperature=0.3, seed=seed, repeat_penalty=1.0,
+                ):  # fmt: skip
+                    named += piece
+            except GeneratorError as e:
+                raise JobFailed(str(e)) from None
+            story.title = clean_title(named, fallback=premise[:60].strip().capitalize())
         if story.words < 20:
             raise JobFailed("the model wrote too little to make a story; try another seed")
-        await ctx.log(f"wrote {story.words} words in {writing_seconds:.1f} s ({tokens} tokens)")
+        length_note = length_verdict(story, target)
+        if length_note:
+            await ctx.log(length_note)
+        await ctx.log(
+            f"wrote {story.words} words in {writing_seconds:.1f} s ({tokens} tokens, "
+            f"{best.number} draft(s) with {endpoint.model})"
+        )
 
         dialogue = None
         if p.dialogue_voice:
@@ -162,7 +185,9 @@ def make_handler(settings: WorkerSettings) -> Handler:
         meta = {
             "title": story.title, "language": "en", "word_count": story.words,
             "paragraphs": len(story.paragraphs), "target_words": target, "seed": seed,
-            "model": endpoint.model, "tokens": tokens,
+            "model": endpoint.model, "writer": endpoint.model, "tokens": tokens,
+            "drafts": best.number, "premise_terms_missing": ", ".join(best.missing),
+            "length_note": length_note,
             "tokens_per_second": round(tokens / writing_seconds, 1) if writing_seconds else 0.0,
             "writing_seconds": round(writing_seconds, 2),
             "distinct_3gram_ratio": round(distinct_ngram_ratio(" ".join(story.paragraphs)), 3),

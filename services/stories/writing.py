@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 class Story:
     title: str
     paragraphs: list[str] = field(default_factory=list)
+    looped: bool = False
+    """The writer fell into a loop and the story was stopped there."""
 
     @property
     def words(self) -> int:
@@ -35,6 +37,198 @@ def prompt(premise: str, genre: str, audience: str, target_words: int) -> str:
     )
 
 
+SYSTEM = (
+    "You are a storyteller. You write complete, original short stories in plain English prose, "
+    "and you always tell exactly the story you are asked for."
+)
+
+
+def chat_messages(
+    premise: str, genre: str, audience: str, target_words: int
+) -> list[dict[str, str]]:
+    """The chat an instruction-tuned writer is asked. Models of this size write about 1.3x the
+    words they are asked for, so they are asked for fewer (`asked_words`)."""
+    kind = f"a {genre} story" if genre else "a story"
+    reader = f" for {audience}" if audience else ""
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": (
+            f"Write {kind}{reader}.\n\nPremise: {premise.rstrip('.')}.\n\n"
+            "The characters and events of the premise are the heart of the story: show them "
+            f"plainly, and use the premise's own words for them ({', '.join(premise_words(premise))}). "
+            f"Length: about {asked_words(target_words)} words, "
+            "in short paragraphs. Start with the title on its own line, like: # The Title. "
+            "Finish the story with a proper ending."
+        )},
+    ]  # fmt: skip
+
+
+def asked_words(target_words: int) -> int:
+    return max(40, round(target_words * 0.8))
+
+
+def continue_message(missing_words: int) -> dict[str, str]:
+    return {"role": "user", "content": (
+        f"Continue the story from where it stopped: add about {missing_words} more words, then "
+        "give it a proper ending. Do not repeat what is written and do not add a title."
+    )}  # fmt: skip
+
+
+def ending_message(premise: str, max_words: int) -> dict[str, str]:
+    return {"role": "user", "content": (
+        f"Now end the story in at most {max_words} words, in a way that fits the premise "
+        f"({premise.rstrip('.')}). Write only the ending."
+    )}  # fmt: skip
+
+
+def split_title(text: str) -> tuple[str, str]:
+    """(title, body) of a chat writer's answer: the title is a "# ..." or "Title: ..." line among
+    the first lines (lines before it, such as a preamble, are dropped)."""
+    lines = text.strip().splitlines()
+    for i, line in enumerate(lines[:3]):
+        found = re.match(r"^\s*(#+\s*|title:\s*)(.+)$", line, re.I)
+        if found:
+            title = re.sub(r"[#*\"_]", "", found.group(2)).strip()
+            return " ".join(title.split())[:100], "\n".join(lines[i + 1 :]).strip()
+    return "", text.strip()
+
+
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "from",
+        "by",
+        "about",
+        "into",
+        "over",
+        "under",
+        "who",
+        "whom",
+        "whose",
+        "which",
+        "that",
+        "this",
+        "these",
+        "those",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "has",
+        "have",
+        "had",
+        "do",
+        "does",
+        "did",
+        "his",
+        "her",
+        "their",
+        "its",
+        "our",
+        "your",
+        "my",
+        "he",
+        "she",
+        "they",
+        "it",
+        "we",
+        "you",
+        "i",
+        "him",
+        "them",
+        "us",
+        "me",
+        "one",
+        "some",
+        "any",
+        "all",
+        "no",
+        "not",
+        "very",
+        "so",
+        "as",
+        "than",
+        "then",
+        "when",
+        "where",
+        "while",
+        "how",
+        "why",
+        "what",
+        "there",
+        "here",
+        "out",
+        "up",
+        "down",
+        "off",
+        "only",
+        "just",
+        "who's",
+        "learns",
+        "learn",
+        "finds",
+        "find",
+        "gets",
+        "get",
+        "becomes",
+        "become",
+        "tries",
+        "try",
+        "story",
+        "tale",
+    ]
+)
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ies", "ing", "ers", "er", "es", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)]
+    return word
+
+
+def premise_words(premise: str) -> list[str]:
+    """The premise's content words as written (its people, things and what happens)."""
+    words: list[str] = []
+    for word in re.findall(r"[A-Za-z]+", premise):
+        if len(word) >= 3 and word.lower() not in _STOPWORDS and word.lower() not in words:
+            words.append(word.lower())
+    return words
+
+
+def premise_terms(premise: str) -> list[str]:
+    """The premise's content words (its people, things and what happens between them), stemmed:
+    what a story on this premise names."""
+    return list(dict.fromkeys(_stem(w) for w in premise_words(premise)))
+
+
+def missing_terms(story_text: str, terms: list[str]) -> list[str]:
+    """The premise terms a story never mentions (a stem matches a word that contains it or that
+    it contains: "befriend" is found in "friends")."""
+    words = {_stem(w) for w in re.findall(r"[a-z]+", story_text.lower()) if len(w) >= 3}
+    return [t for t in terms if not any(t in w or (len(w) >= 4 and w in t) for w in words)]
+
+
+def ends_cleanly(text: str) -> bool:
+    """The last thing written is a complete sentence."""
+    return bool(re.search(r"[.!?][\"'\u201d\u2019)]*$", text.strip()))
+
+
 def title_prompt(story_text: str) -> str:
     return f'Story:\n{story_text[:1500]}\n\nThe title of this story is "'
 
@@ -52,13 +246,14 @@ def distinct_ngram_ratio(text: str, n: int = 3) -> float:
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
-def shape(raw: str, target_words: int, title: str) -> Story:
-    """The paragraphs of `raw` (the opening plus the model's continuation), cut at a sentence
-    end near the target length; metadata-like lines and looping paragraphs dropped."""
-    body = f"{OPENING}{raw}"
+def shape(body: str, target_words: int, title: str) -> Story:
+    """The paragraphs of `body` (what the writer wrote; a base model's includes the OPENING it
+    was given), cut at a sentence end by 1.15x the target length; metadata-like lines dropped,
+    and the story stops where the model fell into a loop."""
     paragraphs: list[str] = []
     seen: set[str] = set()
     total = 0
+    looped = False
     for block in re.split(r"\n\s*\n|\n", body):
         text = " ".join(block.split())
         if not text or text.lower() in seen or _METADATA.match(text):
@@ -66,7 +261,8 @@ def shape(raw: str, target_words: int, title: str) -> Story:
         if re.match(r"^(the end|\*\*\*)", text.lower()):
             break
         if distinct_ngram_ratio(text) < 0.5:
-            break  # the model fell into a loop: stop the story here
+            looped = True  # the model fell into a loop: stop the story here
+            break
         seen.add(text.lower())
         limit = int(target_words * 1.15)
         if total + len(text.split()) > limit:  # keep the sentences that fit, then stop
@@ -82,7 +278,7 @@ def shape(raw: str, target_words: int, title: str) -> Story:
     if paragraphs and not re.search(r"[.!?\"']$", paragraphs[-1]):  # drop a cut-off sentence
         last = re.split(r"(?<=[.!?])\s+", paragraphs[-1])
         paragraphs[-1] = " ".join(last[:-1]) if len(last) > 1 else paragraphs[-1] + "."
-    return Story(title, [p for p in paragraphs if p])
+    return Story(title, [p for p in paragraphs if p], looped)
 
 
 _QUOTED = re.compile(r"\u201c[^\u201d]+\u201d|\"[^\"]+\"")

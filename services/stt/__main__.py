@@ -6,7 +6,7 @@ from __future__ import annotations
 from services.stt.config import WorkerSettings
 from services.stt.handler import make_handler, make_shard_handler
 from voxmesh import service
-from voxmesh.speech.stt import from_settings
+from voxmesh.speech.stt import catalog, from_settings
 from voxmesh.worker import Worker
 
 
@@ -14,8 +14,10 @@ def make() -> tuple[Worker, service.Loader]:
     settings = WorkerSettings()
 
     def load() -> dict[str, float]:
-        engine = from_settings(settings.stt)
-        return {engine.name: engine.load_seconds}
+        engines = from_settings(settings.stt)
+        # What this worker serves, announced with its presence (CreateJob validates by it).
+        worker.capabilities["models"] = [m.capability() for m in catalog(engines)]
+        return {name: engine.load_seconds for name, engine in engines.items()}
 
     worker = Worker(
         "stt",

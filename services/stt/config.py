@@ -8,9 +8,12 @@ from voxmesh.settings import BaseWorkerSettings
 
 
 class SttSettings(BaseModel):
-    model: str = "tiny.en"
-    """A packaged model name ("tiny.en"), a CTranslate2 model directory, or an openai-whisper
-    `.pt` checkpoint file."""
+    models: list[str] = Field(default_factory=lambda: ["tiny.en", "base"], min_length=1)
+    """The models this worker serves, in order of preference: packaged names ("tiny.en",
+    "base"), CTranslate2 model directories or openai-whisper `.pt` files. A job goes to the
+    model it names, else to the first that speaks its language; with no language given, the
+    first multilingual model detects it (English-only models cannot: with none multilingual,
+    speech is taken as English and the job says so)."""
 
     compute_type: str = "int8"
     """CTranslate2 compute type on CPU (int8, int8_float32, float32)."""

