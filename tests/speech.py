@@ -135,10 +135,12 @@ def _speech_extent(samples: np.ndarray, rate: int = RATE) -> np.ndarray:
     return speech
 
 
-def conversation(overlap: float = 0.6) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+def conversation(
+    overlap: float = 0.6, speakers: tuple[str, ...] = ("piper", "reader", "kokoro"), rounds: int = 6
+) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     """A three-person conversation of over 60 s: the LibriVox reader (a real person), Piper's
-    joe and Kokoro's female voice take turns, each turn starting `overlap` s before the
-    previous one ends. Returns 16 kHz samples and the reference turns (speaker, start, end),
+    joe and Kokoro's female voice take turns (or those of `speakers`), each turn starting
+    `overlap` s before the previous one ends (a negative overlap leaves a pause). Returns 16 kHz samples and the reference turns (speaker, start, end),
     taken from where each clip has speech energy (so pauses inside a turn are not speech)."""
     from voxmesh import audio
     from voxmesh.speech import voices
@@ -151,17 +153,21 @@ def conversation(overlap: float = 0.6) -> tuple[np.ndarray, list[tuple[str, floa
 
     reader = [samples for samples, _ in clips()]
     turns: list[tuple[str, np.ndarray]] = []
-    for i in range(6):
-        turns.append(("piper", synth("en_US-joe-medium", CONVERSATION_LINES["piper"][i])))
-        turns.append(("reader", reader[i % len(reader)]))
-        turns.append(("kokoro", synth("kokoro:en-US/jf_alpha", CONVERSATION_LINES["kokoro"][i])))
+    for i in range(rounds):
+        if "piper" in speakers:
+            turns.append(("piper", synth("en_US-joe-medium", CONVERSATION_LINES["piper"][i])))
+        if "reader" in speakers:
+            turns.append(("reader", reader[i % len(reader)]))
+        if "kokoro" in speakers:
+            line = CONVERSATION_LINES["kokoro"][i]
+            turns.append(("kokoro", synth("kokoro:en-US/jf_alpha", line)))
     placed: list[tuple[str, int, np.ndarray]] = []
     position = 0
     for speaker, samples in turns:
         extent = _speech_extent(samples)
         first, last = int(np.argmax(extent)), len(extent) - int(np.argmax(extent[::-1]))
         clip = samples[first * RATE // 100 : last * RATE // 100]
-        start = max(0, position - int(overlap * RATE)) if placed else 0
+        start = max(0, position - int(overlap * RATE)) if placed else int(0.3 * RATE)
         placed.append((speaker, start, clip))
         position = start + len(clip)
     mix = np.zeros(position + RATE // 2, np.float32)

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 
 import av
+import grpc
 import numpy as np
 import pytest
 
@@ -19,7 +20,7 @@ from services.dubbing.config import WorkerSettings
 from services.dubbing.handler import make_handler
 from tests import quality
 from tests.harness import Caller, Harness, rpc_error, run_workers
-from tests.speech import RATE, passage, wav_bytes
+from tests.speech import RATE, conversation, passage, wav_bytes
 from tests.test_dispatch import watch
 from tests.test_files import download, upload
 from voxmesh import audio
@@ -193,3 +194,58 @@ async def test_portuguese_dubbed_into_english(harness: Harness) -> None:
     assert any(w in english for w in ("travelers", "travellers", "passengers", "suitcases",
                                       "bags", "hand")), english  # fmt: skip
     print(f"\npt→en: {english}; WER {meta['wer']}, overflow {meta['overflow_seconds']} s")
+
+
+async def test_a_two_person_conversation_is_dubbed_in_two_voices(harness: Harness) -> None:
+    """The LibriVox reader (a man) and Kokoro's female English voice talk in turns; dubbed into
+    Portuguese, each gets a voice of their own fitted to their own speech, closer to them than
+    to the other speaker (the matrix is in the meta); then each speaker's voice is chosen."""
+    mix, _ = conversation(overlap=-0.5, speakers=("reader", "kokoro"), rounds=3)
+    editor = await harness.user(UserRole.EDITOR)
+    project = str(await harness.project(editor.user_id))
+    speech = wav_bytes(mix)
+    async with dubbing_worker(harness):
+        result, stages = await dub(editor, project, speech, target_language="pt",
+                                   source_language="en")  # fmt: skip
+        meta = dict(result.meta)
+        assert "diarizing" in stages and meta["speakers"] == 2, (meta, result.logs[-800:])
+        chosen = dict(meta["speaker_voices"])
+        assert len(set(chosen.values())) == 2, chosen
+        matrix = {k: dict(v) for k, v in dict(meta["speaker_similarity"]).items()}
+        print(f"\nspeaker voices {chosen}; similarity (dubbed -> source) {matrix}")
+        for dubbed, row in matrix.items():
+            other = next(k for k in row if k != dubbed)
+            assert row[dubbed] > row[other], matrix
+        document = await segments_of(editor, result)
+        labels = {s["speaker"] for s in document["segments"]}
+        assert labels == {"SPEAKER_01", "SPEAKER_02"}, document["segments"]
+        files = {f.name: f for f in result.files}
+        subtitles = (await download(editor, files["subtitles.pt.srt"].file_id))[1].decode()
+        assert "[SPEAKER 1] " in subtitles and "[SPEAKER 2] " in subtitles
+
+        overridden, _ = await dub(
+            editor, project, speech, target_language="pt", source_language="en", num_speakers=2,
+            speaker_voices={"SPEAKER_01": "kokoro:pt-BR/jm_kumo",
+                            "SPEAKER_02": "kokoro:pt-BR/jf_alpha"},
+        )  # fmt: skip
+    assert dict(overridden.meta["speaker_voices"]) == {
+        "SPEAKER 1": "kokoro:pt-BR/jm_kumo", "SPEAKER 2": "kokoro:pt-BR/jf_alpha",
+    }  # fmt: skip
+
+
+async def test_speaker_voices_are_checked_at_create(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    project = str(await harness.project(editor.user_id))
+    stored = await upload(editor, wav_bytes(passage()[0][: 3 * RATE]), name="talk.wav")
+    for params, words in (
+        ({"speaker_voices": {"Alice": "kokoro:pt-BR/jm_kumo"}}, "speakers are named SPEAKER_01"),
+        ({"speaker_voices": {"SPEAKER_01": "nobody"}}, "unknown voice 'nobody'"),
+        ({"num_speakers": 99}, "between 1 and 20"),
+    ):
+        request = jobs_pb2.CreateJobRequest(
+            project_id=project, input_file_id=stored.id,
+            dubbing=jobs_pb2.DubbingParams(target_language="pt", **params),  # type: ignore[arg-type]
+        )  # fmt: skip
+        error = await rpc_error(editor.client.jobs.CreateJob(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, params
+        assert words in (error.details() or ""), error.details()

@@ -109,7 +109,10 @@ class JobContext:
     def saved_voice(self, name: str) -> VoiceProfile | None:
         """The project's saved (cloned) voice `name`, from the profile the dispatch carried;
         None for a stock voice; JobFailed if the project no longer has it."""
+        carried = self.dispatch.voice_profiles.get(name.lower()) if name else None
         try:
+            if carried is not None:
+                return voice_profile.saved(name, json_format.MessageToDict(carried))
             return voice_profile.saved(name, self.voice_profile)
         except ValueError as e:
             raise JobFailed(str(e)) from None

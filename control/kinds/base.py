@@ -83,9 +83,10 @@ async def attach_file(
 
 
 async def attach_saved_voice(
-    session: AsyncSession, job: Job, name: str, dispatch: worker_pb2.JobDispatch
+    session: AsyncSession, job: Job, name: str, dispatch: worker_pb2.JobDispatch, key: str = ""
 ) -> None:
-    """If `name` is a voice the job's project saved (not a stock voice), send its profile."""
+    """If `name` is a voice the job's project saved (not a stock voice), send its profile (as
+    the dispatch's voice_profile, or under `key` in its voice_profiles)."""
     if not name or name in voices.CATALOG:
         return
     saved = await session.scalar(
@@ -94,7 +95,7 @@ async def attach_saved_voice(
         )
     )
     if saved is not None:
-        dispatch.voice_profile.update(saved.profile)
+        (dispatch.voice_profiles[key] if key else dispatch.voice_profile).update(saved.profile)
 
 
 def voice_id(value: str, field: str) -> str:

@@ -3,6 +3,7 @@ revision re-renders a finished dub with edited segments (services/dubbing)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +15,7 @@ from control.kinds.base import (
     UserDefaults,
     any_voice,
     attach_file,
+    attach_saved_voice,
     audio_format,
     owned_file,
     voice_id,
@@ -21,9 +23,11 @@ from control.kinds.base import (
 from control.validate import language_field, number_range, text_field, uuid_field
 from voxmesh import roles
 from voxmesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from voxmesh.speech import languages
+from voxmesh.speech import languages, voices
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
+MAX_SPEAKERS = 20
+SPEAKER_RE = re.compile(r"SPEAKER_\d{2}")
 REVISED = (roles.SEGMENTS, roles.SEGMENT_AUDIO, roles.VOICE)
 """What a revision reuses of the revised job's result, by role."""
 LEGACY_NAMES = {"segments.json": roles.SEGMENTS, "segment-audio.npz": roles.SEGMENT_AUDIO,
@@ -60,6 +64,25 @@ class Dubbing(JobKind[jobs_pb2.DubbingParams]):
         out.voice = voice_id(out.voice, "dubbing.voice")
         if out.voice:
             out.voice = any_voice(out.voice, "", "dubbing.voice", defaults)
+        if not 0 <= out.num_speakers <= MAX_SPEAKERS:
+            raise InvalidArgument(
+                f"dubbing.num_speakers must be between 1 and {MAX_SPEAKERS} (0: found from "
+                "the audio)",
+                field="dubbing.num_speakers",
+            )
+        if len(out.speaker_voices) > MAX_SPEAKERS:
+            raise InvalidArgument(
+                f"at most {MAX_SPEAKERS} speaker voices", field="dubbing.speaker_voices"
+            )
+        for label in list(out.speaker_voices):
+            where = f"dubbing.speaker_voices[{label[:20]!r}]"
+            if not SPEAKER_RE.fullmatch(label):
+                raise InvalidArgument(
+                    f"{where}: speakers are named SPEAKER_01, SPEAKER_02, ... (by talk time)",
+                    field="dubbing.speaker_voices",
+                )
+            chosen = voice_id(out.speaker_voices[label], where)
+            out.speaker_voices[label] = any_voice(chosen, "", where, defaults)
         uuid_field(out.revise_job_id, "dubbing.revise_job_id", required=False)
         if out.edits and not out.revise_job_id:
             raise InvalidArgument(
@@ -115,6 +138,9 @@ class Dubbing(JobKind[jobs_pb2.DubbingParams]):
         dispatch: worker_pb2.JobDispatch,
     ) -> None:
         await super().prepare_dispatch(session, job, params, dispatch)
+        for name in set(params.speaker_voices.values()):
+            if name not in voices.CATALOG:  # a saved voice: its profile travels by name
+                await attach_saved_voice(session, job, name, dispatch, name.lower())
         if not params.revise_job_id:
             return
         # A revision: the revised job's segments, their speech and its voice, by role.

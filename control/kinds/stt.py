@@ -9,7 +9,6 @@ from voxmesh.errors import InvalidArgument
 from voxmesh.speech.languages import NoModel, route_stt
 from voxmesh.v1 import jobs_pb2
 
-
 MAX_SPEAKERS = 20
 
 

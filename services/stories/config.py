@@ -14,7 +14,7 @@ class StoriesSettings(BaseModel):
     """The shipped writer a job gets when it names none (voxmesh.speech.writer.WRITERS:
     "qwen2.5-coder-1.5b-instruct", or "gemma-3-270m", the fast one); it runs in this worker."""
 
-    drafts: int = Field(default=2, ge=1, le=5)
+    drafts: int = Field(default=3, ge=1, le=5)
     """Drafts an instruction-tuned writer may make when one leaves out what the premise names."""
 
     base_url: str = ""

@@ -21,6 +21,7 @@ from services.stories.writing import (
     ending_message,
     ends_cleanly,
     prompt,
+    revise_message,
     shape,
     split_title,
 )
@@ -41,6 +42,9 @@ class Draft:
     number: int
     story: Story
     missing: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        return f"# {self.story.title}\n\n" + "\n\n".join(self.story.paragraphs)
 
     def rank(self) -> tuple[int, int, float]:
         """Smaller is better: on the premise, then ending with a sentence, then near the length."""
@@ -97,11 +101,17 @@ def _whole_paragraphs(body: str, limit: int) -> str:
 
 async def write_chat(
     out: Writing, endpoint: Endpoint, config: Any, premise: str, genre: str, audience: str,
-    target: int, seed: int,
+    target: int, seed: int, previous: Draft | None = None,
 ) -> Draft:  # fmt: skip
-    """A draft from an instruction-tuned writer."""
+    """A draft from an instruction-tuned writer; after a `previous` draft that left out part
+    of the premise, the writer sees it and is told what it left out."""
     out.drafts += 1
     messages = chat_messages(premise, genre, audience, target)
+    if previous is not None and previous.missing:
+        messages += [
+            {"role": "assistant", "content": previous.markdown()},
+            revise_message(premise, previous.missing),
+        ]
     finished = Finished()
     lead = "\n\n" if out.drafts > 1 else ""
     answer = await out.take(
@@ -141,7 +151,7 @@ async def write_chat(
 
 async def write_base(
     out: Writing, endpoint: Endpoint, config: Any, premise: str, genre: str, audience: str,
-    target: int, seed: int,
+    target: int, seed: int, previous: Draft | None = None,
 ) -> Draft:  # fmt: skip
     """A draft from a base model: it is given a story's opening and continues it (and continues
     again from what it wrote when it stopped short)."""

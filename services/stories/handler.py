@@ -75,15 +75,17 @@ def make_handler(settings: WorkerSettings) -> Handler:
         out = Writing(ctx, stages, target)
         terms = premise_terms(premise)
         best: Draft | None = None
+        previous: Draft | None = None
         try:
             for draft_number in range(1, (config.drafts if endpoint.chat else 1) + 1):
                 draft = await (write_chat if endpoint.chat else write_base)(
                     out, endpoint, config, premise, p.genre, p.audience, target,
-                    seed + 1000 * (draft_number - 1),
+                    seed + 1000 * (draft_number - 1), previous,
                 )  # fmt: skip
                 draft.missing = missing_terms(" ".join(draft.story.paragraphs), terms)
                 if best is None or draft.rank() < best.rank():
                     best = draft
+                previous = draft
                 if not draft.missing or not endpoint.chat:
                     break
                 await ctx.log(

@@ -74,6 +74,15 @@ def continue_message(missing_words: int) -> dict[str, str]:
     )}  # fmt: skip
 
 
+def revise_message(premise: str, missing: list[str]) -> dict[str, str]:
+    words = ", ".join(f'"{w}"' for w in missing)
+    return {"role": "user", "content": (
+        f"That story leaves out part of the premise: it never says {words}. Write the whole "
+        f"story again, title first, so that the premise ({premise.rstrip('.')}) is plainly what "
+        "happens, in about the same length, using those words."
+    )}  # fmt: skip
+
+
 def ending_message(premise: str, max_words: int) -> dict[str, str]:
     return {"role": "user", "content": (
         f"Now end the story in at most {max_words} words, in a way that fits the premise "

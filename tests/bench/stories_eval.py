@@ -61,12 +61,19 @@ async def evaluate(writer: str, words: int, seed: int) -> tuple[int, int, float]
     for i, (premise, genre, groups) in enumerate(PROMPTS):
         out = Writing(None, _Progress(), words)  # type: ignore[arg-type]
         started = time.perf_counter()
+        previous = best = None
         for draft_number in range(1, (config.drafts if model.endpoint.chat else 1) + 1):
             draft = await write(out, model.endpoint, config, premise, genre, "children", words,
-                                seed + i + 1000 * (draft_number - 1))  # fmt: skip
-            text = " ".join(draft.story.paragraphs)
-            if not missing_terms(text, premise_terms(premise)):
+                                seed + i + 1000 * (draft_number - 1), previous)  # fmt: skip
+            draft.missing = missing_terms(" ".join(draft.story.paragraphs), premise_terms(premise))
+            if best is None or draft.rank() < best.rank():
+                best = draft
+            previous = draft
+            if not draft.missing:
                 break
+        assert best is not None
+        draft = best  # what the stories service keeps: the best draft
+        text = " ".join(draft.story.paragraphs)
         seconds += time.perf_counter() - started
         tokens += out.tokens
         missed = on_prompt(text, groups)

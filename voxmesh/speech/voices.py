@@ -66,6 +66,19 @@ def for_language(language: str, gender: str = "male") -> Voice:
     raise KeyError(f"no shipped voice speaks {language!r}")
 
 
+def all_for_language(language: str, gender: str = "male") -> list[Voice]:
+    """Every shipped voice for a language, those of `gender` first (for_language's choice
+    first of all). KeyError if none speaks it."""
+    code = language.split("-")[0].lower()
+    speaking = [v for v in CATALOG.values() if v.engine != "bark"
+                and v.language.split("-")[0].lower() == code]  # fmt: skip
+    if not speaking:
+        raise KeyError(f"no shipped voice speaks {language!r}")
+    first = for_language(language, gender)
+    rest = sorted((v for v in speaking if v.id != first.id), key=lambda v: v.gender != gender)
+    return [first, *rest]
+
+
 def resolve(voice_id: str, engine: str) -> Voice:
     """The voice a TTS job uses: as named, else the engine's default, else the overall default.
     KeyError if the voice is unknown; ValueError if it belongs to another engine."""
