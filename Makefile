@@ -109,6 +109,7 @@ bench: install test-data
 	$(PY) -m tests.bench.stt_bench
 	$(PY) -m tests.bench.tts_bench
 	$(PY) -m tests.bench.http_bench
+	$(PY) -m tests.bench.stories_eval --words 120
 
 clean:
 	rm -rf $(VENV) *.egg-info voxmesh/v1/*_pb2*.py voxmesh/v1/*_pb2*.pyi $(PROTO_STAMP) .test-output \

@@ -1,14 +1,14 @@
-"""The AI stories service: the shipped Gemma 3 270M writes (text streamed as written), Piper
+"""The AI stories service: the shipped writers (Qwen2.5-Coder-1.5B-Instruct by default, Gemma 3 270M the fast one) write, text streamed as written; Piper
 narrates, quality checked; the OpenAI-compatible endpoint path against a server the test starts."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import jiwer
@@ -21,7 +21,7 @@ from services.stories.config import StoriesSettings, WorkerSettings
 from services.stories.handler import make_handler
 from services.stories.writing import prompt
 from tests import quality
-from tests.harness import Caller, Harness, rpc_error, run_workers
+from tests.harness import Caller, Harness, eventually, rpc_error, run_workers
 from tests.speech import normalize
 from tests.test_dispatch import wait_for, watch
 from tests.test_files import download
@@ -74,7 +74,7 @@ async def test_a_story_is_written_streamed_and_narrated(harness: Harness) -> Non
     async with stories_worker(harness):
         job = await story_job(harness, editor, prompt="a shy dragon who learns to sing", genre="fantasy",
                               audience="children", target_words=150, seed=42)  # fmt: skip
-        events = await watch(editor, job.id, timeout=180)
+        events = await watch(editor, job.id, timeout=420)
     assert events[-1].WhichOneof("event") == "result", [e.WhichOneof("event") for e in events][-5:]
     result = events[-1].result
     files = {f.name: f for f in result.files}
@@ -98,8 +98,9 @@ async def test_a_story_is_written_streamed_and_narrated(harness: Harness) -> Non
     print(f"\nstory {meta['title']!r}: {meta['word_count']} words, {meta['tokens_per_second']} tok/s, "
           f"distinct 3-grams {meta['distinct_3gram_ratio']}, English stopwords {english:.2f}")  # fmt: skip
     assert english > 0.2
-    assert 0.7 * 150 <= meta["word_count"] <= 1.2 * 150
-    assert meta["distinct_3gram_ratio"] >= 0.8 and meta["tokens_per_second"] > 5
+    assert 0.75 * 150 <= meta["word_count"] <= 1.25 * 150 and not meta["length_note"]
+    assert meta["writer"] == "qwen2.5-coder-1.5b-instruct" and meta["drafts"] >= 1
+    assert meta["distinct_3gram_ratio"] >= 0.8
     markdown = (await download(editor, files["story.md"].file_id))[1].decode()
     assert markdown.startswith(f"# {meta['title']}\n\n") and paragraphs[-1] in markdown
     # The narration says the story.
@@ -144,8 +145,8 @@ async def test_openai_compatible_endpoint_with_its_key(harness: Harness) -> None
     base = f"{str(server.listening_address).rstrip('/')}/v1"
     editor = await harness.user(UserRole.EDITOR)
     good = WorkerSettings(
-        stories=StoriesSettings(
-            base_url=base, api_key=SecretStr("team-key-123"), model="team-model"
+        stories=StoriesSettings(  # a base model: given a story's opening to continue
+            base_url=base, api_key=SecretStr("team-key-123"), model="team-model", chat=False
         )
     )
     async with stories_worker(harness, good):
@@ -158,7 +159,9 @@ async def test_openai_compatible_endpoint_with_its_key(harness: Harness) -> None
     ).result
     assert result.meta["model"] == "team-model" and result.meta["word_count"] >= 40
     bad = WorkerSettings(
-        stories=StoriesSettings(base_url=base, api_key=SecretStr("wrong"), model="team-model")
+        stories=StoriesSettings(
+            base_url=base, api_key=SecretStr("wrong"), model="team-model", chat=False
+        )
     )
     async with stories_worker(harness, bad):
         refused = await story_job(
@@ -209,6 +212,7 @@ async def test_dialogue_gets_its_own_voice(
         job = await story_job(
             harness, editor, prompt="a shy dragon who learns to sing, and what she says to her friends",
             genre="fantasy", audience="children", target_words=150, seed=5, dialogue_voice="bark:v2/en_speaker_6",
+            writer="gemma-3-270m",  # it writes dialogue in quotes with this seed
         )  # fmt: skip
         await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=240)
     meta = dict(
@@ -226,20 +230,76 @@ async def test_cancel_while_writing(harness: Harness) -> None:
     editor = await harness.user(UserRole.EDITOR)
     async with stories_worker(harness):
         job = await story_job(
-            harness, editor, prompt="a very long journey across the sea", target_words=2000, seed=1
-        )
-        while (
-            await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
-        ).job.progress < 3:
-            await asyncio.sleep(0.1)
+            harness, editor, prompt="a very long journey across the sea", target_words=2000,
+            seed=1, writer="gemma-3-270m",
+        )  # fmt: skip
+
+        async def writing() -> bool:
+            request = jobs_pb2.GetJobRequest(job_id=job.id)
+            return (await editor.client.jobs.GetJob(request)).job.progress >= 3
+
+        await eventually(writing, "the story to be under way", timeout=120)
         await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
         cancelled = time.monotonic()
         follow = await story_job(
-            harness, editor, prompt="a small red boat", target_words=60, seed=2
-        )
+            harness, editor, prompt="a small red boat", target_words=60, seed=2,
+            writer="gemma-3-270m",
+        )  # fmt: skip
         await wait_for(harness, follow.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=120)
         took = time.monotonic() - cancelled
     print(f"\nnext story done {took:.1f} s after CancelJob")
     assert took < 30  # the 2,000-word story would have taken about a minute to write
     events = await watch(editor, job.id, timeout=10)
     assert events[-1].WhichOneof("event") == "result" and "cancelled" in events[-1].result.logs
+
+
+async def test_a_retried_story_keeps_its_length(harness: Harness) -> None:
+    """The bug behind "a retried 600-word story came back COMPLETED with 76 words": nothing
+    held a story to its length; a writer that stopped early (or looped, and was cut) was
+    accepted as it was. Now a short draft is continued and a COMPLETED story is within ±25 % of
+    its target, or its meta and log say why not. Cancelled while writing, then retried."""
+    editor = await harness.user(UserRole.EDITOR)
+    async with stories_worker(harness):
+        job = await story_job(harness, editor, prompt="a fox who opens a bakery in the forest",
+                              target_words=300, writer="gemma-3-270m")  # fmt: skip
+
+        async def writing() -> bool:
+            request = jobs_pb2.GetJobRequest(job_id=job.id)
+            return (await editor.client.jobs.GetJob(request)).job.progress >= 5
+
+        await eventually(writing, "the story to be under way", timeout=120)
+        await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+        await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_CANCELLED}, timeout=60)
+        await editor.client.jobs.RetryJob(jobs_pb2.RetryJobRequest(job_id=job.id))
+        done = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=300)
+    meta = dict(
+        (
+            await editor.client.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id))
+        ).result.meta
+    )
+    print(f"\nretried story: {meta['word_count']} words of 300; {meta['length_note']!r}")
+    assert done.attempts == 2
+    within = 0.75 * 300 <= meta["word_count"] <= 1.25 * 300
+    assert within or ("words of the 300 asked for" in meta["length_note"]), meta
+    assert within == (meta["length_note"] == "")
+
+
+def test_a_writer_file_that_does_not_match_its_hash_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Qwen writer is joined from 22 packages by an author who cannot be checked: a file
+    whose sha256 is not the recorded one is refused and removed."""
+    from voxmesh.speech import writer
+
+    monkeypatch.setenv("VOXMESH_MODEL_CACHE", str(tmp_path))
+    monkeypatch.setitem(writer.WRITER_SHA256, "qwen2.5-coder-1.5b-instruct", "0" * 64)
+    with pytest.raises(writer.GeneratorError, match="refusing to load"):
+        writer.assemble_qwen()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_unknown_writer_is_refused_at_create(harness: Harness) -> None:
+    editor = await harness.user(UserRole.EDITOR)
+    error = await rpc_error(story_job(harness, editor, prompt="a kite", writer="gpt-9"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ai_stories.writer 'gpt-9' is not one of" in (error.details() or "")

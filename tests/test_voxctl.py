@@ -219,6 +219,14 @@ async def test_voxctl_settings_voices_and_json(harness: Harness, tmp_path: Path)
         assert code == 0 and "en_US-joe-medium" in out and "bark" not in out, out
         code, out = await voxctl(harness, home, "voices", "--all", "--engine", "bark")
         assert code == 0 and "bark:v2/en_speaker_0" in out and " no " in out, out
+    # Models: what a job may name, before any STT worker announces (the shipped set).
+    code, out = await voxctl(harness, home, "models", "--json")
+    listed = {(m["name"], m["job_type"]): m for m in json.loads(out)}
+    assert set(listed) >= {("tiny.en", "stt"), ("base", "stt"),
+                           ("qwen2.5-coder-1.5b-instruct", "ai_stories")}, listed  # fmt: skip
+    assert listed["base", "stt"]["multilingual"] and listed["tiny.en", "stt"]["languages"] == ["en"]
+    code, out = await voxctl(harness, home, "models", "--type", "story")
+    assert code == 0 and "gemma-3-270m" in out and "tiny.en" not in out, out
 
 
 async def test_voxctl_watch_follows_the_newest_run(harness: Harness, tmp_path: Path) -> None:

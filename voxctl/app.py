@@ -308,6 +308,33 @@ def voices(
         err.print("No connected worker can speak any voice now; `--all` lists every voice.")
 
 
+@app.command()
+def models(
+    job_type: Annotated[str, typer.Option("--type", help="only stt or story models")] = "",
+    as_json: Json = False,
+    server: Server = "",
+) -> None:
+    """Models a job may name: STT models (languages, translation) and story writers, in the
+    order jobs are routed to them, and whether a connected worker runs each now."""
+    s = _session(server)
+    wanted = {"story": "ai_stories"}.get(job_type, job_type)
+    reply = _call(s.stub("voices").ListModels, voices_pb2.ListModelsRequest(job_type=wanted), s)
+    if as_json:
+        _print_json([_dict(m) for m in reply.models])
+        return
+    table = Table(title=f"{len(reply.models)} models")
+    for column in ("model", "for", "languages", "can run now"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("about", overflow="fold")
+    for m in reply.models:
+        spoken = (
+            ", ".join(m.languages) if len(m.languages) <= 3 else f"{len(m.languages)} languages"
+        )
+        table.add_row(m.name, "story" if m.job_type == "ai_stories" else m.job_type, spoken,
+                      "yes" if m.available else "no", m.description)  # fmt: skip
+    console.print(table)
+
+
 def _upload(s: sessions.Session, path: Path) -> str:
     data = path.read_bytes()
     files = s.stub("files")
@@ -358,6 +385,16 @@ def submit(
     keep_background: Annotated[bool, typer.Option(help="keep the original under the dub")] = False,
     audio_format: Annotated[str, typer.Option("--format", help="wav, flac, mp3 or ogg")] = "wav",
     words: Annotated[int, typer.Option(help="target length of a story in words")] = 0,
+    model: Annotated[str, typer.Option(help="STT model (voxctl models); empty: routed")] = "",
+    diarize: Annotated[bool, typer.Option(help="say who speaks (stt)")] = False,
+    num_speakers: Annotated[
+        int, typer.Option(help="how many people speak (stt --diarize, dub); 0: found")
+    ] = 0,
+    speaker_voice: Annotated[
+        list[str] | None,
+        typer.Option(help="a voice for one speaker (dub), e.g. SPEAKER_01=kokoro:pt-BR/jm_kumo"),
+    ] = None,
+    writer: Annotated[str, typer.Option(help="story writer (voxctl models); empty: default")] = "",
     seed: int = 0,
     title: str = "",
     watch_: Annotated[bool, typer.Option("--watch", help="follow the job until it ends")] = False,
@@ -367,6 +404,12 @@ def submit(
     """Create a job (uploading its input file), and optionally watch it."""
     if kind not in TYPES:
         raise _fail(f"unknown job type {kind!r}; one of {', '.join(TYPES)}")
+    per_speaker: dict[str, str] = {}
+    for entry in speaker_voice or []:
+        label, _, chosen = entry.partition("=")
+        if not chosen:
+            raise _fail(f"--speaker-voice {entry!r}: write SPEAKER_01=<voice id>")
+        per_speaker[label.strip().upper()] = chosen.strip()
     if audio_format.lower() not in FORMATS:  # refused here, before any upload
         raise _fail(f"--format {audio_format!r} is not produced; one of {', '.join(FORMATS)}")
     fmt = FORMATS[audio_format.lower()]
@@ -375,7 +418,10 @@ def submit(
     if file is not None:
         request.input_file_id = _upload(s, file)
     if kind == "stt":
-        request.stt.CopyFrom(jobs_pb2.SttParams(language=language, word_timestamps=True))
+        request.stt.CopyFrom(jobs_pb2.SttParams(
+            language=language, word_timestamps=True, model=model, diarize=diarize,
+            num_speakers=num_speakers,
+        ))  # fmt: skip
     elif kind == "tts":
         request.tts.CopyFrom(jobs_pb2.TtsParams(text=text, voice=voice, format=fmt))
     elif kind == "clone":
@@ -391,11 +437,14 @@ def submit(
                 voice=voice,
                 keep_background=keep_background,
                 format=fmt,
+                num_speakers=num_speakers,
+                speaker_voices=per_speaker,
             )
         )
     else:
         request.ai_stories.CopyFrom(jobs_pb2.AiStoriesParams(prompt=prompt, target_words=words, seed=seed,
-                                                             language=language, voice=voice, format=fmt))  # fmt: skip
+                                                             language=language, voice=voice, format=fmt,
+                                                             writer=writer))  # fmt: skip
     job = _call(s.stub("jobs").CreateJob, request, s).job
     if as_json and not watch_:
         _print_json(_dict(job))

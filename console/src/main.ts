@@ -453,7 +453,9 @@ function fieldsFor(type: JobType): HTMLElement[] {
       ];
     case JobType.STT:
       return [file("Recording"), h("label", {}, "Language (blank: detect)", h("input", { name: "language", placeholder: "en" })),
-        h("label", {}, "Task", h("select", { name: "task" }, h("option", { value: String(SttTask.TRANSCRIBE) }, "transcribe"), h("option", { value: String(SttTask.TRANSLATE) }, "translate to English")))];
+        h("label", {}, "Task", h("select", { name: "task" }, h("option", { value: String(SttTask.TRANSCRIBE) }, "transcribe"), h("option", { value: String(SttTask.TRANSLATE) }, "translate to English"))),
+        h("label", { class: "check" }, h("input", { type: "checkbox", name: "diarize", testid: "diarize" }), "Say who speaks"),
+        h("label", {}, "Speakers (blank: find out)", h("input", { name: "num_speakers", type: "number", min: "1", max: "20" }))];
     case JobType.VOICE_CLONING:
       return [file("Reference recording (3–60 s of the voice)"),
         h("label", {}, "Text to speak (or leave empty and convert a recording)", h("textarea", { name: "text", rows: "3" })),
@@ -463,10 +465,14 @@ function fieldsFor(type: JobType): HTMLElement[] {
         h("label", {}, "Format", formatSelect())];
     case JobType.DUBBING:
       return [file("Recording or video"), h("label", {}, "Target language", h("input", { name: "target_language", required: true, placeholder: "pt" })),
+        h("label", {}, "Speakers (blank: find out)", h("input", { name: "num_speakers", type: "number", min: "1", max: "20" })),
         h("label", { class: "check" }, h("input", { type: "checkbox", name: "keep_background", checked: true }), "Keep background"), h("label", {}, "Format", formatSelect())];
     case JobType.AI_STORIES:
       return [h("label", {}, "Prompt", h("textarea", { name: "prompt", required: true, rows: "3" })),
-        h("label", {}, "Length (words)", h("input", { name: "target_words", type: "number", min: "50", max: "2000", value: "150" })), h("label", {}, "Format", formatSelect())];
+        h("label", {}, "Length (words)", h("input", { name: "target_words", type: "number", min: "50", max: "2000", value: "150" })),
+        h("label", {}, "Writer", h("select", { name: "writer", testid: "writer" },
+          h("option", { value: "" }, "Qwen 1.5B: follows the prompt"), h("option", { value: "gemma-3-270m" }, "Gemma 270M: fast, loosely on topic"))),
+        h("label", {}, "Format", formatSelect())];
     default:
       return [];
   }
@@ -519,7 +525,11 @@ async function createJob(form: HTMLFormElement, type: JobType, projectId: string
       reply = await api.jobs.createJob({ ...request, params: { case: "tts", value: { text: text("text"), voice: text("voice"), format } } });
       break;
     case JobType.STT:
-      reply = await api.jobs.createJob({ ...request, params: { case: "stt", value: { language: text("language"), task: Number(text("task")) as SttTask } } });
+      {
+        const diarize = data.get("diarize") !== null;
+        reply = await api.jobs.createJob({ ...request, params: { case: "stt", value: { language: text("language"), task: Number(text("task")) as SttTask,
+          diarize, numSpeakers: diarize ? Number(text("num_speakers") || 0) : 0 } } });
+      }
       break;
     case JobType.VOICE_CLONING:
     {
@@ -531,10 +541,11 @@ async function createJob(form: HTMLFormElement, type: JobType, projectId: string
     }
       break;
     case JobType.DUBBING:
-      reply = await api.jobs.createJob({ ...request, params: { case: "dubbing", value: { targetLanguage: text("target_language"), keepBackground: data.get("keep_background") !== null, format } } });
+      reply = await api.jobs.createJob({ ...request, params: { case: "dubbing", value: { targetLanguage: text("target_language"), keepBackground: data.get("keep_background") !== null,
+        numSpeakers: Number(text("num_speakers") || 0), format } } });
       break;
     case JobType.AI_STORIES:
-      reply = await api.jobs.createJob({ ...request, params: { case: "aiStories", value: { prompt: text("prompt"), targetWords: Number(text("target_words") || 150), format } } });
+      reply = await api.jobs.createJob({ ...request, params: { case: "aiStories", value: { prompt: text("prompt"), targetWords: Number(text("target_words") || 150), writer: text("writer"), format } } });
       break;
     default:
       throw new Error("choose a job type");

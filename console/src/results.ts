@@ -31,6 +31,9 @@ const META: Record<string, [string, (v: unknown) => string]> = {
   parts: ["Parts decoded in parallel", String],
   saved_voice: ["Saved as voice", String],
   task: ["Task", String],
+  talk_time_seconds: ["Talk time", (v) => pairs(v, (x) => seconds(Number(x)))],
+  speaker_voices: ["Voice per speaker", (v) => pairs(v, String)],
+  language_detected: ["Language detected", (v) => (v ? "yes" : "no, given")],
   speakers: ["Speakers", String],
   writer: ["Writer", String],
   target_words: ["Words asked for", String],
@@ -48,7 +51,16 @@ function seconds(v: number): string {
   return `${Math.floor(v / 60)} min ${Math.round(v % 60)} s`;
 }
 
+/** An object's entries on one line: "SPEAKER 1: 25.9 s · SPEAKER 2: 16.5 s". */
+function pairs(v: unknown, show: (x: unknown) => string): string {
+  if (!v || typeof v !== "object") return String(v);
+  return Object.entries(v as Record<string, unknown>).map(([k, x]) => `${k}: ${show(x)}`).join(" · ");
+}
+
 function percent(v: unknown): string {
+  if (v && typeof v === "object") {  // a matrix: dubbed speaker -> {source speaker: similarity}
+    return Object.entries(v as Record<string, unknown>).map(([k, row]) => `${k} → ${pairs(row, percent)}`).join("; ");
+  }
   const n = Number(v);
   return Number.isFinite(n) ? `${(n <= 1 ? n * 100 : n).toFixed(1)} %` : String(v);
 }
@@ -78,7 +90,7 @@ function transcript(doc: { segments?: Segment[] }): HTMLElement | null {
   if (!segments.length) return null;
   return h("ol", { class: "transcript", testid: "transcript" }, ...segments.map((s) =>
     h("li", {}, h("span", { class: "time" }, `${clock(s.start)}–${clock(s.end)}`),
-      s.speaker ? h("span", { class: "speaker" }, s.speaker) : null, ` ${s.text.trim()}`)));
+      s.speaker ? h("span", { class: "speaker" }, ` ${s.speaker.replace(/_0*(\d+)$/, " $1")}`) : null, ` ${s.text.trim()}`)));
 }
 
 const TEXT = /^(text\/|application\/(x-subrip|json|x-ndjson|markdown))/;

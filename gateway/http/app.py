@@ -155,6 +155,7 @@ def create_app(control_target: str) -> FastAPI:
         async_: bool,
         prefer: str | None,
         project: str | None,
+        num_speakers: int = 0,
     ) -> Any:
         c = caller(authorization)
         if model not in compat.STT_MODELS:
@@ -171,6 +172,10 @@ def create_app(control_target: str) -> FastAPI:
             raise bad_field(
                 "timestamp_granularities[]", "timestamp_granularities takes word and/or segment"
             )
+        if response_format == "diarized_json" and task == jobs_pb2.STT_TASK_TRANSLATE:
+            raise bad_field("response_format", "diarized_json is for transcriptions")
+        if num_speakers and response_format != "diarized_json":
+            raise bad_field("num_speakers", "num_speakers needs response_format=diarized_json")
         if granularities and response_format != "verbose_json":
             raise bad_field(
                 "timestamp_granularities[]",
@@ -192,7 +197,8 @@ def create_app(control_target: str) -> FastAPI:
         )
         params = jobs_pb2.SttParams(
             language=language, task=task, initial_prompt=prompt,
-            word_timestamps="word" in granularities,
+            word_timestamps="word" in granularities, model=compat.stt_model(model),
+            diarize=response_format == "diarized_json", num_speakers=num_speakers,
         )  # fmt: skip
         title = f"{'translation' if task == jobs_pb2.STT_TASK_TRANSLATE else 'transcription'} of "
         job = await c.create(
@@ -263,6 +269,7 @@ def create_app(control_target: str) -> FastAPI:
         ] = None,
         stream: Annotated[bool, Form()] = False,
         project: Annotated[str | None, Form()] = None,
+        num_speakers: Annotated[int, Form()] = 0,
         authorization: Auth = None,
         async_: Async = False,
         prefer: Prefer = None,
@@ -271,7 +278,7 @@ def create_app(control_target: str) -> FastAPI:
         return await _stt(
             jobs_pb2.STT_TASK_TRANSCRIBE, file, model, language, prompt, response_format,
             temperature, timestamp_granularities or [], stream, authorization, async_, prefer,
-            project or voxmesh_project,
+            project or voxmesh_project, num_speakers,
         )  # fmt: skip
 
     @app.post("/v1/audio/translations")

@@ -10,11 +10,23 @@ from typing import Any
 import av
 import numpy as np
 
+from voxmesh.speech.languages import SHIPPED_STT
 from voxmesh.v1 import jobs_pb2
 
 # --- models -----------------------------------------------------------------------------------
-STT_MODELS = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "whisper", "voxmesh-stt"}
-"""Every name maps to the STT workers' model (the catalog in GET /v1/models says which)."""
+STT_ALIASES = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
+               "gpt-4o-transcribe-diarize", "whisper", "voxmesh-stt"}  # fmt: skip
+"""Names clients hard-code: the job is routed (the model that speaks the language)."""
+STT_MODELS = STT_ALIASES | {m.name for m in SHIPPED_STT}
+"""Every STT name: the aliases and the shipped models by name (tiny.en, base), which a job
+then names (SttParams.model)."""
+
+
+def stt_model(name: str) -> str:
+    """The SttParams.model for a model name ("" for an alias: routed)."""
+    return "" if name in STT_ALIASES else name
+
+
 TTS_MODELS = {"tts-1": "", "tts-1-hd": "", "gpt-4o-mini-tts": "", "voxmesh-tts": "",
               "piper": "piper", "kokoro": "kokoro", "bark": "bark"}  # fmt: skip
 """Name -> TTS engine ("" = the voice's own engine)."""
@@ -40,7 +52,7 @@ OPENAI_VOICES = {
 """OpenAI's voice names -> shipped Voxmesh voices (documented in the README)."""
 
 # --- transcription responses ------------------------------------------------------------------
-TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
 
 
 def full_text(document: dict[str, Any]) -> str:
@@ -57,6 +69,8 @@ def transcription(
         return text + "\n", "text/plain; charset=utf-8"
     if response_format == "json":
         return {"text": text, "usage": {"type": "duration", "seconds": _seconds(document)}}, ""
+    if response_format == "diarized_json":
+        return diarized(document), ""
     body: dict[str, Any] = {
         "task": task,
         "language": document.get("language", ""),
@@ -86,6 +100,40 @@ def transcription(
             for w in s.get("words", [])
         ]
     return body, ""
+
+
+def speaker_letter(label: str) -> str:
+    """OpenAI labels speakers A, B, ...: "SPEAKER_01" -> "A"."""
+    number = label.rpartition("_")[2]
+    if not number.isdigit() or int(number) < 1:
+        return label
+    n, letters = int(number), ""
+    while n:
+        n, rest = divmod(n - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def diarized(document: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's diarized_json (gpt-4o-transcribe-diarize) from a diarized transcript.json."""
+    return {
+        "task": "transcribe",
+        "duration": document.get("duration_seconds", 0.0),
+        "text": full_text(document),
+        "segments": [
+            {
+                "type": "transcript.text.segment",
+                "id": f"seg_{s['id']}",
+                "start": s["start"],
+                "end": s["end"],
+                "text": s["text"],
+                "speaker": speaker_letter(s.get("speaker", "")),
+            }
+            for s in document.get("segments", [])
+            if s["text"].strip()
+        ],
+        "usage": {"type": "duration", "seconds": _seconds(document)},
+    }
 
 
 def _seconds(document: dict[str, Any]) -> int:

@@ -75,9 +75,9 @@ class Writing:
         self.pending, self.last = "", time.perf_counter()
 
 
-def _settings(config: Any, seed: int) -> dict[str, Any]:
+def _settings(config: Any, seed: int, cooler: float = 0.0) -> dict[str, Any]:
     return {
-        "temperature": config.temperature,
+        "temperature": max(0.2, config.temperature - cooler),
         "seed": seed,
         "repeat_penalty": config.repeat_penalty,
     }
@@ -114,9 +114,11 @@ async def write_chat(
         ]
     finished = Finished()
     lead = "\n\n" if out.drafts > 1 else ""
+    # A redraft is written cooler: it must follow the correction more than it must vary.
+    cooler = 0.2 * (out.drafts - 1)
     answer = await out.take(
         chat(endpoint, messages, max_tokens=int(target * HIGH * TOKENS_PER_WORD) + 40,
-             finished=finished, **_settings(config, seed)),
+             finished=finished, **_settings(config, seed, cooler)),
         finished, lead,
     )  # fmt: skip
     title, body = split_title(answer)

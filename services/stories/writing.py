@@ -75,7 +75,8 @@ def continue_message(missing_words: int) -> dict[str, str]:
 
 
 def revise_message(premise: str, missing: list[str]) -> dict[str, str]:
-    words = ", ".join(f'"{w}"' for w in missing)
+    said = [w for w in premise_words(premise) if _stem(w) in missing] or missing
+    words = ", ".join(f'"{w}"' for w in said)
     return {"role": "user", "content": (
         f"That story leaves out part of the premise: it never says {words}. Write the whole "
         f"story again, title first, so that the premise ({premise.rstrip('.')}) is plainly what "
@@ -227,10 +228,10 @@ def premise_terms(premise: str) -> list[str]:
 
 
 def missing_terms(story_text: str, terms: list[str]) -> list[str]:
-    """The premise terms a story never mentions (a stem matches a word that contains it or that
-    it contains: "befriend" is found in "friends")."""
+    """The premise terms a story never mentions (a stem matches a word that contains it, or a
+    word of 5 letters or more it ends with: "befriend" is found in "friends")."""
     words = {_stem(w) for w in re.findall(r"[a-z]+", story_text.lower()) if len(w) >= 3}
-    return [t for t in terms if not any(t in w or (len(w) >= 4 and w in t) for w in words)]
+    return [t for t in terms if not any(t in w or (len(w) >= 5 and t.endswith(w)) for w in words)]
 
 
 def ends_cleanly(text: str) -> bool:

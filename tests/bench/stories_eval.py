@@ -50,7 +50,7 @@ class _Progress:
 def on_prompt(text: str, groups: list[list[str]]) -> list[str]:
     """The groups a story misses (each group: alternative word stems)."""
     words = re.findall(r"[a-z]+", text.lower())
-    return [g[0] for g in groups if not any(w.startswith(stem) for stem in g for w in words)]
+    return [g[0] for g in groups if not any(stem in w for stem in g for w in words)]
 
 
 async def evaluate(writer: str, words: int, seed: int) -> tuple[int, int, float]:
@@ -82,7 +82,7 @@ async def evaluate(writer: str, words: int, seed: int) -> tuple[int, int, float]
         good += not missed and complete
         within += fits
         print(f"{'ok ' if not missed and complete else 'OFF'} {draft.story.words:4d} words "
-              f"{'' if fits else '(length off) '}{draft.number} draft(s) {premise!r}"
+              f"{'' if fits else '(length off) '}draft {draft.number} of {out.drafts} {premise!r}"
               f"{' missing ' + ', '.join(missed) if missed else ''}"
               f"{'' if complete else ' (ends mid-sentence)'}")  # fmt: skip
     return good, within, tokens / seconds if seconds else 0.0
