@@ -1,4 +1,4 @@
-"""`python -m services.stories`: run an AI stories worker (the local model and the default
+"""`python -m services.stories`: run an AI stories worker (the default writer and the default
 voice load before jobs are pulled, health NOT_SERVING meanwhile, unless a text endpoint is
 configured)."""
 
@@ -19,7 +19,8 @@ def make() -> tuple[Worker, service.Loader]:
     def load() -> dict[str, float]:
         loaded = {}
         if not settings.stories.base_url:
-            model = local_model(settings.stories.threads)
+            # The default writer (checked against its sha256); the fast one loads on first use.
+            model = local_model(settings.stories.threads, settings.stories.writer)
             loaded[model.endpoint.model] = model.load_seconds
         engine = load_voice(voices.CATALOG[voices.DEFAULT_VOICE])
         loaded[f"piper:{voices.DEFAULT_VOICE}"] = engine.load_seconds
