@@ -169,8 +169,8 @@ async def write_base(
             finished, OPENING if not raw else "",
         )  # fmt: skip
         story = shape(f"{OPENING}{raw}", target, title="")
-        if story.words >= target * LOW or story.looped or finished.reason != "stop":
-            break
+        if story.words >= target * LOW or story.looped or finished.reason == "length":
+            break  # long enough, looping, or out of tokens (not a model that stopped early)
     return Draft(out.drafts, shape(f"{OPENING}{raw}", target, title=""))
 
 
