@@ -84,7 +84,7 @@ class VoiceService(voices_pb2_grpc.VoiceServiceServicer):
         presence = self.app.mesh.presence if self.app.mesh is not None else None
         found: list[voices_pb2.ModelInfo] = []
         if job_type in ("", "stt"):
-            connected = presence.stt_models() if presence and presence.workers("stt") else ()
+            connected = presence.announced_stt_models() if presence else ()
             announced = {m.name for m in connected}
             for model in connected or languages.SHIPPED_STT:
                 found.append(voices_pb2.ModelInfo(

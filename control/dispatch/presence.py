@@ -84,16 +84,20 @@ class Presence:
             for engine in seen.capabilities.get("engines", ())
         }
 
-    def stt_models(self) -> tuple[SttModel, ...]:
-        """The STT models connected workers announce, in their order of preference (the
-        shipped set while none has announced any: a job may then wait for a worker)."""
+    def announced_stt_models(self) -> tuple[SttModel, ...]:
+        """The STT models connected workers announce, in their order of preference."""
         found: dict[str, SttModel] = {}
         for seen in self.workers("stt"):
             for capability in seen.capabilities.get("models") or ():
                 model = SttModel.from_capability(capability)
                 if model is not None:
                     found.setdefault(model.name, model)
-        return tuple(found.values()) or SHIPPED_STT
+        return tuple(found.values())
+
+    def stt_models(self) -> tuple[SttModel, ...]:
+        """What STT jobs are validated against: the announced models, or the shipped set while
+        none is announced (a job may then wait for a worker)."""
+        return self.announced_stt_models() or SHIPPED_STT
 
     def held_jobs(self) -> set[str]:
         """The job ids connected workers say they are running now."""
