@@ -335,6 +335,10 @@ async def list_voices(h: Harness, who: Caller, c: Client) -> Any:
     return await c.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="piper"))
 
 
+async def list_models(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.voices.ListModels(voices_pb2.ListModelsRequest(job_type="stt"))
+
+
 async def delete_voice(h: Harness, who: Caller, c: Client) -> Any:
     project = await _owned_project(h, who)
     async with h.app.sessions() as session:
@@ -432,6 +436,7 @@ CALLS: dict[str, Call] = {
     "FileService/GetFile": get_file,
     "FileService/DownloadFile": download_file,
     "VoiceService/ListVoices": list_voices,
+    "VoiceService/ListModels": list_models,
     "VoiceService/DeleteVoice": delete_voice,
     "SettingsService/ListSettings": list_settings,
     "SettingsService/SetSetting": set_setting,

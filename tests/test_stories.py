@@ -212,7 +212,6 @@ async def test_dialogue_gets_its_own_voice(
         job = await story_job(
             harness, editor, prompt="a shy dragon who learns to sing, and what she says to her friends",
             genre="fantasy", audience="children", target_words=150, seed=5, dialogue_voice="bark:v2/en_speaker_6",
-            writer="gemma-3-270m",  # it writes dialogue in quotes with this seed
         )  # fmt: skip
         await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=240)
     meta = dict(

@@ -67,12 +67,11 @@ class DubSegment:
 
 
 def _transcribe(
-    samples: np.ndarray, language: str, settings: WorkerSettings, words: bool = False
+    samples: np.ndarray, language: str, settings: WorkerSettings
 ) -> tuple[str, list[Segment]]:
     engine = load_stt(settings.dubbing.stt_model)
     result = engine.transcribe(
-        samples,
-        Options(language=language or None, beam_size=5, vad_filter=True, word_timestamps=words),
+        samples, Options(language=language or None, beam_size=5, vad_filter=True)
     )
     return result.language, [s for s in result.segments if s.text.strip()]
 
@@ -184,9 +183,9 @@ async def transcribing(st: Stages[Dub], dub: Dub) -> None:
         return
     await st.report("transcribing", 0, f"{dub.total:.0f} s of audio")
     diarizing = dub.params.num_speakers != 1 and dub.settings.dubbing.diarize
-    detected, found = await ctx.run_blocking(
-        _transcribe, dub.source, dub.source_lang, dub.settings, diarizing
-    )
+    # Segment timestamps as Whisper gives them without word timestamps (those move segment
+    # edges, and the dub's slots follow the edges); a segment goes to whoever says most of it.
+    detected, found = await ctx.run_blocking(_transcribe, dub.source, dub.source_lang, dub.settings)
     dub.source_lang = dub.source_lang or detected
     if not found:
         raise JobFailed("no speech was found in the input")

@@ -101,12 +101,12 @@ def _whole_paragraphs(body: str, limit: int) -> str:
 
 async def write_chat(
     out: Writing, endpoint: Endpoint, config: Any, premise: str, genre: str, audience: str,
-    target: int, seed: int, previous: Draft | None = None,
+    target: int, seed: int, previous: Draft | None = None, dialogue: bool = False,
 ) -> Draft:  # fmt: skip
     """A draft from an instruction-tuned writer; after a `previous` draft that left out part
     of the premise, the writer sees it and is told what it left out."""
     out.drafts += 1
-    messages = chat_messages(premise, genre, audience, target)
+    messages = chat_messages(premise, genre, audience, target, dialogue)
     if previous is not None and previous.missing:
         messages += [
             {"role": "assistant", "content": previous.markdown()},
@@ -153,12 +153,12 @@ async def write_chat(
 
 async def write_base(
     out: Writing, endpoint: Endpoint, config: Any, premise: str, genre: str, audience: str,
-    target: int, seed: int, previous: Draft | None = None,
+    target: int, seed: int, previous: Draft | None = None, dialogue: bool = False,
 ) -> Draft:  # fmt: skip
     """A draft from a base model: it is given a story's opening and continues it (and continues
     again from what it wrote when it stopped short)."""
     out.drafts += 1
-    opening = prompt(premise, genre, audience, target)
+    opening = prompt(premise, genre, audience, target, dialogue)
     raw = ""
     for _ in range(1 + CONTINUATIONS):
         finished = Finished()

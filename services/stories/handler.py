@@ -80,7 +80,7 @@ def make_handler(settings: WorkerSettings) -> Handler:
             for draft_number in range(1, (config.drafts if endpoint.chat else 1) + 1):
                 draft = await (write_chat if endpoint.chat else write_base)(
                     out, endpoint, config, premise, p.genre, p.audience, target,
-                    seed + 1000 * (draft_number - 1), previous,
+                    seed + 1000 * (draft_number - 1), previous, bool(p.dialogue_voice),
                 )  # fmt: skip
                 draft.missing = missing_terms(" ".join(draft.story.paragraphs), terms)
                 if best is None or draft.rank() < best.rank():

@@ -26,14 +26,17 @@ OPENING = "Once upon a time,"
 _METADATA = re.compile(r"^[\w()\u2019' ./-]{1,40}:\s|^(chapter|part|by|isbn|copyright)\b", re.I)
 
 
-def prompt(premise: str, genre: str, audience: str, target_words: int) -> str:
+def prompt(
+    premise: str, genre: str, audience: str, target_words: int, dialogue: bool = False
+) -> str:
     """A story's first words for a base model to continue (it completes text; it takes no
     orders), so what comes back is prose, not a catalogue entry."""
     kind = " ".join(x for x in (genre, "story") if x)
     reader = f" for {audience}" if audience else ""
     return (
         f"Here is a short {kind}{reader} about {premise.rstrip('.')}. It is about "
-        f"{target_words} words long, told in short paragraphs.\n\n{OPENING}"
+        f"{target_words} words long, told in short paragraphs"
+        f"{', with dialogue' if dialogue else ''}.\n\n{OPENING}"
     )
 
 
@@ -44,7 +47,7 @@ SYSTEM = (
 
 
 def chat_messages(
-    premise: str, genre: str, audience: str, target_words: int
+    premise: str, genre: str, audience: str, target_words: int, dialogue: bool = False
 ) -> list[dict[str, str]]:
     """The chat an instruction-tuned writer is asked. Models of this size write about 1.3x the
     words they are asked for, so they are asked for fewer (`asked_words`)."""
@@ -58,7 +61,8 @@ def chat_messages(
             f"plainly, and use the premise's own words for them ({', '.join(premise_words(premise))}). "
             f"Length: about {asked_words(target_words)} words, "
             "in short paragraphs. Start with the title on its own line, like: # The Title. "
-            "Finish the story with a proper ending."
+            + ("Let the characters talk: put what they say in double quotes. " if dialogue else "")
+            + "Finish the story with a proper ending."
         )},
     ]  # fmt: skip
 
