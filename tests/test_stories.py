@@ -214,13 +214,12 @@ async def test_dialogue_gets_its_own_voice(
             genre="fantasy", audience="children", target_words=150, seed=5, dialogue_voice="bark:v2/en_speaker_6",
         )  # fmt: skip
         await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=240)
-    meta = dict(
-        (
-            await editor.client.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id))
-        ).result.meta
-    )
+    result = (
+        await editor.client.results.GetJobResult(results_pb2.GetJobResultRequest(job_id=job.id))
+    ).result
+    meta = dict(result.meta)
     assert meta["voice"] == "en_US-joe-medium" and meta["dialogue_voice"] == "bark:v2/en_speaker_6"
-    assert meta["dialogue_lines"] >= 1 and meta["sample_rate"] == 22050
+    assert meta["dialogue_lines"] >= 1 and meta["sample_rate"] == 22050, result.logs[-1500:]
 
 
 async def test_cancel_while_writing(harness: Harness) -> None:

@@ -42,14 +42,18 @@ class Draft:
     number: int
     story: Story
     missing: list[str] = field(default_factory=list)
+    no_dialogue: bool = False
+    """Asked for dialogue (a dialogue voice), and nobody speaks."""
 
     def markdown(self) -> str:
         return f"# {self.story.title}\n\n" + "\n\n".join(self.story.paragraphs)
 
     def rank(self) -> tuple[int, int, float]:
-        """Smaller is better: on the premise, then ending with a sentence, then near the length."""
+        """Smaller is better: on the premise (and speaking, when asked), then ending with a
+        sentence, then near the length."""
         text = " ".join(self.story.paragraphs)
-        return (len(self.missing), 0 if ends_cleanly(text) else 1, -min(self.story.words, 10**6))
+        return (len(self.missing) + self.no_dialogue, 0 if ends_cleanly(text) else 1,
+                -min(self.story.words, 10**6))  # fmt: skip
 
 
 class Writing:
@@ -107,10 +111,10 @@ async def write_chat(
     of the premise, the writer sees it and is told what it left out."""
     out.drafts += 1
     messages = chat_messages(premise, genre, audience, target, dialogue)
-    if previous is not None and previous.missing:
+    if previous is not None and (previous.missing or previous.no_dialogue):
         messages += [
             {"role": "assistant", "content": previous.markdown()},
-            revise_message(premise, previous.missing),
+            revise_message(premise, previous.missing, previous.no_dialogue),
         ]
     finished = Finished()
     lead = "\n\n" if out.drafts > 1 else ""

@@ -13,6 +13,7 @@ from services.stories.drafting import Draft, Writing, length_verdict, write_base
 from services.stories.writing import (
     clean_title,
     distinct_ngram_ratio,
+    has_dialogue,
     missing_terms,
     premise_terms,
     runs,
@@ -83,15 +84,16 @@ def make_handler(settings: WorkerSettings) -> Handler:
                     seed + 1000 * (draft_number - 1), previous, bool(p.dialogue_voice),
                 )  # fmt: skip
                 draft.missing = missing_terms(" ".join(draft.story.paragraphs), terms)
+                # With a dialogue voice, a story nobody speaks in has nothing for it to say.
+                draft.no_dialogue = bool(p.dialogue_voice) and not has_dialogue(draft.story)
                 if best is None or draft.rank() < best.rank():
                     best = draft
                 previous = draft
-                if not draft.missing or not endpoint.chat:
+                if (not draft.missing and not draft.no_dialogue) or not endpoint.chat:
                     break
-                await ctx.log(
-                    f"draft {draft_number} never mentions {', '.join(draft.missing)}: "
-                    "writing it again"
-                )
+                lacks = [f"never mentions {', '.join(draft.missing)}"] if draft.missing else []
+                lacks += ["has no dialogue"] if draft.no_dialogue else []
+                await ctx.log(f"draft {draft_number} {' and '.join(lacks)}: writing it again")
         except GeneratorError as e:
             raise JobFailed(str(e)) from None
         assert best is not None

@@ -40,6 +40,11 @@ def prompt(
     )
 
 
+DIALOGUE = (
+    "The characters talk to each other: write at least three lines of dialogue, each in "
+    'double quotes, like: "Wait for me," said the fox. '
+)
+
 SYSTEM = (
     "You are a storyteller. You write complete, original short stories in plain English prose, "
     "and you always tell exactly the story you are asked for."
@@ -61,7 +66,7 @@ def chat_messages(
             f"plainly, and use the premise's own words for them ({', '.join(premise_words(premise))}). "
             f"Length: about {asked_words(target_words)} words, "
             "in short paragraphs. Start with the title on its own line, like: # The Title. "
-            + ("Let the characters talk: put what they say in double quotes. " if dialogue else "")
+            + (DIALOGUE if dialogue else "")
             + "Finish the story with a proper ending."
         )},
     ]  # fmt: skip
@@ -78,14 +83,21 @@ def continue_message(missing_words: int) -> dict[str, str]:
     )}  # fmt: skip
 
 
-def revise_message(premise: str, missing: list[str]) -> dict[str, str]:
+def revise_message(premise: str, missing: list[str], no_dialogue: bool = False) -> dict[str, str]:
     said = [w for w in premise_words(premise) if _stem(w) in missing] or missing
     words = ", ".join(f'"{w}"' for w in said)
+    lacks = [f"it never says {words}"] if missing else []
+    lacks += ["nobody speaks (put what the characters say in double quotes)"] if no_dialogue else []
     return {"role": "user", "content": (
-        f"That story leaves out part of the premise: it never says {words}. Write the whole "
+        f"That story leaves out part of what was asked: {'; '.join(lacks)}. Write the whole "
         f"story again, title first, so that the premise ({premise.rstrip('.')}) is plainly what "
-        "happens, in about the same length, using those words."
+        "happens, in about the same length."
     )}  # fmt: skip
+
+
+def has_dialogue(story: Story) -> bool:
+    """Some paragraph has quoted speech (what a dialogue voice speaks)."""
+    return any(quoted for paragraph in story.paragraphs for _, quoted in runs(paragraph))
 
 
 def ending_message(premise: str, max_words: int) -> dict[str, str]:
