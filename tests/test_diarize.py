@@ -24,9 +24,9 @@ from voxmesh.v1 import jobs_pb2, results_pb2
 
 pytestmark = pytest.mark.slow
 
-# Measured DER (0.25 s collar) on this 69 s conversation: 0.045 (2026-12-02, 2 cores; senko's
-# clustering is seeded, so runs on one machine agree). The issue's goal is 0.10; the bound keeps a margin above
-# what was measured for other CPUs' kernels.
+# Measured DER (0.25 s collar) on this ~70 s conversation, 5 runs on 2 cores (2026-12-02): 0.045,
+# 0.046, 0.049, 0.044, 0.062 (the synthetic voices vary a little between runs). The issue's goal
+# is 0.10; the bound sits about twice above the worst run.
 DER_BOUND = 0.12
 
 
