@@ -186,6 +186,7 @@ async def test_bad_input_is_refused_clearly_and_changes_nothing(harness: Harness
         # voices
         ("unknown engine", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(engine="espeak9")), INVALID, "engine 'espeak9' is not one of bark, kokoro, piper, clone", "engine"),
         ("voices of a bad project id", lambda: v.voices.ListVoices(voices_pb2.ListVoicesRequest(project_id="nope")), INVALID, "project_id", "project_id"),
+        ("models of an unknown job type", lambda: v.voices.ListModels(voices_pb2.ListModelsRequest(job_type="tts9")), INVALID, "job_type 'tts9' is not one of stt, ai_stories", "job_type"),
         ("delete an unknown voice", lambda: e.voices.DeleteVoice(voices_pb2.DeleteVoiceRequest(project_id=project, name="ghost")), NOT_FOUND, "no voice named 'ghost'", "name"),
         ("delete a voice without a name", lambda: e.voices.DeleteVoice(voices_pb2.DeleteVoiceRequest(project_id=project)), INVALID, "name", "name"),
         ("delete another's project voice", lambda: e.voices.DeleteVoice(voices_pb2.DeleteVoiceRequest(project_id=others_project, name="x")), DENIED, "", None),
