@@ -29,7 +29,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control import accounts
+from control import accounts, files
 from control.convert import params_to_json
 from control.db.models import (
     File,
@@ -221,12 +221,10 @@ async def _put_file(
     existing = await session.get(File, file_id)
     if existing is not None:
         return existing
-    digest = await blobs.put(data)
-    row = File(id=file_id, owner_id=owner, filename=name, content_type=content_type,
-               size_bytes=len(data), sha256=digest)  # fmt: skip
-    session.add(row)
-    await session.flush()
-    return row
+    return await files.record(
+        session, await blobs.put(data), owner_id=owner, filename=name,
+        content_type=content_type, size_bytes=len(data), file_id=file_id, sealed_here=True,
+    )  # fmt: skip
 
 
 async def load(

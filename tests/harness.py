@@ -16,10 +16,11 @@ from typing import Any
 import grpc
 from sqlalchemy import text
 
-from control import accounts
+from control import accounts, files
 from control.app import ControlApp
 from control.convert import params_to_json
-from control.db.models import File, Job, JobResult, JobStatus, JobType, Project, Setting, UserRole
+from control.db.models import Job, JobResult, JobStatus, JobType, Project, Setting, UserRole
+from voxmesh.blobs import BlobRef, blob_key
 from voxmesh.nats_auth import worker_user
 from voxmesh.v1 import (
     auth_pb2,
@@ -149,15 +150,16 @@ class Harness:
             return row.id
 
     async def file(self, owner: uuid.UUID, data: bytes = b"RIFF....WAVE") -> uuid.UUID:
+        """A file row of `data` owned by `owner`, its bytes in the store when the mesh runs."""
+        if self.app.mesh is not None:
+            blob = await self.app.mesh.blobs.put(data)
+        else:
+            blob = BlobRef(hashlib.sha256(data).hexdigest(), blob_key(data))
         async with self.app.sessions() as session:
-            row = File(
-                owner_id=owner,
-                filename="input.wav",
-                content_type="audio/wav",
-                size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-            )
-            session.add(row)
+            row = await files.record(
+                session, blob, owner_id=owner, filename="input.wav", content_type="audio/wav",
+                size_bytes=len(data), sealed_here=True,
+            )  # fmt: skip
             await session.commit()
             return row.id
 

@@ -129,7 +129,7 @@ async def test_result_files_are_in_the_shared_store(harness: Harness) -> None:
         row = await session.get(File, uuid.UUID(result.files[0]["file_id"]))
         assert row is not None and row.owner_id == editor.user_id
     assert harness.app.mesh is not None
-    data = await harness.app.mesh.blobs.get(row.sha256)
+    data = await harness.app.mesh.blobs.get(row.sha256, row.blob_key or b"")
     assert data.startswith(f"job {job.id} run 1".encode())
 
 

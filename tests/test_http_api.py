@@ -24,6 +24,7 @@ import av
 import grpc
 import httpx
 import jiwer
+import numpy as np
 import openai
 import pytest
 import uvicorn
@@ -43,6 +44,7 @@ from services.tts.handler import make_handler as tts_handler
 from tests.conftest import free_port
 from tests.harness import Harness, eventually, rpc_error, run_workers
 from tests.speech import clips, normalize, wav_bytes
+from tests.test_files import download
 from tests.test_gateway import gateway
 from tests.workers import behave
 from voxmesh.v1 import auth_pb2, jobs_pb2, keys_pb2, projects_pb2, users_pb2, webhooks_pb2
@@ -279,6 +281,58 @@ async def test_openai_client_speaks_in_every_format(harness: Harness, tmp_path: 
             assert {"whisper-1", "tts-1", "tts-1-hd"} <= {m["id"] for m in models["data"]}
             voices = (await http.get("/audio/voices", headers=auth)).json()
             assert voices["openai_voices"]["onyx"] in {v["id"] for v in voices["voices"]}
+
+
+@pytest.mark.slow
+async def test_speech_streams_sentence_by_sentence(harness: Harness, tmp_path: Path) -> None:
+    """/v1/audio/speech sends each sentence's audio as soon as the worker has spoken it: the
+    first bytes arrive while the job is still running, and what streams is the whole speech."""
+    editor = await harness.user(UserRole.EDITOR)
+    key = await harness.key(editor)
+    sentences = [
+        "The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
+        "It is easy to tell the depth of a well.", "These days a chicken leg is a rare dish.",
+        "Rice is often served in round bowls.", "The juice of lemons makes fine punch.",
+        "The box was thrown beside the parked truck.", "The hogs were fed chopped corn and garbage.",
+    ]  # fmt: skip
+    body = {"model": "tts-1", "voice": "onyx", "input": " ".join(sentences),
+            "response_format": "pcm"}  # fmt: skip
+    async with run_workers(harness, "tts", tts_handler(TtsSettings()), ack_wait=30.0), \
+            front_door(harness, tmp_path) as base, httpx.AsyncClient(timeout=300) as http, \
+            http.stream("POST", f"{base}/audio/speech", json=body,
+                        headers={"authorization": f"Bearer {key}"}) as response:  # fmt: skip
+        assert response.status_code == 200
+        job_id = response.headers["voxmesh-job-id"]
+        chunks = response.aiter_bytes()
+        first = await anext(chunks)
+        then = (await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id))).job
+        rest = b"".join([chunk async for chunk in chunks])
+    assert first and then.status == jobs_pb2.JOB_STATUS_RUNNING, jobs_pb2.JobStatus.Name(
+        then.status
+    )
+    events = [e async for e in editor.client.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id))]
+    parts = [e.progress.part for e in events if e.progress.part.file_id]
+    assert [p.name for p in parts] == [f"part-{i:04d}.wav" for i in range(1, len(sentences) + 1)]
+    result = next(e.result for e in events if e.WhichOneof("event") == "result")
+    audio = next(f for f in result.files if f.role == "audio")
+    _, whole = await download(editor, audio.file_id)
+    # The streamed speech is the final file's, resampled to 24 kHz (to within a few samples).
+    assert abs(_decoded_seconds(first + rest, "pcm") - _decoded_seconds(whole, "wav")) < 0.02
+    part_seconds = sum([_decoded_seconds((await download(editor, p.file_id))[1], "wav")
+                        for p in parts])  # fmt: skip
+    assert abs(part_seconds - _decoded_seconds(whole, "wav")) < 0.01
+    said = await asyncio.to_thread(_transcribed, first + rest)
+    assert wer(" ".join(sentences), said) < 0.2, said
+
+
+def _transcribed(pcm: bytes) -> str:
+    from voxmesh.audio import resample
+    from voxmesh.speech import stt
+
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767
+    engine = stt.load("tiny.en")
+    segments = engine.transcribe(resample(samples, PCM_RATE, 16_000), stt.Options()).segments
+    return " ".join(s.text for s in segments)
 
 
 async def test_api_keys_roles_scope_revocation_and_service_accounts(

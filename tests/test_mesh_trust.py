@@ -250,7 +250,7 @@ async def test_a_blob_overwritten_by_a_worker_is_refused_not_used(harness: Harne
         with contextlib.suppress(Exception):  # the new meta lands; the old chunks' purge is refused
             await store.put(stored.sha256, b"forged bytes")
         with pytest.raises(CorruptBlobError):
-            await NatsBlobStore(store).get(stored.sha256)
+            await NatsBlobStore(store).get(stored.sha256, b"")
     finally:
         await nc.close()
     call = editor.client.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=stored.id))
@@ -259,3 +259,50 @@ async def test_a_blob_overwritten_by_a_worker_is_refused_not_used(harness: Harne
             pass
     assert refused.value.code() == grpc.StatusCode.DATA_LOSS
     assert "corrupted" in (refused.value.details() or "")
+
+
+async def test_a_worker_cannot_read_files_it_was_not_given(harness: Harness) -> None:
+    """The outside test read another editor's private upload straight from the object store.
+    Every worker user may read the store (its jobs' inputs are there), but what it finds is
+    sealed: the key of a file travels only with the dispatch of a job that uses it."""
+    from control.db.models import File
+    from control.sample_data import tone_wav
+    from tests.test_files import upload
+    from voxmesh.blobs import BlobKeyError, NatsBlobStore, blob_key
+
+    editor = await harness.user(UserRole.EDITOR)
+    plain = tone_wav(seconds=1.0)
+    stored = await upload(editor, plain)
+    nc = await mesh.connect(harness.nats.url_for("worker-stt"), "curious-worker")
+    try:
+        store = await nc.jetstream().object_store(mesh.FILES_BUCKET)
+        raw = bytes((await store.get(stored.sha256)).data or b"")
+        assert len(raw) > len(plain) // 2  # the blob is there, and readable...
+        for start in range(0, len(plain) - 64, 4096):  # ...but none of the recording shows
+            assert plain[start : start + 64] not in raw
+        with pytest.raises(BlobKeyError):
+            await NatsBlobStore(store).get(stored.sha256, b"")
+        with pytest.raises(BlobKeyError):
+            await NatsBlobStore(store).get(stored.sha256, blob_key(b"a guess"))
+        async with harness.app.sessions() as session:
+            row = await session.get(File, uuid.UUID(stored.id))
+        assert row is not None and row.blob_key
+        assert await NatsBlobStore(store).get(stored.sha256, row.blob_key) == plain
+    finally:
+        await nc.close()
+
+
+def test_shard_results_open_only_with_their_runs_key() -> None:
+    """Shard results sit in a bucket every worker may read: they are sealed with a key derived
+    from the run's token, which only the run's holder has."""
+    secret = mesh.shard_secret(mesh.run_token(b"control key", "job", 1))
+    result = worker_pb2.ShardResult(data=b"the words of part two", worker_id="w1")
+    sealed = mesh.seal_shard_result(secret, "job.1.1", result.SerializeToString())
+    assert b"the words" not in sealed
+    opened = mesh.open_shard_result(secret, "job.1.1", sealed)
+    assert worker_pb2.ShardResult.FromString(opened).data == b"the words of part two"
+    other = mesh.shard_secret(mesh.run_token(b"control key", "job", 2))
+    with pytest.raises(ValueError, match="does not open"):
+        mesh.open_shard_result(other, "job.1.1", sealed)
+    with pytest.raises(ValueError, match="does not open"):  # moved to another shard's key
+        mesh.open_shard_result(secret, "job.1.0", sealed)

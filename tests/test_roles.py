@@ -19,7 +19,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from control.db.models import File, Job, JobStatus, SavedVoice, Upload, UploadChunk, UserRole
+from control.db.models import Job, JobStatus, SavedVoice, Upload, UploadChunk, UserRole
 from control.sample_data import tone_wav
 from control.server import SERVICES
 from tests.harness import Caller, Client, Harness
@@ -320,14 +320,9 @@ async def get_file(h: Harness, who: Caller, c: Client) -> Any:
 
 async def download_file(h: Harness, who: Caller, c: Client) -> Any:
     assert h.app.mesh is not None
-    digest = await h.app.mesh.blobs.put(WAV)
-    async with h.app.sessions() as session:
-        row = File(owner_id=who.user_id, filename="a.wav", content_type="audio/wav",
-                   size_bytes=len(WAV), sha256=digest)  # fmt: skip
-        session.add(row)
-        await session.commit()
+    file_id = await h.file(who.user_id, WAV)
     return await _first_message(
-        c.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=str(row.id)))
+        c.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=str(file_id)))
     )
 
 

@@ -156,7 +156,6 @@ async def test_corrupt_audio_fails_once_with_a_reason(harness: Harness) -> None:
     refused = await rpc_error(upload(editor, bogus, name="speech.wav"))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert harness.app.mesh is not None
-    await harness.app.mesh.blobs.put(bogus)
     stored = await harness.file(editor.user_id, bogus)
     project = str(await harness.project(editor.user_id))
     async with stt_worker(harness):

@@ -96,24 +96,46 @@ DEFAULT_FORMAT = jobs_pb2.AUDIO_FORMAT_WAV
 TARGET_LUFS = -23.0  # EBU R128: room for speech peaks under the -1 dBFS ceiling
 
 
+PEAK_CEILING = 10 ** (-1 / 20)  # -1 dBFS
+
+
 def normalize_loudness(
     samples: np.ndarray, rate: int, target_lufs: float = TARGET_LUFS
 ) -> np.ndarray:
     """`samples` at `target_lufs` integrated loudness, peaks kept below -1 dBFS."""
+    if len(samples) < rate // 2 or not np.any(samples):
+        return samples
+    out = samples * loudness_gain(samples, rate, target_lufs)
+    peak = float(np.max(np.abs(out)))
+    if peak > PEAK_CEILING:
+        out *= PEAK_CEILING / peak
+    return out.astype(np.float32)
+
+
+def loudness_gain(samples: np.ndarray, rate: int, target_lufs: float = TARGET_LUFS) -> float:
+    """The gain that brings `samples` to `target_lufs` (1.0 when too short or silent to say):
+    what a stream applies to every part, measured on its first."""
     import pyloudnorm
 
     if len(samples) < rate // 2 or not np.any(samples):
-        return samples
-    meter = pyloudnorm.Meter(rate)
-    loudness = meter.integrated_loudness(samples.astype(np.float64))
+        return 1.0
+    loudness = pyloudnorm.Meter(rate).integrated_loudness(samples.astype(np.float64))
     if not np.isfinite(loudness):
-        return samples
-    out = samples * (10 ** ((target_lufs - loudness) / 20))
-    peak = float(np.max(np.abs(out)))
-    ceiling = 10 ** (-1 / 20)
-    if peak > ceiling:
-        out *= ceiling / peak
-    return out.astype(np.float32)
+        return 1.0
+    return float(10 ** ((target_lufs - loudness) / 20))
+
+
+def limit(samples: np.ndarray, ceiling: float = PEAK_CEILING) -> np.ndarray:
+    """Peaks above `ceiling` softened (tanh knee) rather than clipped, sample by sample, so a
+    stream's parts can be limited one at a time and still join up."""
+    out = samples.astype(np.float32)
+    over = np.abs(out) > ceiling * 0.9
+    if np.any(over):
+        knee = ceiling * 0.9
+        room = ceiling - knee
+        excess = (np.abs(out[over]) - knee) / room
+        out[over] = np.sign(out[over]) * (knee + room * np.tanh(excess))
+    return out
 
 
 def loudness(samples: np.ndarray, rate: int) -> float:

@@ -1,10 +1,22 @@
-"""Content-addressed blob storage shared by the control plane and the workers.
+"""Content-addressed, sealed blob storage shared by the control plane and the workers.
 
-Blobs are named by their sha256, never by a client's file name. Two stores:
+Blobs are named by their sha256, never by a client's file name, and stored *sealed*: encrypted
+with AES-256-GCM under a key derived from their own bytes (convergent encryption). The name
+does not give the key, so anyone who can read the store (every worker may) learns nothing from
+a blob unless they were handed its key: the control plane keeps each file's key in PostgreSQL
+(`files.blob_key`) and sends the keys of a job's files with its dispatch, and a worker learns
+the keys of what it makes from the bytes it made. The same bytes always seal the same way, so
+storing them twice still stores them once. Reading checks the seal and then the sha256, so a
+blob overwritten by someone without the bytes is refused, never used.
+
+Two stores:
 - `NatsBlobStore`: the NATS JetStream Object Store bucket `voxmesh_files`, which workers on any
   host reach through NATS alone: the default whenever the mesh runs;
 - `LocalBlobStore`: a directory on one host (`<data_dir>/blobs/ab/abcdef…`), for tools that run
   without NATS.
+
+Blobs stored before sealing existed are read as they are (their key is empty) and sealed the
+next time the same bytes are stored.
 """
 
 from __future__ import annotations
@@ -13,16 +25,63 @@ import asyncio
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nats.js.api import ObjectMeta
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+SEALED = "voxmesh-sealed-v1"
+"""The object description that marks a sealed blob (one stored before sealing lacks it)."""
+_LOCAL_MAGIC = b"VXSEALv1"
+# Each key seals exactly one content, always to the same bytes, so one fixed nonce is safe.
+_NONCE = bytes(12)
+
 
 class CorruptBlobError(Exception):
-    """A blob's bytes do not hash to its name: corrupted, or overwritten by someone who may
-    write to the store. Readers refuse it rather than use forged content."""
+    """A blob's bytes do not hash to its name, or fail their seal: corrupted, or overwritten
+    by someone who may write to the store. Readers refuse it rather than use forged content."""
+
+
+class BlobKeyError(CorruptBlobError):
+    """The blob cannot be opened with the key given (none, or another blob's)."""
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A stored blob: its name and the key that opens it."""
+
+    sha256: str
+    key: bytes
+
+
+def blob_key(data: bytes) -> bytes:
+    """The key that seals `data`: derived from the bytes themselves, under a label, so that
+    knowing their sha256 (the blob's name) does not give it."""
+    return hashlib.sha256(b"voxmesh blob key\x00" + data).digest()
+
+
+def seal(data: bytes) -> tuple[BlobRef, bytes]:
+    digest = hashlib.sha256(data).hexdigest()
+    key = blob_key(data)
+    return BlobRef(digest, key), AESGCM(key).encrypt(_NONCE, data, digest.encode())
+
+
+def unseal(sha256: str, key: bytes, sealed: bytes) -> bytes:
+    if len(key) != 32:
+        raise BlobKeyError(f"blob {sha256} is sealed and no key for it was given")
+    try:
+        data = AESGCM(key).decrypt(_NONCE, sealed, sha256.encode())
+    except InvalidTag:
+        raise BlobKeyError(
+            f"blob {sha256} does not open with the key given (a wrong key, or bytes "
+            "overwritten in the store)"
+        ) from None
+    return verified(sha256, data)
 
 
 def verified(sha256: str, data: bytes) -> bytes:
@@ -38,13 +97,13 @@ def check_digest(sha256: str) -> str:
 
 
 class BlobStore(Protocol):
-    async def put(self, data: bytes) -> str:
-        """Store `data`; return its sha256 (storing the same bytes twice stores them once)."""
+    async def put(self, data: bytes) -> BlobRef:
+        """Store `data` sealed; return its name and key (the same bytes are stored once)."""
         ...
 
-    async def get(self, sha256: str) -> bytes:
-        """The blob's bytes; FileNotFoundError if it is not stored, CorruptBlobError if what is
-        stored does not hash to its name."""
+    async def get(self, sha256: str, key: bytes) -> bytes:
+        """The blob's bytes, opened with `key`; FileNotFoundError if it is not stored,
+        CorruptBlobError if what is stored does not open with the key or hash to its name."""
         ...
 
     async def exists(self, sha256: str) -> bool: ...
@@ -58,42 +117,61 @@ class LocalBlobStore:
         check_digest(sha256)
         return self.root / sha256[:2] / sha256
 
-    def _put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        target = self.path(digest)
-        if not target.exists():
+    def _put(self, data: bytes) -> BlobRef:
+        ref, sealed = seal(data)
+        target = self.path(ref.sha256)
+        if not (target.exists() and target.read_bytes()[: len(_LOCAL_MAGIC)] == _LOCAL_MAGIC):
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-                tmp.write(data)
+                tmp.write(_LOCAL_MAGIC + sealed)
             os.replace(tmp.name, target)  # atomic: readers never see half a blob
-        return digest
+        return ref
 
-    async def put(self, data: bytes) -> str:
+    async def put(self, data: bytes) -> BlobRef:
         return await asyncio.to_thread(self._put, data)
 
-    async def get(self, sha256: str) -> bytes:
-        return verified(sha256, await asyncio.to_thread(self.path(sha256).read_bytes))
+    def _get(self, sha256: str, key: bytes) -> bytes:
+        stored = self.path(sha256).read_bytes()
+        if stored.startswith(_LOCAL_MAGIC):
+            return unseal(sha256, key, stored[len(_LOCAL_MAGIC) :])
+        return verified(sha256, stored)
+
+    async def get(self, sha256: str, key: bytes) -> bytes:
+        return await asyncio.to_thread(self._get, sha256, key)
 
     async def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
 
 
 class NatsBlobStore:
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, *, reseal: bool = False) -> None:
+        """`reseal`: replace a blob stored before sealing when the same bytes are stored
+        (the control plane does; a worker may not purge the old chunks, so it leaves such a
+        blob as it is and reports an empty key)."""
         self._store = store
+        self._reseal = reseal
 
-    async def put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        if not await self.exists(digest):
-            await self._store.put(digest, data)
-        return digest
+    async def put(self, data: bytes) -> BlobRef:
+        ref, sealed = await asyncio.to_thread(seal, data)
+        try:
+            info = await self._store.get_info(ref.sha256)
+        except (ObjectNotFoundError, NotFoundError):
+            info = None
+        if info is not None and info.description != SEALED and not self._reseal:
+            return BlobRef(ref.sha256, b"")
+        if info is None or info.description != SEALED:
+            await self._store.put(ref.sha256, sealed, meta=ObjectMeta(description=SEALED))
+        return ref
 
-    async def get(self, sha256: str) -> bytes:
+    async def get(self, sha256: str, key: bytes) -> bytes:
         try:
             result = await self._store.get(check_digest(sha256))
         except (ObjectNotFoundError, NotFoundError):
             raise FileNotFoundError(f"no blob {sha256}") from None
-        return verified(sha256, bytes(result.data or b""))
+        stored = bytes(result.data or b"")
+        if result.info.description == SEALED:
+            return await asyncio.to_thread(unseal, sha256, key, stored)
+        return verified(sha256, stored)
 
     async def exists(self, sha256: str) -> bool:
         try:

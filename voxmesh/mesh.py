@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import nats
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
@@ -89,6 +91,29 @@ def run_token(secret: bytes, job_id: str, run: int) -> str:
     """A run's token: only the control plane (which holds `secret`) can make it, and only a
     holder of the run's dispatch knows it; a worker's events carry it as proof."""
     return hmac.new(secret, run_key(job_id, run).encode(), hashlib.sha256).hexdigest()
+
+
+def shard_secret(run_token: str) -> bytes:
+    """The key a run's shard results are sealed with in the shards bucket (which every worker
+    may read): derived from the run's token, so only the run's holder, even after a
+    redelivery, opens them."""
+    return hmac.new(run_token.encode(), b"voxmesh shard results", hashlib.sha256).digest()
+
+
+def seal_shard_result(secret: bytes, key: str, result: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(secret).encrypt(nonce, result, key.encode())
+
+
+def open_shard_result(secret: bytes, key: str, sealed: bytes) -> bytes:
+    """The result's bytes; ValueError if it does not open (not written by a holder of a
+    shard task of this run)."""
+    try:
+        return AESGCM(secret).decrypt(sealed[:12], sealed[12:], key.encode())
+    except (InvalidTag, ValueError):
+        raise ValueError(
+            "its result in the shards bucket does not open with the run's key"
+        ) from None
 
 
 def holds_run(secret: bytes, job_id: str, run: int, token: str) -> bool:

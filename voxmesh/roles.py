@@ -23,6 +23,8 @@ VOICE = "voice"
 """A voice profile (voice.json)."""
 SOURCE = "source"
 """A voice conversion's source recording (a voice cloning dispatch's file)."""
+PART = "part"
+"""A piece of the main audio announced while the job runs (a streamed TTS sentence, a WAV)."""
 
 
 def revised(role: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
-from voxmesh.worker import JobContext
+from voxmesh.worker import JobContext, Output
 
 S = TypeVar("S")
 ProgressTable = Mapping[str, tuple[float, float]]
@@ -30,12 +30,13 @@ class Stages(Generic[S]):
                 raise ValueError(f"stage {name!r}: range {low}-{high} is not within 0-100")
 
     async def report(
-        self, stage: str, done: float = 0.0, message: str = "", *, coalesce: bool = False
-    ) -> None:
+        self, stage: str, done: float = 0.0, message: str = "", *, coalesce: bool = False,
+        part: Output | None = None,
+    ) -> None:  # fmt: skip
         """Progress at fraction `done` (0-1) of `stage`'s range; a cancellation checkpoint."""
         low, high = self.table[stage]
         percent = low + (high - low) * min(1.0, max(0.0, done))
-        await self.ctx.progress(percent, stage, message, coalesce=coalesce)
+        await self.ctx.progress(percent, stage, message, coalesce=coalesce, part=part)
 
     async def run(self, state: S, stages: Sequence[tuple[str, Stage[S]]]) -> S:
         """Run each stage function in order over `state`; each starts by reporting its stage."""

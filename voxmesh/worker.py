@@ -141,21 +141,32 @@ class JobContext:
         *,
         coalesce: bool = False,
         text: str = "",
+        part: Output | None = None,
     ) -> None:
         """Report progress (0-100, never lower than before); also a cancellation checkpoint.
         With `coalesce`, reports closer than PROGRESS_INTERVAL to the previous one are skipped
         (for handlers that advance many times a second); the checkpoint still happens. `text` is
-        what was produced since the last report (live captions); a report carrying text is
-        never coalesced away."""
+        what was produced since the last report (live captions); `part` a piece of the result
+        made ahead of the end (stored now, announced with this report). A report carrying text
+        or a part is never coalesced away."""
         value = max(self._last_percent, min(100, int(percent)))
         now = time.monotonic()
-        if not coalesce or text or value >= 100 or now - self._last_report >= PROGRESS_INTERVAL:
+        keep = text or part is not None or value >= 100
+        if not coalesce or keep or now - self._last_report >= PROGRESS_INTERVAL:
             self._last_percent, self._last_report = value, now
+            extra: dict[str, Any] = {}
+            if part is not None:
+                blob = await self._worker.blobs.put(part.data)
+                extra["part"] = worker_pb2.StoredFile(
+                    sha256=blob.sha256, key=blob.key, size_bytes=len(part.data),
+                    content_type=part.content_type, filename=part.name, role=part.role,
+                )  # fmt: skip
             await self._worker.emit(
                 self,
                 progress=jobs_pb2.JobProgress(
                     percent=value, stage=stage, message=message, text=text
                 ),
+                **extra,
             )
         await self.checkpoint()
 
@@ -179,7 +190,7 @@ class JobContext:
 
     async def file_bytes(self, stored: worker_pb2.StoredFile) -> bytes:
         try:
-            return await self._worker.blobs.get(stored.sha256)
+            return await self._worker.blobs.get(stored.sha256, stored.key)
         except FileNotFoundError:
             raise JobFailed(
                 f"input file {stored.filename or stored.file_id} is missing from storage"
@@ -204,12 +215,14 @@ class JobContext:
         job's params, or `params` (what the parent settled, e.g. a detected language)."""
         worker = self._worker
         keys = [f"{mesh.run_key(self.job_id, self.run)}.{i}" for i in range(len(payloads))]
+        secret = mesh.shard_secret(self.dispatch.run_token)
         for index, (key, payload) in enumerate(zip(keys, payloads, strict=True)):
             if await worker.shard_result(key) is not None:
                 continue  # done before this delivery (the parent was redelivered)
+            blob = await worker.blobs.put(payload)
             task = worker_pb2.ShardTask(
                 job_id=self.job_id, run=self.run, index=index, count=len(payloads),
-                sha256=await worker.blobs.put(payload), result_key=key,
+                sha256=blob.sha256, key=blob.key, result_key=key, result_secret=secret,
             )  # fmt: skip
             which = self.dispatch.WhichOneof("params")
             if which:
@@ -223,7 +236,7 @@ class JobContext:
             for index, key in enumerate(keys):
                 if index in results:
                     continue
-                found = await worker.shard_result(key)
+                found = await worker.shard_result(key, secret)
                 if found is None:
                     continue
                 if found.error:
@@ -300,12 +313,23 @@ class Worker:
         except KeyNotFoundError:
             return None
 
-    async def shard_result(self, key: str) -> worker_pb2.ShardResult | None:
+    async def shard_result(
+        self, key: str, secret: bytes | None = None
+    ) -> worker_pb2.ShardResult | None:
+        """A shard's result if it is written (opened with the run's `secret`; without it, only
+        whether it exists is known: the data stays sealed)."""
         try:
             entry = await self.shards.get(key)
         except KeyNotFoundError:
             return None
-        return worker_pb2.ShardResult.FromString(entry.value or b"")
+        if secret is None:
+            return worker_pb2.ShardResult()
+        try:
+            return worker_pb2.ShardResult.FromString(
+                mesh.open_shard_result(secret, key, entry.value or b"")
+            )
+        except ValueError as e:
+            return worker_pb2.ShardResult(error=str(e))
 
     async def emit(self, ctx: JobContext, **event: Any) -> None:
         self._seq += 1
@@ -426,7 +450,7 @@ class Worker:
         result = worker_pb2.ShardResult(worker_id=self.worker_id)
         which = task.WhichOneof("params")
         try:
-            data = await self.blobs.get(task.sha256)
+            data = await self.blobs.get(task.sha256, task.key)
             shard = ShardContext(
                 task.job_id, task.run, task.index, task.count,
                 getattr(task, which) if which else struct_pb2.Struct(), data,
@@ -443,7 +467,10 @@ class Worker:
             result.error = f"failed {delivery} times; last error: {type(e).__name__}: {e}"
         finally:
             heartbeat.cancel()
-        await self.shards.put(task.result_key, result.SerializeToString())
+        await self.shards.put(
+            task.result_key,
+            mesh.seal_shard_result(task.result_secret, task.result_key, result.SerializeToString()),
+        )
         await msg.ack()
 
     async def _heartbeat(self, msg: Msg) -> None:
@@ -484,9 +511,9 @@ class Worker:
             outcome = await self.handler(ctx)
             stored = []
             for output in outcome.files:
-                digest = await self.blobs.put(output.data)
+                blob = await self.blobs.put(output.data)
                 stored.append(worker_pb2.StoredFile(
-                    sha256=digest, size_bytes=len(output.data),
+                    sha256=blob.sha256, key=blob.key, size_bytes=len(output.data),
                     content_type=output.content_type, filename=output.name, role=output.role,
                 ))  # fmt: skip
             meta = struct_pb2.Struct()

@@ -13,7 +13,7 @@ import grpc
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control import media, settings_catalog
+from control import files, media, settings_catalog
 from control.app import ControlApp
 from control.auth import principal
 from control.convert import ts
@@ -222,13 +222,11 @@ class FileService(files_pb2_grpc.FileServiceServicer):
                 await session.delete(upload)
                 await session.commit()
                 raise InvalidArgument(f"{e}; the upload was discarded", field="upload_id") from None
-            await blobs.put(data)
-            stored = File(
-                id=uuid.uuid4(), owner_id=upload.owner_id, filename=upload.filename,
-                content_type=upload.content_type, size_bytes=len(data), sha256=actual,
+            stored = await files.record(
+                session, await blobs.put(data), owner_id=upload.owner_id,
+                filename=upload.filename, content_type=upload.content_type,
+                size_bytes=len(data), sealed_here=True,
             )  # fmt: skip
-            session.add(stored)
-            await session.flush()
             await session.execute(
                 update(Upload).where(Upload.id == upload.id).values(file_id=stored.id)
             )
@@ -255,7 +253,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
         if stored is None:
             raise NotFound(f"no file with id {file_id}", field="file_id")
         try:
-            data = await self._blobs().get(stored.sha256)
+            data = await self._blobs().get(stored.sha256, files.key_of(stored))
         except FileNotFoundError:
             raise NotFound(
                 f"file {file_id} is recorded but its bytes are not in the store"

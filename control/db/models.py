@@ -235,6 +235,9 @@ class File(Base):
     content_type: Mapped[str] = mapped_column(String(127), nullable=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    blob_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The key that opens the sealed blob (voxmesh.blobs); NULL for one stored before
+    sealing, until the same bytes are stored again."""
     created_at: Mapped[datetime] = _created_at()
 
 

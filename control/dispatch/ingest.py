@@ -18,14 +18,16 @@ from nats.js import JetStreamContext
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from control.db.models import File, Job
+from control import files as file_rows
+from control.db.models import Job
 from control.faults import unavailable
 from control.kinds import kind_of
 from control.lifecycle.states import Transition, allowed
 from control.lifecycle.transitions import Lifecycle, Mesh
 from voxmesh import mesh
+from voxmesh.blobs import BlobRef
 from voxmesh.observability import REJECTED_EVENTS
-from voxmesh.v1 import worker_pb2
+from voxmesh.v1 import jobs_pb2, worker_pb2
 
 log = logging.getLogger(__name__)
 BATCH = 256
@@ -48,15 +50,12 @@ async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.Worke
     session = lifecycle.session
     files = []
     for stored in completed.files:
-        row = File(
-            id=uuid.uuid4(),
-            owner_id=job.created_by,
+        row = await file_rows.record(
+            session, BlobRef(stored.sha256, stored.key), owner_id=job.created_by,
             filename=stored.filename[:255] or "output",
             content_type=stored.content_type[:127] or "application/octet-stream",
-            size_bytes=stored.size_bytes,
-            sha256=stored.sha256,
-        )
-        session.add(row)
+            size_bytes=stored.size_bytes, sealed_here=False,
+        )  # fmt: skip
         files.append({"file_id": str(row.id), "name": row.filename, "role": stored.role[:32],
                       "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
     meta = json_format.MessageToDict(completed.meta)
@@ -68,6 +67,23 @@ async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.Worke
     await lifecycle.complete(job, files=files, meta=meta, result_url=result_url)
 
 
+async def _part(
+    lifecycle: Lifecycle, job: Job, stored: worker_pb2.StoredFile
+) -> jobs_pb2.ResultFile:
+    """A piece of the result announced ahead of the end: stored as the creator's file (so
+    they, and the HTTP API as them, can download it at once), announced with the progress."""
+    row = await file_rows.record(
+        lifecycle.session, BlobRef(stored.sha256, stored.key), owner_id=job.created_by,
+        filename=stored.filename[:255] or "part",
+        content_type=stored.content_type[:127] or "application/octet-stream",
+        size_bytes=stored.size_bytes, sealed_here=False,
+    )  # fmt: skip
+    return jobs_pb2.ResultFile(
+        file_id=str(row.id), name=row.filename, content_type=row.content_type,
+        size_bytes=row.size_bytes, role=stored.role[:32],
+    )  # fmt: skip
+
+
 async def apply_event(lifecycle: Lifecycle, event: worker_pb2.WorkerEvent, job: Job | None) -> None:
     """Apply one worker event to its job (locked by the caller), if its state allows it."""
     if job is None or event.attempt != job.run:
@@ -76,7 +92,13 @@ async def apply_event(lifecycle: Lifecycle, event: worker_pb2.WorkerEvent, job: 
     if kind == "started":
         lifecycle.worker_started(job, worker_id=event.worker_id, delivery=event.delivery)
     elif kind == "progress":
-        lifecycle.progress(job, event.progress)
+        progress = event.progress
+        fresh = event.progress.percent >= job.progress  # not a redelivered run's repeat
+        if event.HasField("part") and fresh and allowed(job, Transition.PROGRESS):
+            progress = jobs_pb2.JobProgress()
+            progress.CopyFrom(event.progress)
+            progress.part.CopyFrom(await _part(lifecycle, job, event.part))
+        lifecycle.progress(job, progress)
     elif kind == "log":
         lifecycle.worker_log(job, event.log.line)
     elif kind == "completed":

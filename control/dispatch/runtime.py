@@ -92,7 +92,7 @@ class MeshRuntime:
         self.js = self.nc.jetstream()
         await self.provision(settings)
         self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
-        self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
+        self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET), reseal=True)
         await self.broadcaster.start(self.nc, sessions)
         await self.presence.start(self.nc)
         self.dispatcher = Dispatcher(

@@ -55,7 +55,7 @@ class Request:
 def stored_file(row: File, role: str = "") -> worker_pb2.StoredFile:
     return worker_pb2.StoredFile(
         file_id=str(row.id), sha256=row.sha256, size_bytes=row.size_bytes,
-        content_type=row.content_type, filename=row.filename, role=role,
+        content_type=row.content_type, filename=row.filename, role=role, key=row.blob_key or b"",
     )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from control.db.models import JobType
 from control.kinds.base import JobKind, UserDefaults
-from control.validate import enum_field, language_field, text_field
+from control.validate import enum_field, language_field, number_range, text_field
 from voxmesh.errors import InvalidArgument
 from voxmesh.speech.languages import NoModel, route_stt
 from voxmesh.v1 import jobs_pb2
@@ -26,6 +26,7 @@ class Stt(JobKind[jobs_pb2.SttParams]):
             out.initial_prompt, "stt.initial_prompt", max_len=1000, multiline=True
         )
         out.model = text_field(out.model, "stt.model", max_len=200)
+        out.temperature = number_range(out.temperature, "stt.temperature", low=0.0, high=1.0)
         for name in ("num_speakers", "min_speakers", "max_speakers"):
             value = getattr(out, name)
             if value and not out.diarize:

@@ -202,6 +202,7 @@ class Lifecycle:
                 stage=stage,
                 message=progress.message[:2000],
                 text=progress.text[:8000],
+                part=progress.part if progress.HasField("part") else None,
             ),
         )
         return True

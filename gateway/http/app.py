@@ -8,6 +8,7 @@ POST /v1/voices/clone, POST /v1/stories.
 """
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run time.
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -199,6 +200,7 @@ def create_app(control_target: str) -> FastAPI:
             language=language, task=task, initial_prompt=prompt,
             word_timestamps="word" in granularities, model=compat.stt_model(model),
             diarize=response_format == "diarized_json", num_speakers=num_speakers,
+            temperature=temperature,
         )  # fmt: skip
         title = f"{'translation' if task == jobs_pb2.STT_TASK_TRANSLATE else 'transcription'} of "
         job = await c.create(
@@ -344,25 +346,52 @@ def create_app(control_target: str) -> FastAPI:
                 project_id=project_id, title=f"speech: {body.input[:60]}",
                 tts=jobs_pb2.TtsParams(
                     text=body.input, voice=voice, engine=engine, format=job_format,
-                    speed=body.speed,
+                    speed=body.speed, stream=not background,
                 ),
             )
         )  # fmt: skip
         if background:
             return _accepted(job)
-        done = _succeeded(await c.wait(job))
-        audio = done.file(role="audio")
         headers = {"voxmesh-job-id": job.id}
-        if body.response_format in ("aac", "pcm"):
-            data = compat.convert(await c.download(audio.file_id), body.response_format)
-            chunks: AsyncIterator[bytes] = _once(data)
-        else:
-            chunks = c.stream_file(audio.file_id)
+        chunks = _spoken(c, job, body.response_format)
+        # Until the first sentence is spoken a failure is still an HTTP status; after it, the
+        # status line has gone: the audio stream is cut (an SSE stream gets an error event).
+        first = await anext(chunks, b"")
         if body.stream_format == "sse":
             return StreamingResponse(
-                _speech_events(chunks), media_type="text/event-stream", headers=headers
-            )
-        return StreamingResponse(chunks, media_type=media, headers=headers)
+                _speech_events(_then(first, chunks)), media_type="text/event-stream",
+                headers=headers,
+            )  # fmt: skip
+        return StreamingResponse(_then(first, chunks), media_type=media, headers=headers)
+
+    async def _spoken(c: Control, job: jobs_pb2.Job, response_format: str) -> AsyncIterator[bytes]:
+        """The job's speech in `response_format`, sentence by sentence as the worker announces
+        each part (TtsParams.stream), encoded as it comes; the whole file at the end if no part
+        was announced (a worker that does not stream)."""
+        encoder = compat.StreamEncoder(response_format)
+        seen: set[str] = set()
+        result = None
+        async for event in c.events(job.id):
+            which = event.WhichOneof("event")
+            if which == "result":
+                result = event.result
+            if which != "progress" or not event.progress.part.file_id:
+                continue
+            part = event.progress.part
+            if part.name in seen:  # announced again by a redelivered run
+                continue
+            seen.add(part.name)
+            samples, rate = compat.wav_samples(await c.download(part.file_id))
+            data = await asyncio.to_thread(encoder.feed, samples, rate)
+            if data:
+                yield data
+        job, _ = await c.get(job.id)
+        done = _succeeded(Finished(job, job.status, result))
+        if not seen:
+            whole = await c.download(done.file(role="audio").file_id)
+            samples, rate = await asyncio.to_thread(compat.wav_samples, whole)
+            yield await asyncio.to_thread(encoder.feed, samples, rate)
+        yield encoder.close()
 
     # --- jobs over HTTP -------------------------------------------------------------------
     @app.get("/v1/jobs/{job_id}")
@@ -616,15 +645,28 @@ async def _upload(c: Control, file: UploadFile, fallback: str) -> str:
     )  # fmt: skip
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        if chunk:
+            yield chunk
 
 
 async def _speech_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """OpenAI's speech stream: `speech.audio.delta` events of base64 audio as it is made,
+    then `speech.audio.done` (an `error` event if the job fails after the first sentence)."""
     size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        for start in range(0, len(chunk), 32 * 1024):
-            piece = base64.b64encode(chunk[start : start + 32 * 1024]).decode()
-            yield _sse({"type": "speech.audio.delta", "audio": piece})
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            for start in range(0, len(chunk), 32 * 1024):
+                piece = base64.b64encode(chunk[start : start + 32 * 1024]).decode()
+                yield _sse({"type": "speech.audio.delta", "audio": piece})
+    except ApiError as e:
+        yield _sse({"type": "error", "error": e.body()})
+        return
+    except grpc.aio.AioRpcError as e:
+        yield _sse({"type": "error", "error": from_grpc(e).body()})
+        return
     yield _sse({"type": "speech.audio.done", "usage": {"output_bytes": size}})

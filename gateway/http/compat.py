@@ -10,6 +10,7 @@ from typing import Any
 import av
 import numpy as np
 
+from voxmesh.audio import resample
 from voxmesh.speech.languages import SHIPPED_STT
 from voxmesh.v1 import jobs_pb2
 
@@ -157,34 +158,122 @@ SPEECH_FORMATS = {
 PCM_RATE = 24_000
 
 
-def convert(wav: bytes, response_format: str) -> bytes:
-    """The engine's WAV as aac (ADTS) or pcm (24 kHz 16-bit mono, no header)."""
-    with av.open(io.BytesIO(wav), "r") as source:
-        stream = source.streams.audio[0]
-        if response_format == "pcm":
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=PCM_RATE)
-            chunks = [
-                out.to_ndarray().tobytes()
-                for frame in source.decode(stream)
-                for out in resampler.resample(frame)
-            ]
-            chunks += [out.to_ndarray().tobytes() for out in resampler.resample(None)]
-            return b"".join(chunks)
-        buffer = io.BytesIO()
-        with av.open(buffer, "w", format="adts") as target:
-            encoder = target.add_stream("aac", rate=stream.rate or 24_000, layout="mono")
-            resampler = av.AudioResampler(format="fltp", layout="mono", rate=encoder.rate)
-            for frame in source.decode(stream):
-                for out in resampler.resample(frame):
-                    for packet in encoder.encode(out):
-                        target.mux(packet)
-            for out in resampler.resample(None):
-                for packet in encoder.encode(out):
-                    target.mux(packet)
-            for packet in encoder.encode(None):
-                target.mux(packet)
-        return buffer.getvalue()
-
-
 def pcm_seconds(data: bytes) -> float:
     return len(np.frombuffer(data, dtype=np.int16)) / PCM_RATE
+
+
+# --- speech as it is made ---------------------------------------------------------------------
+_STREAM_CODECS = {
+    "mp3": ("mp3", "libmp3lame", None),
+    "opus": ("ogg", "libopus", 48_000),
+    "aac": ("adts", "aac", None),
+    "flac": ("flac", "flac", None),
+}
+
+
+class _Sink(io.RawIOBase):
+    """Where the muxer writes: collected until taken (not seekable, so muxers stream)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:
+        self._buffer += bytes(data)
+        return len(data)
+
+    def take(self) -> bytes:
+        out = bytes(self._buffer)
+        self._buffer.clear()
+        return out
+
+
+def wav_samples(wav: bytes) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and the rate of a WAV (a streamed speech part)."""
+    with av.open(io.BytesIO(wav), "r") as source:
+        stream = source.streams.audio[0]
+        rate = stream.rate
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        frames = [out.to_ndarray().reshape(-1)
+                  for frame in source.decode(stream) for out in resampler.resample(frame)]  # fmt: skip
+        frames += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    return (np.concatenate(frames) if frames else np.zeros(0, np.float32)), rate
+
+
+class StreamEncoder:
+    """Audio in as it is made, `response_format` bytes out as soon as the encoder has them:
+    a speech response that starts playing after the first sentence. pcm is raw 24 kHz s16le;
+    wav is a streamed WAV (sizes left open, as a live recorder writes them); mp3, opus (Ogg),
+    aac (ADTS) and flac come from FFmpeg's encoders, frame by frame."""
+
+    def __init__(self, response_format: str) -> None:
+        if response_format not in SPEECH_FORMATS:
+            raise ValueError(f"no streaming encoder for {response_format!r}")
+        self.format = response_format
+        self._rate = 0
+        self._sink = _Sink()
+        self._container: Any = None
+        self._stream: Any = None
+        self._resampler: Any = None
+
+    def feed(self, samples: np.ndarray, rate: int) -> bytes:
+        samples = np.clip(samples.astype(np.float32).reshape(-1), -1.0, 1.0)
+        if self.format == "pcm":
+            return _s16(resample(samples, rate, PCM_RATE))
+        if self.format == "wav":
+            head = b""
+            if not self._rate:
+                self._rate = rate
+                head = _streamed_wav_header(rate)
+            return head + _s16(resample(samples, rate, self._rate))
+        if self._container is None:
+            container, codec, forced = _STREAM_CODECS[self.format]
+            self._container = av.open(self._sink, "w", format=container)
+            self._stream = self._container.add_stream(codec, rate=forced or rate)
+            self._stream.layout = "mono"
+            context = self._stream.codec_context
+            self._resampler = av.AudioResampler(
+                format=context.format, layout="mono", rate=forced or rate,
+                frame_size=context.frame_size or None,
+            )  # fmt: skip
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = rate
+        self._encode(self._resampler.resample(frame))
+        return self._sink.take()
+
+    def close(self) -> bytes:
+        """The encoder's last frames (and the container's trailer)."""
+        if self._container is None:
+            return b""
+        self._encode(self._resampler.resample(None))
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+        return self._sink.take()
+
+    def _encode(self, frames: list[Any]) -> None:
+        for frame in frames:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+
+
+def _s16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def _streamed_wav_header(rate: int) -> bytes:
+    """A 16-bit mono WAV header whose sizes say "until the end" (0xFFFFFFFF)."""
+    unknown = 0xFFFFFFFF
+    return (
+        b"RIFF" + unknown.to_bytes(4, "little") + b"WAVE"
+        + b"fmt " + (16).to_bytes(4, "little") + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little") + rate.to_bytes(4, "little")
+        + (rate * 2).to_bytes(4, "little") + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little") + b"data" + unknown.to_bytes(4, "little")
+    )  # fmt: skip

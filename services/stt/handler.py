@@ -79,6 +79,7 @@ def options_from(params: jobs_pb2.SttParams, settings: SttSettings) -> Options:
         vad_filter=params.vad_filter,
         initial_prompt=params.initial_prompt or None,
         beam_size=settings.beam_size,
+        temperature=params.temperature,
     )
 
 

@@ -47,6 +47,7 @@ def make_handler(settings: TtsSettings) -> Handler:
         rate = engine.sample_rate
         parts: list[np.ndarray] = []
         compute = 0.0
+        gain: float | None = None  # streaming: the loudness gain, set from the first sentence
         for i, (sentence, ends_paragraph) in enumerate(pieces):
             started = time.perf_counter()
             try:
@@ -54,23 +55,44 @@ def make_handler(settings: TtsSettings) -> Handler:
             except EngineError as e:
                 raise JobFailed(str(e)) from None
             compute += time.perf_counter() - started
+            last = i == len(pieces) - 1
             pause = (
                 settings.paragraph_pause_seconds
                 if ends_paragraph
                 else settings.sentence_pause_seconds
             )
-            parts += [samples, np.zeros(int(pause * rate), np.float32)]
+            piece = [samples] if last else [samples, np.zeros(int(pause * rate), np.float32)]
+            message = f"sentence {i + 1} of {len(pieces)}: {sentence[:80]}"
+            if not p.stream:
+                parts += piece
+                await stages.report(
+                    "synthesising", (i + 1) / len(pieces), message, coalesce=True
+                )  # also the cancellation checkpoint between sentences
+                continue
+            said = np.concatenate(piece)
+            if profile is not None:
+                said = await ctx.run_blocking(ctx.in_saved_voice, said, rate, profile)
+            part_rate = voice_profile.RATE if profile is not None else rate
+            if gain is None:
+                gain = audio.loudness_gain(said, part_rate, settings.target_lufs)
+            said = audio.limit(said * gain)
+            parts.append(said)
+            wav, _, _, _ = await ctx.run_blocking(audio.encode, said, part_rate)
             await stages.report(
-                "synthesising", (i + 1) / len(pieces), f"sentence {i + 1} of {len(pieces)}: "
-                f"{sentence[:80]}", coalesce=True,
-            )  # also the cancellation checkpoint between sentences  # fmt: skip
-        speech = np.concatenate(parts[:-1])
-        if profile is not None:
-            await stages.report("post-processing", 0, f"speaking in the saved voice {p.voice}")
-            speech = await ctx.run_blocking(ctx.in_saved_voice, speech, rate, profile)
-            rate = voice_profile.RATE
-        await stages.report("post-processing", 0.2, "loudness and encoding")
-        speech = audio.normalize_loudness(speech, rate, settings.target_lufs)
+                "synthesising", (i + 1) / len(pieces), message,
+                part=Output(f"part-{i + 1:04d}.wav", wav, "audio/wav", roles.PART),
+            )  # fmt: skip
+        speech = np.concatenate(parts)
+        if p.stream:  # already spoken in the saved voice and at the first sentence's loudness
+            rate = voice_profile.RATE if profile is not None else rate
+            await stages.report("post-processing", 0.2, "encoding")
+        else:
+            if profile is not None:
+                await stages.report("post-processing", 0, f"speaking in the saved voice {p.voice}")
+                speech = await ctx.run_blocking(ctx.in_saved_voice, speech, rate, profile)
+                rate = voice_profile.RATE
+            await stages.report("post-processing", 0.2, "loudness and encoding")
+            speech = audio.normalize_loudness(speech, rate, settings.target_lufs)
         data, media_type, extension, out_rate = await ctx.run_blocking(
             audio.encode, speech, rate, p.format
         )

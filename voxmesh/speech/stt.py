@@ -56,6 +56,15 @@ class Options:
     vad_filter: bool = False
     initial_prompt: str | None = None
     beam_size: int = 5
+    temperature: float = 0.0
+    """Where decoding starts (OpenAI's meaning): 0 is beam search, falling back to sampling
+    at higher temperatures only where the output looks wrong; above 0, sampling from there."""
+
+    def temperatures(self) -> tuple[float, ...]:
+        """Whisper's fallback schedule (0, 0.2, ... 1.0) from `temperature` on."""
+        start = min(max(self.temperature, 0.0), 1.0)
+        steps = [round(start + 0.2 * i, 2) for i in range(6)]
+        return tuple(t for t in steps if t <= 1.0) or (1.0,)
 
 
 @dataclass
@@ -125,6 +134,7 @@ class FasterWhisperEngine:
             word_timestamps=options.word_timestamps,
             vad_filter=options.vad_filter,
             initial_prompt=options.initial_prompt or None,
+            temperature=options.temperatures(),
         )
 
         def convert() -> Iterator[Segment]:
@@ -174,6 +184,7 @@ class OpenAIWhisperEngine:
             word_timestamps=options.word_timestamps,
             initial_prompt=options.initial_prompt or None,
             beam_size=options.beam_size,
+            temperature=options.temperatures(),
             fp16=False,
             verbose=None,
         )

@@ -1,0 +1,43 @@
+"""The files table's one rule about blobs: a row keeps the key that opens its sealed blob.
+
+Every place that records a stored blob (a finished upload, a worker's output, sample data)
+goes through `record`, so no row is written without its key. Rows of the same bytes stored
+before sealing learn the key when the control plane itself stores those bytes again (not from a
+worker's report, which it has not checked).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control.db.models import File
+from voxmesh.blobs import BlobRef
+
+
+async def record(
+    session: AsyncSession, blob: BlobRef, *, owner_id: uuid.UUID, filename: str,
+    content_type: str, size_bytes: int, file_id: uuid.UUID | None = None, sealed_here: bool,
+) -> File:  # fmt: skip
+    """Add a files row for a stored blob (flushed, so its id can be referenced).
+    `sealed_here`: this process stored the bytes itself, so the key is known to be right."""
+    row = File(
+        id=file_id or uuid.uuid4(), owner_id=owner_id, filename=filename,
+        content_type=content_type, size_bytes=size_bytes, sha256=blob.sha256,
+        blob_key=blob.key or None,
+    )  # fmt: skip
+    session.add(row)
+    if blob.key and sealed_here:
+        await session.execute(
+            update(File)
+            .where(File.sha256 == blob.sha256, File.blob_key.is_(None))
+            .values(blob_key=blob.key)
+        )
+    await session.flush()
+    return row
+
+
+def key_of(row: File) -> bytes:
+    return row.blob_key or b""
