@@ -134,7 +134,7 @@ async def test_openai_client_transcribes_in_every_format(harness: Harness, tmp_p
         assert isinstance(text, str) and wer(said, text) < 0.35
 
         srt = await client.audio.transcriptions.create(
-            model="whisper-1", file=("clip.wav", audio), response_format="srt"
+            model="whisper-1", file=("clip.wav", audio), response_format="srt", temperature=0.2
         )
         assert "-->" in srt and srt.strip().startswith("1"), srt
         vtt = await client.audio.transcriptions.create(
@@ -208,6 +208,8 @@ async def test_openai_client_transcribes_in_every_format(harness: Harness, tmp_p
             len(jobs.jobs) == 8
             and sum(j.status == jobs_pb2.JOB_STATUS_COMPLETED for j in jobs.jobs) == 8
         ), [(j.title, j.status) for j in jobs.jobs]
+        # temperature reached the job (the worker decodes from it: SttParams.temperature).
+        assert sorted(round(j.stt.temperature, 3) for j in jobs.jobs)[-1] == 0.2
 
 
 def _decoded_seconds(data: bytes, fmt: str) -> float:

@@ -418,3 +418,13 @@ def spanish_words(text: str) -> str:
 
     plain = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
     return re.sub(r"\s+", " ", re.sub(r"[^a-z ]+", " ", plain)).strip()
+
+
+def test_temperature_sets_where_decoding_starts() -> None:
+    """OpenAI's meaning: 0 is beam search with Whisper's fallback schedule; above 0, sampling
+    starts there and rises in the same steps."""
+    from voxmesh.speech.stt import Options
+
+    assert Options().temperatures() == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    assert Options(temperature=0.5).temperatures() == (0.5, 0.7, 0.9)
+    assert Options(temperature=1.0).temperatures() == (1.0,)
