@@ -43,9 +43,14 @@ def detect(head: bytes) -> str | None:
     return None
 
 
+UNDECLARED = {"", "application/octet-stream", "binary/octet-stream"}
+"""Types that say only "some bytes" (what curl -F and many tools send for an .mp3): the content
+decides."""
+
+
 def agrees(declared: str, detected: str) -> bool:
     declared = declared.split(";")[0].strip().lower()
-    return not declared or declared in ALIASES.get(detected, {detected})
+    return declared in UNDECLARED or declared in ALIASES.get(detected, {detected})
 
 
 # What must never be inside an audio payload: a WAV header in front of one of these is not a

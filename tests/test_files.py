@@ -166,6 +166,22 @@ async def test_limits_and_types_are_enforced_while_receiving(harness: Harness) -
     assert mismatch.code() == grpc.StatusCode.INVALID_ARGUMENT and "content is audio/wav" in (
         mismatch.details() or ""
     )
+    # "application/octet-stream" (what curl -F sends for an .mp3) declares nothing: the content
+    # decides the type.
+    generic = await f.StartUpload(
+        files_pb2.StartUploadRequest(
+            filename="a.bin", content_type="application/octet-stream", size_bytes=len(wav)
+        )
+    )
+    await f.UploadChunk(
+        files_pb2.UploadChunkRequest(upload_id=generic.upload_id, offset=0, data=wav)
+    )
+    stored = await f.FinishUpload(
+        files_pb2.FinishUploadRequest(
+            upload_id=generic.upload_id, sha256=hashlib.sha256(wav).hexdigest()
+        )
+    )
+    assert stored.file.content_type == "audio/wav"
 
     await f.UploadChunk(
         files_pb2.UploadChunkRequest(upload_id=started.upload_id, offset=0, data=wav)
