@@ -44,11 +44,24 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         port: int = 4222,
         worker_types: Iterable[str] = (),
+        server_name: str = "",
+        cluster_port: int = 0,
+        routes: Iterable[int] = (),
+        monitor_port: int = 0,
+        credentials: Credentials | None = None,
     ) -> None:
+        """One server; with `cluster_port` and `routes` (the other nodes' cluster ports on
+        this host) a node of a JetStream cluster named "voxmesh", as deploy/ runs three (the
+        nodes then share one `credentials`). `monitor_port`: the HTTP monitoring endpoint
+        (/jsz says who leads), loopback only."""
         self.store_dir = store_dir
         self.host = host
         self.port = port
-        self.credentials = Credentials(store_dir / CREDENTIALS_FILE, worker_types)
+        self.server_name = server_name
+        self.cluster_port = cluster_port
+        self.routes = list(routes)
+        self.monitor_port = monitor_port
+        self.credentials = credentials or Credentials(store_dir / CREDENTIALS_FILE, worker_types)
         self._proc: subprocess.Popen[bytes] | None = None
         self._adopted: int | None = None
 
@@ -73,6 +86,15 @@ class EmbeddedNats:
             "pid_file": str(self.pid_file),
             "authorization": {"users": self.credentials.users()},
         }  # fmt: skip
+        if self.server_name:
+            config["server_name"] = self.server_name
+        if self.monitor_port:
+            config["http"] = f"127.0.0.1:{self.monitor_port}"
+        if self.cluster_port:
+            config["cluster"] = {
+                "name": "voxmesh", "host": self.host, "port": self.cluster_port,
+                "routes": [f"nats-route://{self.host}:{p}" for p in self.routes],
+            }  # fmt: skip
         path = self.store_dir / "nats-server.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
