@@ -72,6 +72,9 @@ from voxmesh.v1 import (
 log = logging.getLogger(__name__)
 
 # Every service the control plane serves: (descriptor, registration function, servicer class).
+NATS_START_SECONDS = 120.0
+"""How long startup waits for NATS to take the mesh's streams (a cluster may be electing)."""
+
 SERVICES = [
     (auth_pb2.DESCRIPTOR.services_by_name["AuthService"], auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthService),
     (users_pb2.DESCRIPTOR.services_by_name["UserService"], users_pb2_grpc.add_UserServiceServicer_to_server, UserService),
@@ -230,11 +233,12 @@ async def serve(settings: ControlSettings) -> None:
                 settings.mesh,
                 run_secret=run_secret(settings),
             ),
-            20,
+            NATS_START_SECONDS,
         )
     except (OSError, NatsError, TimeoutError) as e:
         raise ConfigurationError(
-            f"cannot reach NATS at {redacted(nats_url)}: {str(e) or 'no answer in 20 s'}"
+            f"cannot reach NATS at {redacted(nats_url)}: "
+            f"{str(e) or f'not ready in {NATS_START_SECONDS:g} s'}"
         ) from None
     revive = {}  # embedded servers: nobody else looks after them
     if _pg is not None:

@@ -549,6 +549,12 @@ async def test_a_running_job_no_worker_holds_is_failed_not_watched_for_ever(
         presence.listening_since = None  # a replica that only just began listening cannot tell
         assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == []
         presence.listening_since = 0.0
+        # Nor while worker events have not been flowing for the whole grace (NATS failing
+        # over: a busy job looks silent only because its events wait in the stream).
+        assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60, 59) == []
+        presence.lost()  # this replica's own NATS connection dropped: it hears nobody
+        assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == []
+        presence.listening_since = 0.0
         assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == [orphan]
         events = await asyncio.wait_for(watcher, 10)
         await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=held.id))

@@ -154,8 +154,9 @@ async def consumer_limits(
 
 
 async def connect(
-    url: str, name: str, *, reconnected: Callable[[], Awaitable[None]] | None = None
-) -> NATS:
+    url: str, name: str, *, reconnected: Callable[[], Awaitable[None]] | None = None,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+) -> NATS:  # fmt: skip
     """A connection that reconnects forever (a NATS outage delays work; it loses nothing),
     logging one line per problem instead of a traceback per retry; `reconnected` runs after
     each reconnect (what was published meanwhile on core NATS is lost). Credentials: in the URL
@@ -170,8 +171,10 @@ async def connect(
     async def error(exc: Exception) -> None:
         log.warning("%s: NATS at %s: %s", name, where, exc or type(exc).__name__)
 
-    async def disconnected() -> None:
+    async def on_disconnect() -> None:
         log.warning("%s: disconnected from NATS; reconnecting", name)
+        if disconnected is not None:
+            await disconnected()
 
     async def on_reconnect() -> None:
         log.info("%s: reconnected to NATS", name)
@@ -186,7 +189,7 @@ async def connect(
         connect_timeout=5,
         drain_timeout=5,
         error_cb=error,
-        disconnected_cb=disconnected,
+        disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         user=user if password else None,
         password=password or None,

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 
 from google.protobuf import json_format
@@ -125,6 +126,14 @@ class EventIngester:
         self._js = js
         self._mesh = mesh_
         self._run_secret = run_secret
+        self._steady_since: float | None = None
+
+    def steady_for(self) -> float:
+        """Seconds since worker events last could not be fetched (0 while they cannot): a job
+        silent for less than this may only be silent because its events were stuck in NATS."""
+        if self._steady_since is None:
+            return 0.0
+        return time.monotonic() - self._steady_since
 
     def _genuine(self, event: worker_pb2.WorkerEvent) -> bool:
         """Whether the event proves it comes from a holder of its run (the run token)."""
@@ -200,14 +209,17 @@ class EventIngester:
                 msgs = await sub.fetch(1, timeout=1)
                 with contextlib.suppress(NatsTimeout, TimeoutError):
                     msgs += await sub.fetch(BATCH - 1, timeout=BATCH_LINGER_SECONDS)
-            except (NatsTimeout, TimeoutError):
+            except (NatsTimeout, TimeoutError):  # nothing to fetch: NATS answers
+                self._steady_since = self._steady_since or time.monotonic()
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._steady_since = None
                 log.warning("event fetch failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
+            self._steady_since = self._steady_since or time.monotonic()
             await self.handle_batch(msgs)
 
 

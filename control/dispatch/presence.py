@@ -44,6 +44,14 @@ class Presence:
         await nc.subscribe(mesh.presence_subject("*"), cb=self._on_announce)
         self.listening_since = time.monotonic()
 
+    def lost(self) -> None:
+        """This replica's NATS connection dropped: it hears nobody until it is back."""
+        self.listening_since = None
+
+    def regained(self) -> None:
+        """Back on NATS: absence is known again only after a full FORGET_AFTER of listening."""
+        self.listening_since = time.monotonic()
+
     def knows_absence(self) -> bool:
         """Whether a worker that held a job would have been heard from by now."""
         return (

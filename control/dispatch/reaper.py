@@ -24,11 +24,14 @@ REAP_SECONDS = 10.0
 
 
 async def reap(
-    sessions: async_sessionmaker[AsyncSession], presence: Presence, mesh: Mesh, grace: float
-) -> list[uuid.UUID]:
+    sessions: async_sessionmaker[AsyncSession], presence: Presence, mesh: Mesh, grace: float,
+    steady_for: float = float("inf"),
+) -> list[uuid.UUID]:  # fmt: skip
     """Fail the orphaned RUNNING jobs (silent for `grace` seconds, held by no worker); their
-    ids."""
-    if not presence.knows_absence():
+    ids. Only on evidence: this replica has heard the workers' announcements long enough to
+    know who is absent, and worker events have been flowing for `steady_for` >= `grace`
+    seconds (while NATS fails over, a busy job looks silent only because its events wait)."""
+    if not presence.knows_absence() or steady_for < grace:
         return []
     held = presence.held_jobs()
     cutoff = datetime.now(UTC) - timedelta(seconds=grace)
@@ -56,13 +59,14 @@ async def reap(
 
 async def run(
     sessions: async_sessionmaker[AsyncSession], presence: Presence, mesh: Mesh,
-    grace: Callable[[], float], interval: float = REAP_SECONDS,
+    grace: Callable[[], float], steady_for: Callable[[], float], interval: float = REAP_SECONDS,
 ) -> None:  # fmt: skip
-    """Reap every `interval` seconds; `grace()` is ack_wait * max_deliver as now provisioned."""
+    """Reap every `interval` seconds; `grace()` is ack_wait * max_deliver as now provisioned,
+    `steady_for()` how long worker events have been flowing."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await reap(sessions, presence, mesh, grace())
+            await reap(sessions, presence, mesh, grace(), steady_for())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database is down: the next sweep tries again

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from sqlalchemy import func, select, text
@@ -30,6 +32,8 @@ from voxmesh.observability import JOBS, QUEUE_DEPTH
 log = logging.getLogger(__name__)
 LEADER_LOCK = 0x766F786D657368  # "voxmesh"
 GAUGE_INTERVAL = 5.0
+PROVISION_SECONDS = 90.0
+"""How long a starting replica keeps trying to provision the mesh on a NATS that is not ready."""
 
 
 async def refresh_gauges(sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> None:
@@ -87,10 +91,25 @@ class MeshRuntime:
         self.run_secret = run_secret
         self.settings = settings
         self.nc = await mesh.connect(
-            url, "voxmesh-control", reconnected=self.broadcaster.reconnected
+            url,
+            "voxmesh-control",
+            reconnected=self._reconnected,
+            disconnected=self._disconnected,
         )
         self.js = self.nc.jetstream()
-        await self.provision(settings)
+        # A cluster that is still electing leaders, or busy with another replica's provisioning,
+        # answers JetStream API calls late: keep trying for a while rather than give up.
+        deadline = time.monotonic() + PROVISION_SECONDS
+        while True:
+            try:
+                await self.provision(settings)
+                break
+            except (NatsError, TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("NATS is not ready to provision the mesh (%s); retrying",
+                            str(e) or type(e).__name__)  # fmt: skip
+                await asyncio.sleep(1)
         self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
         self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET), reseal=True)
         await self.broadcaster.start(self.nc, sessions)
@@ -133,8 +152,15 @@ class MeshRuntime:
         )
         await asyncio.gather(
             self.dispatcher.run(), ingester.run(), self._gauges(sessions),
-            reaper.run(sessions, self.presence, self, self._orphan_grace),
+            reaper.run(sessions, self.presence, self, self._orphan_grace, ingester.steady_for),
         )  # fmt: skip
+
+    async def _reconnected(self) -> None:
+        self.presence.regained()
+        await self.broadcaster.reconnected()
+
+    async def _disconnected(self) -> None:
+        self.presence.lost()
 
     def _orphan_grace(self) -> float:
         """How long JetStream may keep redelivering a run: past this, a RUNNING job no worker
