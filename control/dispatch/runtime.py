@@ -34,6 +34,7 @@ LEADER_LOCK = 0x766F786D657368  # "voxmesh"
 GAUGE_INTERVAL = 5.0
 PROVISION_SECONDS = 90.0
 """How long a starting replica keeps trying to provision the mesh on a NATS that is not ready."""
+ORPHAN_GRACE_FLOOR = 60.0
 
 
 async def refresh_gauges(sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> None:
@@ -164,8 +165,9 @@ class MeshRuntime:
 
     def _orphan_grace(self) -> float:
         """How long JetStream may keep redelivering a run: past this, a RUNNING job no worker
-        holds is lost."""
-        return self.settings.ack_wait_seconds * self.settings.max_deliver
+        holds is lost. Never under ORPHAN_GRACE_FLOOR: a redelivery waits for its consumer's
+        new leader when a NATS node fails, which short ack_waits would not cover."""
+        return max(self.settings.ack_wait_seconds * self.settings.max_deliver, ORPHAN_GRACE_FLOOR)
 
     async def _gauges(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         """Keep the job and queue gauges current (the leader only, so a metric scraped from
