@@ -104,15 +104,16 @@ class MeshRuntime:
         while True:
             try:
                 await self.provision(settings)
+                self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
+                files = await self.js.object_store(mesh.FILES_BUCKET)
                 break
-            except (NatsError, TimeoutError) as e:
+            except (NatsError, TimeoutError) as e:  # also a bucket another replica is creating
                 if time.monotonic() > deadline:
                     raise
                 log.warning("NATS is not ready to provision the mesh (%s); retrying",
                             str(e) or type(e).__name__)  # fmt: skip
                 await asyncio.sleep(1)
-        self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
-        self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET), reseal=True)
+        self.blobs = NatsBlobStore(files, reseal=True)
         await self.broadcaster.start(self.nc, sessions)
         await self.presence.start(self.nc)
         self.dispatcher = Dispatcher(
