@@ -36,10 +36,12 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {**env, "VOXMESH_DATA_DIR": str(data_dir), **extra}
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+def _start(data_dir: Path, port: int, nats_port: int) -> subprocess.Popen[str]:
+    """The control plane on its embedded servers, on ports of its own (a `make run` on the
+    default ones may be running beside the tests)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "control", "serve", "--port", str(port)],
-        env=_env(data_dir),
+        env=_env(data_dir, VOXMESH_NATS_PORT=str(nats_port)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -100,8 +102,8 @@ def test_embedded_database_survives_restarts(tmp_path: Path) -> None:
         env=_env(tmp_path), input=password + "\n", text=True, check=True, timeout=120, capture_output=True,
     )  # fmt: skip
     assert (tmp_path / "pgdata" / "PG_VERSION").read_text().strip() == "18"
-    port = _free_port()
-    proc = _start(tmp_path, port)
+    port, nats_port = _free_port(), _free_port()
+    proc = _start(tmp_path, port, nats_port)
     try:
         token = _login(port, password)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -113,7 +115,7 @@ def test_embedded_database_survives_restarts(tmp_path: Path) -> None:
         log = _stop(proc)
     assert "embedded database" in log and "shutting down" in log
 
-    proc = _start(tmp_path, port)
+    proc = _start(tmp_path, port, nats_port)
     try:
         token = _login(port, password)  # the same generated secret and the same data
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -187,14 +187,23 @@ def main() -> None:
             if worker.poll() is None:
                 worker.terminate()
         for worker in workers:
-            worker.wait(30)
+            _wait_or_kill(worker, 30)
         if control.poll() is None:
             control.terminate()
-        control.wait(60)
-        if gateway is not None:
-            gateway.wait(10)
-        if http_api is not None:
-            http_api.wait(10)
+        _wait_or_kill(control, 60)
+        for other in (gateway, http_api):
+            if other is not None:
+                _wait_or_kill(other, 10)
+
+
+def _wait_or_kill(process: subprocess.Popen[bytes], seconds: float) -> None:
+    """Wait for a child told to stop; one still running after `seconds` is killed."""
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        print(f"process {process.pid} did not stop in {seconds:g} s; killed", flush=True)
+        process.kill()
+        process.wait()
 
 
 if __name__ == "__main__":

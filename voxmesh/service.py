@@ -9,12 +9,15 @@
    worker pulls jobs, and NOT_SERVING again while it drains on SIGTERM; the overall status ""
    (liveness) is SERVING for as long as the process runs.
 3. The model loads in a thread (its load time becomes `voxmesh_worker_model_load_seconds`), then
-   the worker pulls jobs until SIGTERM/SIGINT, finishing the job in hand.
+   the worker pulls jobs until SIGTERM/SIGINT, finishing the job in hand if it can within
+   `VOXMESH_DRAIN_SECONDS` (20); a longer one is left unacknowledged and JetStream redelivers
+   it to another worker (a story or a dub can take minutes; Ctrl-C must not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -30,6 +33,8 @@ from voxmesh.observability import WORKER_MODEL_LOAD, serve_metrics, setup_loggin
 from voxmesh.worker import Worker
 
 log = logging.getLogger(__name__)
+DRAIN_SECONDS = float(os.environ.get("VOXMESH_DRAIN_SECONDS", "20"))
+"""How long a stopping worker lets the job in hand run on."""
 
 Loader = Callable[[], dict[str, float]]
 """Loads the service's models (in a thread); returns {model name: seconds it took}."""
@@ -101,7 +106,14 @@ async def run_service(worker: Worker, load: Loader) -> None:
         await _ready(health, worker.job_type, False)  # draining: no new traffic
         ready.cancel()
         stopping.cancel()
-        await running
+        try:  # the job in hand may finish; one that would take longer is left to JetStream
+            await asyncio.wait_for(asyncio.shield(running), DRAIN_SECONDS)
+        except TimeoutError:
+            log.warning("the job in hand did not finish within %g s of the stop signal; "
+                        "leaving it unacknowledged, so another worker takes it up", DRAIN_SECONDS)  # fmt: skip
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
     finally:
         if health_server is not None:
             await health_server.stop(grace=1)
