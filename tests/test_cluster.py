@@ -197,7 +197,7 @@ def test_cluster_survives_losing_leaders_and_a_control_plane(tmp_path: Path) -> 
                 VOXMESH_DATA_DIR=str(tmp_path / f"control-{i}"),
                 VOXMESH_NATS_REPLICAS="3",
                 VOXMESH_AUTH__JWT_SECRET="cluster-secret-" + "c" * 40,
-                VOXMESH_MESH__ACK_WAIT_SECONDS="3",
+                VOXMESH_MESH__ACK_WAIT_SECONDS="15",  # above a failover's few seconds
             )
             for i, port in enumerate(ports)
         ]

@@ -107,8 +107,8 @@ async def start_running(h: Harness, editor: Caller, text: str) -> str:
 
 
 @contextlib.contextmanager
-def worker_process(nats: EmbeddedNats, name: str) -> Any:
-    proc = spawn(nats.url_for(worker_user("tts")), name)
+def worker_process(nats: EmbeddedNats, name: str, **env: str) -> Any:
+    proc = spawn(nats.url_for(worker_user("tts")), name, **env)
     try:
         yield proc
     finally:
@@ -142,6 +142,26 @@ async def test_worker_killed_mid_job(harness: Harness) -> None:
                 return await job_status(editor.client, job) == jobs_pb2.JOB_STATUS_COMPLETED
 
             await eventually(completed, "the job completed on the second worker")
+    reply = await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job), timeout=CALL)
+    assert reply.job.attempts == 2
+    await ended_exactly_once(harness, job)
+
+
+async def test_a_stopped_worker_leaves_a_long_job_to_another(harness: Harness) -> None:
+    """SIGTERM (Ctrl-C, a rolling update) lets the job in hand run on for VOXMESH_DRAIN_SECONDS
+    only: a longer one is left unacknowledged, the process ends, and another worker takes the
+    job up. (A worker that waited for a 12 s job would still be running after 8.)"""
+    editor = await harness.user(UserRole.EDITOR)
+    with worker_process(harness.nats, "stopping", VOXMESH_DRAIN_SECONDS="1") as stopping:
+        job = await start_running(harness, editor, "sleep:12")
+        stopping.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(stopping.wait, 8) == 0
+    with worker_process(harness.nats, "second"):
+
+        async def completed() -> bool:
+            return await job_status(editor.client, job) == jobs_pb2.JOB_STATUS_COMPLETED
+
+        await eventually(completed, "the job completed on the second worker", timeout=60)
     reply = await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job), timeout=CALL)
     assert reply.job.attempts == 2
     await ended_exactly_once(harness, job)

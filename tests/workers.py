@@ -9,7 +9,8 @@ chooses. No model: these tests are about the mesh, not speech.
     "flaky"          a transient error on the first delivery, success on the next
     "always-broken"  a transient error on every delivery
 
-Run as a process (for kill -9 tests): python -m tests.workers NATS_URL [WORKER_ID] (ack_wait comes from the consumer)
+Run as a process (for kill -9 and stop tests), the way services run (voxmesh.service):
+python -m tests.workers NATS_URL [WORKER_ID] (ack_wait comes from the consumer)
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def make_worker(nats_url: str, worker_id: str | None = None) -> Worker:
     return Worker("tts", behave, nats_url=nats_url, worker_id=worker_id)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # as a modality service runs: signals, draining, health if asked
+    from voxmesh.service import run_service
+
     url = sys.argv[1]
-    asyncio.run(make_worker(url, sys.argv[2] if len(sys.argv) > 2 else None).run())
+    worker = make_worker(url, sys.argv[2] if len(sys.argv) > 2 else None)
+    asyncio.run(run_service(worker, lambda: {}))

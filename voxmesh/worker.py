@@ -29,8 +29,9 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
 from voxmesh import mesh
 from voxmesh.blobs import CorruptBlobError, NatsBlobStore
@@ -48,6 +49,8 @@ from voxmesh.v1 import jobs_pb2, worker_pb2
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
+EMIT_PATIENCE_SECONDS = 30.0
+"""How long a worker keeps trying to report an event while NATS has no stream leader."""
 PROGRESS_INTERVAL = 0.25
 
 
@@ -339,13 +342,24 @@ class Worker:
             job_id=ctx.job_id, attempt=ctx.run, worker_id=self.worker_id, time=stamp,
             local_seq=self._seq, delivery=ctx.delivery, run_token=ctx.dispatch.run_token, **event,
         )  # fmt: skip
-        await self.js.publish(
-            mesh.events_subject(ctx.job_id),
-            message.SerializeToString(),
-            headers={
-                "Nats-Msg-Id": f"{ctx.job_id}.{ctx.run}.{ctx.delivery}.{self.worker_id}.{self._seq}"
-            },
-        )
+        msg_id = f"{ctx.job_id}.{ctx.run}.{ctx.delivery}.{self.worker_id}.{self._seq}"
+        # While a NATS cluster fails over, the events stream may have no leader for a while:
+        # keep trying (the message id makes a repeat harmless) rather than lose the delivery.
+        deadline = time.monotonic() + EMIT_PATIENCE_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                await self.js.publish(
+                    mesh.events_subject(ctx.job_id), message.SerializeToString(),
+                    headers={"Nats-Msg-Id": msg_id},
+                )  # fmt: skip
+                return
+            except (NoRespondersError, NoStreamResponseError, NatsTimeout) as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("cannot report to NATS yet (%s); retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _bind(self) -> None:
         """Bind to what the control plane provisioned, waiting for it if it has not yet."""
