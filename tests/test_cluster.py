@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 from control.db.embedded import EmbeddedPostgres
 from control.kinds import FIELDS
 from tests.conftest import free_port
+from tests.test_multihost import _env
 from voxmesh import mesh
 from voxmesh.nats_auth import CONTROL, CREDENTIALS_FILE, Credentials, worker_user
 from voxmesh.nats_embedded import EmbeddedNats
@@ -131,15 +131,6 @@ def _states(api: Api, ids: list[str]) -> list[str]:
 def _seqs(events: list[Any]) -> list[int]:
     """The seqs of the events proper (a snapshot only says where the job stood)."""
     return [int(e.seq) for e in events if e.WhichOneof("event") != "snapshot"]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("VOXMESH_") and k not in ("DATABASE_URL", "NATS_URL")
-    }
-    return {**base, "PYTHONPATH": str(ROOT), **extra}
 
 
 class Api:
