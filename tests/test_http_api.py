@@ -257,6 +257,9 @@ async def test_openai_client_speaks_in_every_format(harness: Harness, tmp_path: 
         with pytest.raises(openai.BadRequestError) as bad_speed:
             await client.audio.speech.create(model="tts-1", voice="alloy", input="x", speed=4.0)
         assert bad_speed.value.body["param"] == "speed"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as bad_voice:  # refused by the control plane
+            await client.audio.speech.create(model="tts-1", voice="nobody", input="Hi.")
+        assert bad_voice.value.body["param"] == "voice"  # type: ignore[index]
 
         # Long work without holding a request open: 202, poll, fetch.
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:

@@ -51,8 +51,22 @@ def _field(err: grpc.aio.AioRpcError) -> str | None:
     return None
 
 
+# The HTTP API's own names for the job fields the control plane names in its refusals.
+_PARAMS = {
+    "tts.text": "input", "stt.initial_prompt": "prompt", "input_file_id": "file",
+    "dubbing.target_language": "target_lang", "dubbing.source_language": "source_lang",
+}  # fmt: skip
+
+
+def _param(field: str | None) -> str | None:
+    """A refused field as the client sent it ("tts.voice" -> "voice")."""
+    if field is None:
+        return None
+    return _PARAMS.get(field, field.split(".", 1)[-1])
+
+
 def from_grpc(err: grpc.aio.AioRpcError) -> ApiError:
-    code, message, field = err.code(), err.details() or "", _field(err)
+    code, message, field = err.code(), err.details() or "", _param(_field(err))
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return ApiError(401, message, code="invalid_api_key")
     if code is grpc.StatusCode.PERMISSION_DENIED:
