@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control.db.models import File
-from voxmesh.blobs import BlobRef
+from voxmesh.blobs import BlobRef, BlobStore, CorruptBlobError
 
 
 async def record(
@@ -41,3 +41,31 @@ async def record(
 
 def key_of(row: File) -> bytes:
     return row.blob_key or b""
+
+
+async def seal_stored_before(session: AsyncSession, blobs: BlobStore, limit: int = 20) -> int:
+    """Seal up to `limit` blobs stored before sealing existed (files rows without a key): read
+    them as they are, store them sealed, give every row of those bytes the key; not committed.
+    The janitor runs it on every sweep, so an upgraded store ends up sealed throughout. A blob
+    that is missing or does not verify is left for DownloadFile to report."""
+    digests = list(
+        await session.scalars(
+            select(File.sha256).where(File.blob_key.is_(None)).distinct().limit(limit)
+        )
+    )
+    sealed = 0
+    for digest in digests:
+        try:
+            data = await blobs.get(digest, b"")
+        except (FileNotFoundError, CorruptBlobError):
+            continue
+        blob = await blobs.put(data)
+        if not blob.key:
+            continue
+        await session.execute(
+            update(File)
+            .where(File.sha256 == digest, File.blob_key.is_(None))
+            .values(blob_key=blob.key)
+        )
+        sealed += 1
+    return sealed

@@ -1,7 +1,8 @@
 """Unfinished uploads do not live forever: one untouched for `upload_expiry_hours` (a global
 setting) is deleted with the chunks it received. The janitor sweeps every SWEEP_SECONDS; a
 user starting an upload first clears their own expired ones, so the per-user caps
-(`max_open_uploads`, `max_open_upload_mb`) count only live uploads."""
+(`max_open_uploads`, `max_open_upload_mb`) count only live uploads. Each sweep also seals a few
+blobs stored before sealing existed (control.files.seal_stored_before)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control import settings_catalog
+from control import files, settings_catalog
 from control.app import ControlApp
 from control.db.models import Upload
 
@@ -52,6 +53,12 @@ class UploadJanitor:
             await session.commit()
         if deleted:
             log.info("deleted %d expired unfinished uploads", deleted)
+        if self._app.mesh is not None:
+            async with self._app.sessions() as session:
+                sealed = await files.seal_stored_before(session, self._app.mesh.blobs)
+                await session.commit()
+            if sealed:
+                log.info("sealed %d blobs stored before sealing", sealed)
         return deleted
 
     def start(self) -> None:

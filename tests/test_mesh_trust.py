@@ -306,3 +306,43 @@ def test_shard_results_open_only_with_their_runs_key() -> None:
         mesh.open_shard_result(other, "job.1.1", sealed)
     with pytest.raises(ValueError, match="does not open"):  # moved to another shard's key
         mesh.open_shard_result(secret, "job.1.0", sealed)
+
+
+async def test_files_stored_before_sealing_get_sealed(harness: Harness) -> None:
+    """An upgraded store holds blobs written in clear, which any worker user could read. The
+    janitor's sweep seals them: their rows get the key, workers without it read nothing, and
+    downloads go on working."""
+    from control import files
+    from control.db.models import File
+    from control.sample_data import tone_wav
+    from tests.test_files import download
+    from voxmesh.blobs import BlobKeyError, NatsBlobStore
+
+    assert harness.app.mesh is not None
+    editor = await harness.user(UserRole.EDITOR)
+    plain = tone_wav(seconds=1.0)
+    digest = hashlib.sha256(plain).hexdigest()
+    store = await harness.app.mesh.js.object_store(mesh.FILES_BUCKET)
+    await store.put(digest, plain)  # as stores before sealing held it
+    async with harness.app.sessions() as session:
+        row = File(owner_id=editor.user_id, filename="old.wav", content_type="audio/wav",
+                   size_bytes=len(plain), sha256=digest)  # fmt: skip
+        session.add(row)
+        await session.commit()
+        file_id = row.id
+    nc = await mesh.connect(harness.nats.url_for("worker-tts"), "curious-worker")
+    try:
+        as_worker = NatsBlobStore(await nc.jetstream().object_store(mesh.FILES_BUCKET))
+        assert await as_worker.get(digest, b"") == plain  # the exposure being closed
+        async with harness.app.sessions() as session:
+            assert await files.seal_stored_before(session, harness.app.mesh.blobs) >= 1
+            await session.commit()
+        with pytest.raises(BlobKeyError):
+            await as_worker.get(digest, b"")
+    finally:
+        await nc.close()
+    async with harness.app.sessions() as session:
+        sealed = await session.get(File, file_id)
+    assert sealed is not None and sealed.blob_key
+    _, data = await download(editor, str(file_id))
+    assert data == plain
