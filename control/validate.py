@@ -122,3 +122,16 @@ def mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str]) -> set[st
             field="update_mask",
         )
     return paths
+
+
+MAX_SPEAKERS = 20
+"""The most speakers a job may ask diarization for."""
+
+
+def speaker_count(value: int, field: str) -> int:
+    """A number of speakers: 1 to MAX_SPEAKERS, or 0 to find it from the audio."""
+    if not 0 <= value <= MAX_SPEAKERS:
+        raise InvalidArgument(
+            f"{field} must be between 1 and {MAX_SPEAKERS} (0: found from the audio)", field=field
+        )
+    return value

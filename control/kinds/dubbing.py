@@ -20,13 +20,19 @@ from control.kinds.base import (
     owned_file,
     voice_id,
 )
-from control.validate import language_field, number_range, text_field, uuid_field
+from control.validate import (
+    MAX_SPEAKERS,
+    language_field,
+    number_range,
+    speaker_count,
+    text_field,
+    uuid_field,
+)
 from voxmesh import roles
 from voxmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from voxmesh.speech import languages, voices
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
-MAX_SPEAKERS = 20
 SPEAKER_RE = re.compile(r"SPEAKER_\d{2}")
 REVISED = (roles.SEGMENTS, roles.SEGMENT_AUDIO, roles.VOICE)
 """What a revision reuses of the revised job's result, by role."""
@@ -64,12 +70,7 @@ class Dubbing(JobKind[jobs_pb2.DubbingParams]):
         out.voice = voice_id(out.voice, "dubbing.voice")
         if out.voice:
             out.voice = any_voice(out.voice, "", "dubbing.voice", defaults)
-        if not 0 <= out.num_speakers <= MAX_SPEAKERS:
-            raise InvalidArgument(
-                f"dubbing.num_speakers must be between 1 and {MAX_SPEAKERS} (0: found from "
-                "the audio)",
-                field="dubbing.num_speakers",
-            )
+        speaker_count(out.num_speakers, "dubbing.num_speakers")
         if len(out.speaker_voices) > MAX_SPEAKERS:
             raise InvalidArgument(
                 f"at most {MAX_SPEAKERS} speaker voices", field="dubbing.speaker_voices"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from control.db.models import JobType
 from control.kinds.base import JobKind, UserDefaults
-from control.validate import enum_field, language_field, number_range, text_field
+from control.validate import (
+    enum_field,
+    language_field,
+    number_range,
+    speaker_count,
+    text_field,
+)
 from voxmesh.errors import InvalidArgument
 from voxmesh.speech.languages import NoModel, route_stt
 from voxmesh.v1 import jobs_pb2
-
-MAX_SPEAKERS = 20
 
 
 class Stt(JobKind[jobs_pb2.SttParams]):
@@ -31,11 +35,7 @@ class Stt(JobKind[jobs_pb2.SttParams]):
             value = getattr(out, name)
             if value and not out.diarize:
                 raise InvalidArgument(f"stt.{name} needs stt.diarize", field=f"stt.{name}")
-            if not 0 <= value <= MAX_SPEAKERS:
-                raise InvalidArgument(
-                    f"stt.{name} must be between 1 and {MAX_SPEAKERS} (0: found from the audio)",
-                    field=f"stt.{name}",
-                )
+            speaker_count(value, f"stt.{name}")
         if out.num_speakers and (out.min_speakers or out.max_speakers):
             raise InvalidArgument(
                 "give stt.num_speakers or stt.min_speakers/max_speakers, not both",
