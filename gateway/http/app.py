@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from gateway.http import compat
 from gateway.http.control import Control, Finished, status_name
 from gateway.http.errors import ApiError, bad_field, from_grpc
+from voxmesh import audio
 from voxmesh.v1 import jobs_pb2, webhooks_pb2
 
 BEARER = "bearer "
@@ -381,16 +382,14 @@ def create_app(control_target: str) -> FastAPI:
             if part.name in seen:  # announced again by a redelivered run
                 continue
             seen.add(part.name)
-            samples, rate = compat.wav_samples(await c.download(part.file_id))
-            data = await asyncio.to_thread(encoder.feed, samples, rate)
+            data = await asyncio.to_thread(_encoded, encoder, await c.download(part.file_id))
             if data:
                 yield data
         job, _ = await c.get(job.id)
         done = _succeeded(Finished(job, job.status, result))
         if not seen:
             whole = await c.download(done.file(role="audio").file_id)
-            samples, rate = await asyncio.to_thread(compat.wav_samples, whole)
-            yield await asyncio.to_thread(encoder.feed, samples, rate)
+            yield await asyncio.to_thread(_encoded, encoder, whole)
         yield encoder.close()
 
     # --- jobs over HTTP -------------------------------------------------------------------
@@ -643,6 +642,11 @@ async def _upload(c: Control, file: UploadFile, fallback: str) -> str:
         file.filename or fallback, file.content_type or "application/octet-stream",
         await file.read(),
     )  # fmt: skip
+
+
+def _encoded(encoder: compat.StreamEncoder, audio_file: bytes) -> bytes:
+    """A part (or the whole speech) through the response's encoder, decoded at 24 kHz."""
+    return encoder.feed(audio.decode(audio_file, compat.PCM_RATE), compat.PCM_RATE)
 
 
 async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

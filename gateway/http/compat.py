@@ -193,18 +193,6 @@ class _Sink(io.RawIOBase):
         return out
 
 
-def wav_samples(wav: bytes) -> tuple[np.ndarray, int]:
-    """Mono float32 samples and the rate of a WAV (a streamed speech part)."""
-    with av.open(io.BytesIO(wav), "r") as source:
-        stream = source.streams.audio[0]
-        rate = stream.rate
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        frames = [out.to_ndarray().reshape(-1)
-                  for frame in source.decode(stream) for out in resampler.resample(frame)]  # fmt: skip
-        frames += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    return (np.concatenate(frames) if frames else np.zeros(0, np.float32)), rate
-
-
 class StreamEncoder:
     """Audio in as it is made, `response_format` bytes out as soon as the encoder has them:
     a speech response that starts playing after the first sentence. pcm is raw 24 kHz s16le;
