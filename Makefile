@@ -105,6 +105,7 @@ test-only: install test-data console browser
 bench: install test-data
 	$(PY) -m tests.bench.control_bench
 	$(PY) -m tests.bench.mesh_bench
+	$(PY) -m tests.bench.replicas_bench
 	$(PY) -m tests.bench.watch_load
 	$(PY) -m tests.bench.stt_bench
 	$(PY) -m tests.bench.tts_bench

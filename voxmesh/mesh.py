@@ -2,7 +2,8 @@
 subjects, consumers and buckets, and their idempotent creation.
 
     VOXMESH_JOBS    work queue   voxmesh.jobs.<type>       one JobDispatch per attempt
-    VOXMESH_EVENTS  limits       voxmesh.events.<job_id>   WorkerEvents from workers
+    VOXMESH_EVENTS  limits       voxmesh.events.<job_id>   WorkerEvents from workers, stored as
+                                 voxmesh.events.<p>.<job_id>  (p: the job's partition, see below)
     voxmesh.updates.<job_id>     core NATS                 persisted events, fanned out to watchers
     voxmesh_job_control  KV      <job_id>.<run> -> cancel|done   what workers check at checkpoints
     voxmesh_files   object store <sha256>                  inputs and outputs, content-addressed
@@ -10,6 +11,13 @@ subjects, consumers and buckets, and their idempotent creation.
 Only the control plane creates or changes these (`ensure`, from its MeshSettings); a worker
 binds to what exists and reads ack_wait and max_deliver from its consumer (`consumer_limits`),
 so one setting on the control plane governs every process.
+
+Partitions: jobs are split by id into PARTITIONS partitions, each worked (dispatched and
+ingested) by one control-plane replica at a time (control/dispatch/leases.py). The events
+stream files each event under its job's partition with a subject transform, NATS's own
+`partition()` (FNV-1a of the job id), which `partition_of` computes the same way; each
+partition has its own events consumer, so replicas ingest side by side and a job's events stay
+in order. PARTITIONS is fixed: changing it moves jobs between partitions (drain first).
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ EVENTS_STREAM = "VOXMESH_EVENTS"
 TASKS_STREAM = "VOXMESH_TASKS"
 SHARDS_BUCKET = "voxmesh_shards"
 EVENTS_CONSUMER = "control-events"
+"""Events published before partitions existed (voxmesh.events.<job_id> as stored); drained by
+the holder of partition 0."""
+PARTITIONS = 8
 CONTROL_BUCKET = "voxmesh_job_control"
 FILES_BUCKET = "voxmesh_files"
 
@@ -62,7 +73,34 @@ def jobs_subject(job_type: str) -> str:
 
 
 def events_subject(job_id: str) -> str:
+    """Where a worker publishes a job's events (the stream files them under the partition)."""
     return f"voxmesh.events.{job_id}"
+
+
+def partition_of(job_id: str) -> int:
+    """A job's partition: what NATS's `{{partition(PARTITIONS,1)}}` gives for its id (FNV-1a,
+    32 bits, of the token's bytes, modulo the count)."""
+    h = 0x811C9DC5
+    for byte in str(job_id).encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % PARTITIONS
+
+
+def partition_consumer(partition: int) -> str:
+    """The durable consumer of one partition's events (worked by the replica leasing it)."""
+    return f"control-events-{partition}"
+
+
+def partition_events(partition: int) -> str:
+    """The subject one partition's events are stored under."""
+    return f"voxmesh.events.{partition}.*"
+
+
+EVENTS_TRANSFORM = api.SubjectTransform(
+    src="voxmesh.events.*",
+    dest=f"voxmesh.events.{{{{partition({PARTITIONS},1)}}}}.{{{{wildcard(1)}}}}",
+)
+"""How the events stream files an event under its job's partition."""
 
 
 def updates_subject(job_id: str) -> str:
@@ -229,6 +267,7 @@ async def ensure(js: JetStreamContext, config: MeshSettings, job_types: Iterable
             name=EVENTS_STREAM,
             num_replicas=config.replicas,
             subjects=["voxmesh.events.>"],
+            subject_transform=EVENTS_TRANSFORM,
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
             max_age=config.events_max_age_seconds,
@@ -270,17 +309,22 @@ async def ensure(js: JetStreamContext, config: MeshSettings, job_types: Iterable
                 max_ack_pending=10_000,
             ),
         )
-    await js.add_consumer(
-        EVENTS_STREAM,
-        api.ConsumerConfig(
-            durable_name=EVENTS_CONSUMER,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=30,
-            max_deliver=-1,
-            max_ack_pending=10_000,
-            deliver_policy=api.DeliverPolicy.ALL,
-        ),
-    )
+    for durable, subject in (
+        (EVENTS_CONSUMER, "voxmesh.events.*"),  # stored before partitions: three tokens
+        *((partition_consumer(p), partition_events(p)) for p in range(PARTITIONS)),
+    ):
+        await js.add_consumer(
+            EVENTS_STREAM,
+            api.ConsumerConfig(
+                durable_name=durable,
+                filter_subject=subject,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_deliver=-1,
+                max_ack_pending=10_000,
+                deliver_policy=api.DeliverPolicy.ALL,
+            ),
+        )
     try:
         await js.key_value(CONTROL_BUCKET)
     except (NotFoundError, BadRequestError):

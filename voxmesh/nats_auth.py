@@ -51,7 +51,7 @@ def worker_permissions(job_type: str) -> dict[str, Any]:
                 f"$JS.API.CONSUMER.INFO.VOXMESH_TASKS.{tasks}",
                 f"$JS.API.CONSUMER.MSG.NEXT.VOXMESH_TASKS.{tasks}",
                 f"$JS.ACK.VOXMESH_TASKS.{tasks}.>",
-                "voxmesh.events.>",
+                "voxmesh.events.*",  # the stream files it under the job's partition
                 f"voxmesh.tasks.{job_type}",
                 f"voxmesh.presence.{job_type}",  # announcing what it can run (voices, models)
                 # Binding to the buckets, reading run marks, shard results and blobs.

@@ -156,6 +156,9 @@ RPC_SECONDS = Histogram(
     buckets=_LATENCY,
 )  # fmt: skip
 JOBS = Gauge("voxmesh_jobs", "Jobs stored, by type and status", ["type", "status"])
+SQL_STATEMENTS = Counter(
+    "voxmesh_sql_statements", "SQL statements this control plane sent to PostgreSQL"
+)
 QUEUE_DEPTH = Gauge(
     "voxmesh_queue_depth",
     "Job runs waiting for a worker: published to JetStream and not yet delivered (jetstream), "

@@ -361,14 +361,19 @@ class OutboxEntry(Base):
 
     __tablename__ = "outbox"
     __table_args__ = (
-        Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
-    )
+        Index(
+            "ix_outbox_unpublished_by_partition", "partition", "id",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
     )
     run: Mapped[int] = mapped_column(Integer, nullable=False)
+    partition: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    """The job's partition (voxmesh.mesh.partition_of): the replica leasing it publishes the row."""
     created_at: Mapped[datetime] = _created_at()
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     traceparent: Mapped[str] = mapped_column(String(55), nullable=False, server_default="")

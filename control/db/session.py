@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -9,6 +12,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from voxmesh.observability import SQL_STATEMENTS
 
 
 def normalize_url(url: str) -> str:
@@ -21,13 +26,19 @@ def normalize_url(url: str) -> str:
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         normalize_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,  # a connection that died with the server is replaced, not used
         connect_args={"connect_timeout": 5},  # an unreachable server: UNAVAILABLE, not a hang
     )
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _count(*_: Any) -> None:
+        SQL_STATEMENTS.inc()
+
+    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -11,6 +11,8 @@ status change goes through control/lifecycle; this package moves runs and events
    after the commit.
 4. `broadcast`: every control-plane replica hands those to its WatchJob/WatchJobs streams;
    `watch` is WatchJob's iterator (snapshot, replay, live; refill only on a gap).
-`runtime` provisions the mesh and starts and stops all of it; the dispatcher and ingester run
-on one replica at a time (a PostgreSQL advisory lock), the broadcaster on every replica.
+`runtime` provisions the mesh and starts and stops all of it. The work is split by job id into
+partitions (voxmesh/mesh.py); `leases` gives each replica its fair share of them, so every
+replica dispatches and ingests its own partitions and a second replica adds capacity. The
+broadcaster runs on every replica for its own watchers.
 """

@@ -1,5 +1,9 @@
 """Outbox -> JetStream, with admission: a job's run is published when its creator has fewer
-than max_concurrent_jobs jobs queued or running; the rest wait PENDING and go as slots free."""
+than max_concurrent_jobs jobs queued or running; the rest wait PENDING and go as slots free.
+
+Every replica runs a dispatcher over the partitions it leases (control/dispatch/leases.py).
+A creator's jobs may sit in several partitions, so admission takes a transaction lock per
+creator (ADMISSION_LOCKS) before counting: two replicas never admit past one person's cap."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control import settings_catalog
@@ -27,6 +31,11 @@ from voxmesh.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
 BATCH = 200
+ADMISSION_LOCKS = 0x766F7803
+_LOCK_CREATORS = text(
+    "SELECT count(pg_advisory_xact_lock(:ns, h)) FROM"
+    " (SELECT DISTINCT hashtext(u) AS h FROM unnest(CAST(:users AS text[])) AS u ORDER BY h) s"
+)  # in one order on every replica: no deadlock
 
 
 async def build_dispatch(
@@ -59,13 +68,18 @@ class Dispatcher:
         poll: float,
         mesh_: Mesh,
         run_secret: bytes,
+        partitions: set[int] | None = None,
     ) -> None:
+        """`partitions`: the ones to publish (a live view of the leases; None: all)."""
+        self._partitions = partitions
         self._sessions = sessions
         self._js = js
         self._mesh = mesh_
         self._run_secret = run_secret
         self._poll = poll
         self._wake = asyncio.Event()
+        self.published = 0
+        """Runs this replica published (its share of the work, for benches and tests)."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -92,11 +106,16 @@ class Dispatcher:
     async def dispatch_once(self) -> int:
         """Publish what may start now; return how many were published."""
         published = 0
+        unpublished: ColumnElement[bool] = OutboxEntry.published_at.is_(None)
+        if self._partitions is not None:
+            if not self._partitions:
+                return 0
+            unpublished = unpublished & OutboxEntry.partition.in_(sorted(self._partitions))
         async with self._sessions() as session:
             rows = list(
                 await session.scalars(
                     select(OutboxEntry)
-                    .where(OutboxEntry.published_at.is_(None))
+                    .where(unpublished)
                     .order_by(OutboxEntry.id)
                     .limit(BATCH)
                     .with_for_update(skip_locked=True)
@@ -115,14 +134,17 @@ class Dispatcher:
                     .with_for_update(skip_locked=True)
                 )
             }
+            creators = sorted({str(job.created_by) for job in jobs.values()})
+            await session.execute(_LOCK_CREATORS, {"ns": ADMISSION_LOCKS, "users": creators})
             active: dict[uuid.UUID, int] = defaultdict(int)
             for user, count in await session.execute(
                 select(Job.created_by, func.count())
                 .where(
+                    Job.created_by.in_({job.created_by for job in jobs.values()}),
                     or_(
                         Job.status == JobStatus.RUNNING,
                         (Job.status == JobStatus.PENDING) & Job.queued_at.is_not(None),
-                    )
+                    ),
                 )
                 .group_by(Job.created_by)
             ):
@@ -170,4 +192,5 @@ class Dispatcher:
             await lifecycle.after_commit(self._mesh)  # metrics, and project watchers see QUEUED
             if failure is not None and not published:
                 raise failure  # NATS is unreachable: back off
+        self.published += published
         return published

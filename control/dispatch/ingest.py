@@ -121,12 +121,22 @@ class EventIngester:
         js: JetStreamContext,
         mesh_: Mesh,
         run_secret: bytes,
+        durable: str = mesh.EVENTS_CONSUMER,
     ) -> None:
+        """`durable`: the events consumer to work (one partition's, or the pre-partition one)."""
         self._sessions = sessions
         self._js = js
         self._mesh = mesh_
         self._run_secret = run_secret
+        self._durable = durable
         self._steady_since: float | None = None
+        self._stopping = False
+        self.applied = 0
+        """Events applied and acked (the replica's share of the work, for benches and tests)."""
+
+    def stop(self) -> None:
+        """Finish the batch in hand (applied and acked), then return from `run`."""
+        self._stopping = True
 
     def steady_for(self) -> float:
         """Seconds since worker events last could not be fetched (0 while they cannot): a job
@@ -165,6 +175,7 @@ class EventIngester:
         await lifecycle.after_commit(self._mesh)
         for msg, _ in pairs:
             await msg.ack()
+        self.applied += len(pairs)
 
     async def handle_batch(self, msgs: list[Msg]) -> None:
         pairs = []
@@ -198,10 +209,8 @@ class EventIngester:
                     await pair[0].nak(delay=1)
 
     async def run(self) -> None:
-        sub = await self._js.pull_subscribe_bind(
-            durable=mesh.EVENTS_CONSUMER, stream=mesh.EVENTS_STREAM
-        )
-        while True:
+        sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=mesh.EVENTS_STREAM)
+        while not self._stopping:
             try:
                 # Wait for the first event, then take what else is there within a few ms: a
                 # single fetch of a batch would hold the first event until the batch filled or
@@ -221,6 +230,8 @@ class EventIngester:
                 continue
             self._steady_since = self._steady_since or time.monotonic()
             await self.handle_batch(msgs)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def give_up_exhausted(

@@ -1,5 +1,7 @@
 """Starts and stops the control plane's part of the mesh: the NATS connection, JetStream
-objects, broadcaster (every replica), and dispatcher + event ingester (the leader only)."""
+objects, the broadcaster, and the dispatcher and event ingesters of the partitions this replica
+leases (control/dispatch/leases.py); the holder of partition 0 also runs the cluster's
+singletons (reaper, gauges, max-deliveries advisories, pre-partition events)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from control.config import MeshSettings
 from control.db.models import Job, JobStatus, JobType, OutboxEntry
@@ -23,6 +25,7 @@ from control.dispatch import reaper
 from control.dispatch.broadcast import Broadcaster
 from control.dispatch.dispatcher import Dispatcher
 from control.dispatch.ingest import EventIngester, give_up_exhausted
+from control.dispatch.leases import Leases
 from control.dispatch.presence import Presence
 from control.kinds import FIELDS, kind_of
 from voxmesh import mesh
@@ -30,7 +33,9 @@ from voxmesh.blobs import NatsBlobStore
 from voxmesh.observability import JOBS, QUEUE_DEPTH
 
 log = logging.getLogger(__name__)
-LEADER_LOCK = 0x766F786D657368  # "voxmesh"
+WAKE_SUBJECT = "voxmesh.control.wake"
+"""Core NATS: a replica queued a run or freed a slot; every dispatcher looks (the job's
+partition, or the creator's waiting jobs, may be another replica's)."""
 GAUGE_INTERVAL = 5.0
 PROVISION_SECONDS = 90.0
 """How long a starting replica keeps trying to provision the mesh on a NATS that is not ready."""
@@ -74,8 +79,12 @@ class MeshRuntime:
         self.presence = Presence()
         """The workers connected now and what they can run (ListVoices)."""
         self.dispatcher: Dispatcher | None = None
+        self._sessions: async_sessionmaker[AsyncSession]
+        self.leases: Leases | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._leader_conn: AsyncConnection | None = None
+        self._partition_work: dict[int, tuple[list[EventIngester], list[asyncio.Task[Any]]]] = {}
+        self._wake_pending = False
+        self._ingested_before = 0
 
     @classmethod
     async def start(
@@ -116,10 +125,16 @@ class MeshRuntime:
         self.blobs = NatsBlobStore(files, reseal=True)
         await self.broadcaster.start(self.nc, sessions)
         await self.presence.start(self.nc)
+        self._sessions = sessions
+        self.leases = Leases(engine, self._gain, self._lose)
         self.dispatcher = Dispatcher(
-            sessions, self.js, settings.dispatch_poll_seconds, self, run_secret
+            sessions, self.js, settings.dispatch_poll_seconds, self, run_secret, self.leases.held
         )
-        self._tasks.append(asyncio.create_task(self._lead(engine, sessions), name="mesh-leader"))
+        await self.nc.subscribe(WAKE_SUBJECT, cb=self._woken)
+        self._tasks += [
+            asyncio.create_task(self.leases.run(), name="partition-leases"),
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+        ]
         return self
 
     async def provision(self, settings: MeshSettings) -> None:
@@ -128,34 +143,62 @@ class MeshRuntime:
         self.settings = settings
         await mesh.ensure(self.js, settings, FIELDS)
 
-    async def _lead(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
-        """Wait to hold the leader lock, then run the dispatcher and the event ingester."""
+    async def _gain(self, partition: int) -> None:
+        """Work a partition just leased: ingest its events and publish its runs (the
+        dispatcher reads the leases); partition 0 brings the cluster's singletons."""
         assert self.dispatcher is not None
-        while True:
-            conn = await engine.connect()
-            got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK})
-            await conn.commit()
-            if got:
-                self._leader_conn = conn
-                break
-            await conn.close()
-            await asyncio.sleep(2)
-        log.info("this control plane leads dispatch and event ingestion")
-        ingester = EventIngester(sessions, self.js, self, self.run_secret)
+        sessions = self._sessions
+        ingesters = [EventIngester(sessions, self.js, self, self.run_secret,
+                                   mesh.partition_consumer(partition))]  # fmt: skip
+        tasks = [asyncio.create_task(ingesters[0].run(), name=f"ingest-{partition}")]
+        if partition == 0:
+            legacy = EventIngester(sessions, self.js, self, self.run_secret, mesh.EVENTS_CONSUMER)
+            ingesters.append(legacy)
 
-        async def exhausted(msg: Msg) -> None:
-            try:
-                await give_up_exhausted(sessions, self.js, self, msg.data)
-            except Exception:
-                log.exception("could not handle a max-deliveries advisory")
+            async def exhausted(msg: Msg) -> None:
+                try:
+                    await give_up_exhausted(sessions, self.js, self, msg.data)
+                except Exception:
+                    log.exception("could not handle a max-deliveries advisory")
 
-        await self.nc.subscribe(
-            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{mesh.JOBS_STREAM}.*", cb=exhausted
-        )
-        await asyncio.gather(
-            self.dispatcher.run(), ingester.run(), self._gauges(sessions),
-            reaper.run(sessions, self.presence, self, self._orphan_grace, ingester.steady_for),
-        )  # fmt: skip
+            advisories = await self.nc.subscribe(
+                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{mesh.JOBS_STREAM}.*", cb=exhausted
+            )
+
+            async def unsubscribe() -> None:
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    with contextlib.suppress(Exception):
+                        await advisories.unsubscribe()
+
+            reaping = reaper.run(
+                sessions, self.presence, self, self._orphan_grace, ingesters[0].steady_for
+            )
+            tasks += [
+                asyncio.create_task(legacy.run(), name="ingest-before-partitions"),
+                asyncio.create_task(self._gauges(sessions), name="gauges"),
+                asyncio.create_task(unsubscribe(), name="advisories"),
+                asyncio.create_task(reaping, name="reaper"),
+            ]
+        self._partition_work[partition] = (ingesters, tasks)
+        self.dispatcher.wake()
+
+    async def _lose(self, partition: int) -> None:
+        """Stop working a partition: ingesters finish the batch in hand, the rest stops."""
+        ingesters, tasks = self._partition_work.pop(partition, ([], []))
+        for ingester in ingesters:
+            ingester.stop()
+        for task in tasks[len(ingesters) :]:
+            task.cancel()
+        # An ingester returns within its fetch timeout once stopped; past that, cancel it.
+        _, late = await asyncio.wait(tasks, timeout=5) if tasks else (set(), set())
+        for task in late:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._ingested_before += sum(ingester.applied for ingester in ingesters)
 
     async def _reconnected(self) -> None:
         self.presence.regained()
@@ -182,7 +225,29 @@ class MeshRuntime:
                 log.warning("could not refresh the job gauges: %s", exc)
             await asyncio.sleep(GAUGE_INTERVAL)
 
+    @property
+    def ingested(self) -> int:
+        """Worker events this replica applied (its share of the work, for benches and tests)."""
+        work = self._partition_work.values()
+        return self._ingested_before + sum(i.applied for ingesters, _ in work for i in ingesters)
+
     def wake(self) -> None:
+        """A run was queued or a slot freed: this replica's dispatcher looks at once, and,
+        when there are others, so do theirs (one wake message per loop turn at most)."""
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        if self.leases is not None and self.leases.replicas > 1 and not self._wake_pending:
+            self._wake_pending = True
+            self._tasks.append(asyncio.create_task(self._wake_others()))
+
+    async def _wake_others(self) -> None:
+        self._wake_pending = False
+        with contextlib.suppress(Exception):
+            await self.nc.publish(WAKE_SUBJECT, b"")
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _woken(self, _msg: Msg) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
 
@@ -190,12 +255,11 @@ class MeshRuntime:
         for task in self._tasks:
             task.cancel()
         self.broadcaster.stop()
-        for task in self._tasks:
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._leader_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._leader_conn.close()
+        if self.leases is not None:
+            await self.leases.stop()  # the partitions' work stops, their locks go back
         with contextlib.suppress(Exception):
             await (
                 self.nc.close()

@@ -1,0 +1,134 @@
+"""Which partitions of the jobs this replica works (see voxmesh/mesh.py, "Partitions").
+
+Each partition is leased by one control-plane replica at a time: a PostgreSQL session advisory
+lock, (PARTITION_LOCKS, p), held on one connection this module keeps open. Every replica also
+holds a membership lock, (MEMBER_LOCKS, <its own id>), so any replica can count the live ones
+in pg_locks. Each round a replica works out its fair share, ceil(PARTITIONS / replicas): it
+gives back partitions above its share (a replica joined) and takes free ones up to it (a replica
+left). A replica that dies loses its connection, and PostgreSQL frees its locks: the others take
+its partitions over on their next round. Giving one back stops its work first (`on_lose`), so
+two replicas never work a partition at once in the normal course; if they briefly do (the
+connection broke under a working replica), JetStream's single consumer per partition, the
+outbox's row locks and the lifecycle's checks keep every job exactly once.
+
+Partition 0's holder also runs what must run once in the whole cluster (the reaper, gauges,
+max-deliveries advisories, and events stored before partitions existed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from voxmesh.mesh import PARTITIONS
+
+log = logging.getLogger(__name__)
+MEMBER_LOCKS = 0x766F7801
+PARTITION_LOCKS = 0x766F7802
+ROUND_SECONDS = 1.0
+"""How often a replica looks at the others: how long a dead replica's partitions stay unworked
+(plus the moment PostgreSQL takes to see its connection close)."""
+
+Hook = Callable[[int], Awaitable[None]]
+
+_COUNT = text(
+    "SELECT count(*) FILTER (WHERE classid = :members),"
+    " coalesce(array_agg(objid::int) FILTER (WHERE classid = :partitions"
+    "   AND pid <> pg_backend_pid()), '{}')"
+    " FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND classid IN (:members, :partitions)"
+)
+
+
+class Leases:
+    """Keeps this replica's fair share of partitions; calls `on_gain(p)` after taking one and
+    `on_lose(p)` before giving one back (or at once when the connection holding them broke)."""
+
+    def __init__(self, engine: AsyncEngine, on_gain: Hook, on_lose: Hook) -> None:
+        self._engine = engine
+        self._on_gain = on_gain
+        self._on_lose = on_lose
+        self._id = secrets.randbelow(2**31 - 1)
+        self._conn: AsyncConnection | None = None
+        self.held: set[int] = set()
+        self.replicas = 1
+        """Live replicas at the last round (this one included)."""
+        self._round_done = asyncio.Condition()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # PostgreSQL unreachable: the locks went with the connection
+                log.warning("partition leases lost (%s); retrying", exc)
+                await self._drop_all()
+            async with self._round_done:
+                self._round_done.notify_all()
+            await asyncio.sleep(ROUND_SECONDS)
+
+    async def until(self, predicate: Callable[[Leases], bool]) -> None:
+        """Until `predicate(self)` holds after a round (tests and benches; give it a deadline)."""
+        async with self._round_done:
+            await self._round_done.wait_for(lambda: predicate(self))
+
+    async def _round(self) -> None:
+        if self._conn is None:
+            conn = await self._engine.connect()
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(
+                text("SELECT pg_advisory_lock(:k1, :k2)"), {"k1": MEMBER_LOCKS, "k2": self._id}
+            )
+            self._conn = conn
+        conn = self._conn
+        row = (
+            await conn.execute(_COUNT, {"members": MEMBER_LOCKS, "partitions": PARTITION_LOCKS})
+        ).one()
+        self.replicas, taken = max(int(row[0]), 1), set(row[1])
+        share = math.ceil(PARTITIONS / self.replicas)
+        for p in sorted(self.held, reverse=True)[: max(len(self.held) - share, 0)]:
+            log.info(
+                "giving partition %d back (%d replicas share %d)", p, self.replicas, PARTITIONS
+            )
+            self.held.discard(p)
+            await self._on_lose(p)
+            await conn.execute(
+                text("SELECT pg_advisory_unlock(:k1, :k2)"), {"k1": PARTITION_LOCKS, "k2": p}
+            )
+        # Start looking at a place of our own, so replicas that start together rarely collide.
+        start = self._id % PARTITIONS
+        for p in sorted(range(PARTITIONS), key=lambda q: (q != 0, (q - start) % PARTITIONS)):
+            if len(self.held) >= share:
+                break
+            if p in self.held or p in taken:
+                continue
+            got = await conn.scalar(
+                text("SELECT pg_try_advisory_lock(:k1, :k2)"), {"k1": PARTITION_LOCKS, "k2": p}
+            )
+            if got:
+                log.info("working partition %d (%d replicas)", p, self.replicas)
+                self.held.add(p)
+                await self._on_gain(p)
+
+    async def _drop_all(self) -> None:
+        held = sorted(self.held)
+        self.held.clear()  # in place: the dispatcher reads this very set
+        await asyncio.gather(*(self._on_lose(p) for p in held), return_exceptions=True)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                # Closed for real, not returned to the pool: the locks go with the session.
+                await self._conn.invalidate()
+                await self._conn.close()
+            self._conn = None
+
+    async def stop(self) -> None:
+        await self._drop_all()

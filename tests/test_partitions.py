@@ -1,0 +1,131 @@
+"""Control-plane replicas share the work by partition (control/dispatch/leases.py): each
+dispatches and ingests the jobs of the partitions it leases, so a second replica adds capacity,
+admission still holds per person across replicas, and a replica that stops has its partitions
+taken over. (tests/test_cluster.py kills a replica with -9 on a NATS cluster.)"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from control.db.models import Job, JobEvent, JobResult, JobStatus
+from control.dispatch.runtime import MeshRuntime
+from control.server import run_secret
+from tests.conftest import TEST_MESH
+from tests.harness import Harness, eventually
+from tests.test_dispatch import create, setup, workers
+from voxmesh import mesh
+
+JOBS = 16
+CAP = 3
+
+
+async def test_events_are_filed_under_their_jobs_partition(harness: Harness) -> None:
+    """NATS's partition() and voxmesh.mesh.partition_of agree, for every partition."""
+    nc = await mesh.connect(harness.nats.url, "test-partitions")
+    try:
+        js = nc.jetstream()
+        seen: set[int] = set()
+        for _ in range(64):
+            job_id = str(uuid.uuid4())
+            ack = await js.publish(mesh.events_subject(job_id), b"not an event")
+            stored = await js.get_msg(mesh.EVENTS_STREAM, ack.seq)
+            expected = mesh.partition_of(job_id)
+            assert stored.subject == f"voxmesh.events.{expected}.{job_id}"
+            seen.add(expected)
+        assert seen == set(range(mesh.PARTITIONS))  # 64 ids reach all 8 (1 - 8·(7/8)^64 ≈ 1)
+    finally:
+        await nc.close()
+
+
+def _peak(intervals: list[tuple[datetime, datetime]]) -> int:
+    """The most intervals open at one instant."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = now = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+async def test_two_replicas_share_the_partitions_and_take_over(harness: Harness) -> None:
+    app = harness.app
+    assert app.mesh is not None and app.mesh.leases is not None
+    a = app.mesh
+    editor, project = await setup(harness)
+    await harness.setting("max_concurrent_jobs", CAP, editor.user_id)
+    b = await MeshRuntime.start(
+        harness.nats.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
+    )
+    try:
+        assert b.leases is not None
+        async with asyncio.timeout(30):
+            await b.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+            await a.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+        assert not a.leases.held & b.leases.held
+        a_before, b_before = (a.dispatcher.published, b.dispatcher.published)  # type: ignore[union-attr]
+        async with workers(harness, count=4):
+            # All through replica A's API; B must publish and ingest those in its partitions.
+            jobs = [await create(editor, project, "sleep:0.3") for _ in range(JOBS)]
+            partitions = {mesh.partition_of(job.id) for job in jobs}
+            assert partitions & b.leases.held and partitions & a.leases.held, partitions
+            await _all_completed(harness, [job.id for job in jobs])
+            assert b.dispatcher.published > b_before  # type: ignore[union-attr]
+            assert a.dispatcher.published > a_before  # type: ignore[union-attr]
+            assert b.ingested > 0 and a.ingested > 0
+            # B goes away: A takes its partitions over and runs what comes next.
+            await b.stop()
+            async with asyncio.timeout(30):
+                await a.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS)
+            later = [await create(editor, project, "sleep:0.1") for _ in range(8)]
+            await _all_completed(harness, [job.id for job in later])
+    finally:
+        await b.stop()
+    ids = [uuid.UUID(job.id) for job in jobs + later]
+    async with app.sessions() as session:
+        # Each job completed exactly once: one completion in its log, one result.
+        completions = dict(
+            (
+                await session.execute(
+                    select(JobEvent.job_id, func.count())
+                    .where(JobEvent.job_id.in_(ids), JobEvent.kind == "result")
+                    .group_by(JobEvent.job_id)
+                )
+            ).all()
+        )
+        results = dict(
+            (
+                await session.execute(
+                    select(JobResult.job_id, func.count())
+                    .where(JobResult.job_id.in_(ids))
+                    .group_by(JobResult.job_id)
+                )
+            ).all()
+        )
+        spans = [
+            (job.started_at, job.finished_at)
+            for job in await session.scalars(select(Job).where(Job.id.in_(ids)))
+        ]
+    assert completions == {i: 1 for i in ids}
+    assert results == {i: 1 for i in ids}
+    # Admission held across the two dispatchers: never more than CAP running at once.
+    assert all(start and end for start, end in spans)
+    assert 1 < _peak(spans) <= CAP  # type: ignore[arg-type]
+
+
+async def _all_completed(h: Harness, job_ids: list[str], timeout: float = 60) -> None:
+    ids = [uuid.UUID(i) for i in job_ids]
+
+    async def done() -> bool:
+        async with h.app.sessions() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.id.in_(ids), Job.status == JobStatus.COMPLETED)
+            )
+        return count == len(ids)
+
+    await eventually(done, f"{len(ids)} jobs completing", timeout)
