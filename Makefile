@@ -102,12 +102,22 @@ test: lint test-only
 test-only: install test-data console browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: install test-data
+# The peer the short-job bench compares with, in the bench's own environment (never the
+# platform's): an OpenAI-compatible faster-whisper server, given the same local model.
+PEER := .bench/peer
+PEER_STAMP := $(PEER)/.installed-stamp
+$(PEER_STAMP):
+	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
+	$(PEER)/bin/python -m pip install --quiet 'faster-whisper-server==0.0.3'
+	touch $@
+
+bench: install test-data $(PEER_STAMP)
 	$(PY) -m tests.bench.control_bench
 	$(PY) -m tests.bench.mesh_bench
 	$(PY) -m tests.bench.replicas_bench
 	$(PY) -m tests.bench.watch_load
 	$(PY) -m tests.bench.stt_bench
+	$(PY) -m tests.bench.peer_bench
 	$(PY) -m tests.bench.tts_bench
 	$(PY) -m tests.bench.http_bench
 	$(PY) -m tests.bench.stories_eval --words 120

@@ -72,9 +72,9 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICK
 
 
-def servers_of(tmp: Path) -> list[int]:
-    """This bench's PostgreSQL (postmaster and its backends) and nats-server: the processes
-    whose command line names `tmp`, and their children."""
+def servers_of(tmp: Path, name: str) -> list[int]:
+    """This bench's PostgreSQL (postmaster and its backends) or nats-server: the processes
+    whose command line names `tmp` and `name`, and their children."""
     parents: dict[int, int] = {}
     roots = []
     for entry in Path("/proc").iterdir():
@@ -83,7 +83,8 @@ def servers_of(tmp: Path) -> list[int]:
                 parents[int(entry.name)] = int(
                     (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
                 )
-                if str(tmp) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                command = (entry / "cmdline").read_bytes().decode(errors="replace")
+                if str(tmp) in command and name in command:
                     roots.append(int(entry.name))
             except (OSError, ValueError):
                 continue
@@ -121,7 +122,8 @@ class Costs:
     nats_msgs: float
     control_cpu: float
     worker_cpu: float
-    servers_cpu: float
+    postgres_cpu: float
+    nats_cpu: float
 
 
 class Bench:
@@ -211,14 +213,14 @@ class Bench:
             "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'bench'"
         )
         varz = json.loads(await asyncio.to_thread(_get, f"http://127.0.0.1:{self.monitor}/varz"))
-        servers = servers_of(self.tmp)
         return Costs(
             statements=statements,
             transactions=float(xacts[0][0]),  # type: ignore[arg-type]
             nats_msgs=float(varz["in_msgs"] + varz["out_msgs"]),
             control_cpu=sum(cpu_seconds(r.proc.pid) for r in self.replicas),
             worker_cpu=sum(cpu_seconds(w.pid) for w in self.workers),
-            servers_cpu=sum(_cpu_or_zero(pid) for pid in servers),
+            postgres_cpu=sum(_cpu_or_zero(pid) for pid in servers_of(self.tmp, "postgres")),
+            nats_cpu=sum(_cpu_or_zero(pid) for pid in servers_of(self.tmp, "nats-server")),
         )
 
     async def throughput(self, tokens: list[str], project: str) -> tuple[float, dict[str, float]]:
@@ -356,7 +358,8 @@ async def run(tmp: Path) -> None:
         ("nats_msgs", "NATS messages (in + out)"),
         ("control_cpu", "CPU ms, control planes"),
         ("worker_cpu", "CPU ms, workers"),
-        ("servers_cpu", "CPU ms, PostgreSQL + NATS"),
+        ("postgres_cpu", "CPU ms, PostgreSQL"),
+        ("nats_cpu", "CPU ms, nats-server"),
     ):
         scale = 1000 if field.endswith("cpu") else 1
         print(f"  {label:<26} {one_costs[field] * scale:9.2f}   {two_costs[field] * scale:9.2f}")
