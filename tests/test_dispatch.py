@@ -472,3 +472,36 @@ async def test_watch_ends_when_the_job_finishes_between_snapshot_and_replay(
         await session.commit()
     got = await watch(editor, str(job_id), timeout=10)
     assert [e.WhichOneof("event") for e in got] == ["snapshot", "log", "status", "result"]
+
+
+async def test_a_stalled_watcher_holds_no_one_up_and_its_buffer_stays_bounded() -> None:
+    """Events reach every watcher's own bounded queue without waiting for any of them: one
+    that stopped reading loses its queue (never more than QUEUE_SIZE held for it) and is told
+    to refill from the database after its last seq; the one that reads gets every event."""
+    from types import SimpleNamespace
+
+    from control.dispatch import broadcast
+
+    hub = broadcast.Broadcaster()
+    job_id = str(uuid.uuid4())
+    total = 3 * broadcast.QUEUE_SIZE
+    with hub.watch_job(job_id) as stalled, hub.watch_job(job_id) as live:
+        got: list[int] = []
+        peak = 0
+        for seq in range(1, total + 1):
+            event = jobs_pb2.WatchJobResponse(job_id=job_id, seq=seq)
+            msg = SimpleNamespace(
+                subject=mesh.updates_subject(job_id), data=event.SerializeToString()
+            )
+            await hub._on_event(msg)  # type: ignore[arg-type]
+            peak = max(peak, stalled.qsize())
+            while not live.empty():
+                item = live.get_nowait()
+                assert item is not None
+                got.append(item.seq)
+        assert got == list(range(1, total + 1))
+        assert peak <= broadcast.QUEUE_SIZE
+        # What the stalled watcher finds when it reads again: at most a queue's worth, then
+        # (after an overflow) the marker that makes it refill from PostgreSQL after its last seq.
+        left = [stalled.get_nowait() for _ in range(stalled.qsize())]
+        assert None in left and len(left) <= broadcast.QUEUE_SIZE

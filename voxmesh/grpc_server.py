@@ -193,30 +193,50 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _until_ended(responses: AsyncIterator[Any], lease: Lease | None) -> AsyncIterator[Any]:
-    """The stream's responses until it ends by itself or its lease ends (then its error)."""
+    """The stream's responses until it ends by itself or its lease ends (then its error).
+
+    No task per response (a stream may carry thousands a second): one callback waits for the
+    lease's end and, if the stream is waiting for its next response then, cancels that wait;
+    if a response is being written, the end is raised before the next one is asked for."""
     if lease is None:
         async for response in responses:
             yield response
         return
+    task = asyncio.current_task()
+    assert task is not None
+    waiting = False
+    reason: list[BaseException] = []
+
+    def on_end(ended: asyncio.Future[ApiError]) -> None:
+        if ended.cancelled():
+            return
+        reason.append(ended.result())
+        if waiting:
+            task.cancel()
+
     ended = asyncio.ensure_future(lease.ended())
-    step: asyncio.Future[Any] | None = None
+    ended.add_done_callback(on_end)
     try:
-        while True:
-            step = asyncio.ensure_future(anext(responses))  # type: ignore[arg-type]
-            await asyncio.wait({step, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                raise ended.result()
+        while not reason:
+            waiting = True
             try:
-                response = step.result()
+                response = await anext(responses)  # type: ignore[call-overload]
             except StopAsyncIteration:
                 return
+            except asyncio.CancelledError:
+                if not reason:
+                    raise
+                task.uncancel()  # the cancel was ours: the stream ends with the lease's error
+                break
+            finally:
+                waiting = False
             yield response
+        raise reason[0]
     finally:
-        for pending in (step, ended):
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await pending
+        if not ended.done():
+            ended.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ended
         aclose = getattr(responses, "aclose", None)
         if aclose is not None:
             await aclose()

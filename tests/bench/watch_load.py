@@ -2,9 +2,11 @@
 
 100 WatchJob streams on one job held PENDING (its creator has auto_start_jobs off, so nothing
 happens to it), then SQL statements counted on the control plane's engine over a quiet window,
-against the same window with no watcher. Then 100 watchers, in another process, follow a held
-job; once all follow it, StartJob, and its worker emits 50 timestamped progress events 20 ms
-apart: worker emit -> watcher receipt latency.
+against the same window with no watcher. Then 100, and then 1,000, watchers in another process
+(100 streams to a connection) follow a held job; once all follow it, StartJob, and its worker
+emits 50 timestamped progress events 20 ms apart: worker emit -> watcher receipt latency. Beside
+each, the floor on the same nats-server: the same 50 messages over core NATS to as many
+subscribers in another process.
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ from sqlalchemy import event
 
 from control.db.models import UserRole
 from tests.bench.control_bench import pct
+from tests.bench.mesh_bench import FANOUT_EVENTS
 from tests.bench.platform import running_platform
+from voxmesh import mesh
 from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
-WATCHERS = int(os.environ.get("VOXMESH_BENCH_WATCHERS", "100"))
+WATCHERS = 100
+"""Idle WatchJob streams for the idle-cost part."""
+FANOUT = (100, 1000)
+"""Watchers of one job in the fan-out part, one run each."""
+STREAMS_PER_CHANNEL = 100
 WINDOW = 10.0
 
 
@@ -72,66 +80,127 @@ async def main() -> None:
             ],
             env=env,
         )
+        fan_ms: dict[int, list[float]] = {}
         try:
-            # Held until every watcher follows it, so each event is measured live (a watcher
-            # that joins late gets the early events replayed: that is not fan-out latency).
-            fan_job = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
-                project_id=project, tts=jobs_pb2.TtsParams(text="fanout")))).job  # fmt: skip
-            # The watchers live in another process, as clients do: not on the server's loop.
-            watchers = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.bench.watch_load", "watchers", h.target,
-                editor.access, fan_job.id, env=env, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            assert watchers.stdout is not None
-            ready = await asyncio.wait_for(watchers.stdout.readline(), 60)
-            assert ready.strip() == b"ready", ready
-            await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=fan_job.id))
-            out, _ = await asyncio.wait_for(watchers.communicate(), 120)
-            fan_ms = [float(x) for x in json.loads(out)]
+            for count in FANOUT:
+                # Held until every watcher follows it, so each event is measured live (a
+                # watcher that joins late gets the early events replayed: not fan-out latency).
+                fan_job = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
+                    project_id=project, tts=jobs_pb2.TtsParams(text="fanout")))).job  # fmt: skip
+                # The watchers live in another process, as clients do: not on the server's loop.
+                watchers = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "tests.bench.watch_load", "watchers", h.target,
+                    editor.access, fan_job.id, str(count), env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                assert watchers.stdout is not None
+                ready = await asyncio.wait_for(watchers.stdout.readline(), 120)
+                assert ready.strip() == b"ready", ready
+                await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=fan_job.id))
+                out, _ = await asyncio.wait_for(watchers.communicate(), 300)
+                fan_ms[count] = [float(x) for x in json.loads(out)]
+                assert len(fan_ms[count]) == count * FANOUT_EVENTS, len(fan_ms[count])
         finally:
             worker.terminate()
             worker.wait(10)
+        bare = {count: await bare_fanout(h.nats.url, count) for count in FANOUT}
 
     print("Voxmesh watcher bench (embedded PostgreSQL + nats-server, control plane in-process)")
     print(f"  {'SQL statements/s, no watcher':<50} {baseline:7.2f}")
     print(f"  {f'SQL statements/s, {WATCHERS} idle WatchJob streams':<50} {watching:7.2f}")
     print(f"  {'caused by watching':<50} {max(0.0, watching - baseline):7.2f} /s")
-    print(f"  {f'progress fan-out to {WATCHERS} WatchJob streams':<50} "
-          f"p50 {statistics.median(fan_ms):7.2f} ms   p99 {pct(fan_ms, 0.99):7.2f} ms "
-          f"({len(fan_ms)} deliveries)")  # fmt: skip
-    print(f"  goal: ~0 statements/s from idle watchers, fan-out p99 < 50 ms -> "
-          f"{'met' if watching - baseline < 0.5 and pct(fan_ms, 0.99) < 50 else 'NOT met'}")  # fmt: skip
+    for count in FANOUT:
+        print(f"  {f'progress fan-out to {count} WatchJob streams':<50} {ms(fan_ms[count])}")
+        print(f"  {f'  bare core NATS to {count} subscribers':<50} {ms(bare[count])}")
+    goals = {100: 50, 1000: 200}
+    met = watching - baseline < 0.5 and all(
+        pct(fan_ms[c], 0.99) < goals.get(c, 200) for c in FANOUT
+    )
+    print(f"  goal: ~0 statements/s from idle watchers, fan-out p99 < 50 ms at 100 watchers and "
+          f"< 200 ms at 1,000 -> {'met' if met else 'NOT met'}")  # fmt: skip
 
 
-async def watchers(target: str, token: str, job_id: str) -> None:
-    """WATCHERS WatchJob streams on one job; prints every progress event's latency (ms)."""
+def ms(samples: list[float]) -> str:
+    return (f"p50 {statistics.median(samples):7.2f} ms   p99 {pct(samples, 0.99):7.2f} ms "
+            f"({len(samples)} deliveries)")  # fmt: skip
+
+
+async def bare_fanout(url: str, count: int) -> list[float]:
+    """The floor: FANOUT_EVENTS timestamped core NATS messages, 20 ms apart, to `count`
+    subscribers in another process (as the watchers are)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subscribers = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.bench.watch_load", "subscribers", url, str(count), env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert subscribers.stdout is not None
+    ready = await asyncio.wait_for(subscribers.stdout.readline(), 60)
+    assert ready.strip() == b"ready", ready
+    nc = await mesh.connect(url, "bare-publisher")
+    for _ in range(FANOUT_EVENTS):
+        await nc.publish("bare.fanout", repr(time.time()).encode())
+        await nc.flush()
+        await asyncio.sleep(0.02)
+    await nc.close()
+    out, _ = await asyncio.wait_for(subscribers.communicate(), 120)
+    return [float(x) for x in json.loads(out)]
+
+
+async def subscribers(url: str, count: int) -> None:
+    """`count` core NATS subscriptions in one connection; prints each delivery's latency (ms)
+    once all FANOUT_EVENTS reached every one."""
+    nc = await mesh.connect(url, "bare-subscribers")
+    got: list[float] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg: object) -> None:
+        got.append((time.time() - float(msg.data)) * 1000)  # type: ignore[attr-defined]
+        if len(got) == count * FANOUT_EVENTS:
+            done.set()
+
+    for _ in range(count):
+        await nc.subscribe("bare.fanout", cb=on_msg)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.wait_for(done.wait(), 120)
+    await nc.close()
+    print(json.dumps(got))
+
+
+async def watchers(target: str, token: str, job_id: str, count: int) -> None:
+    """`count` WatchJob streams on one job, STREAMS_PER_CHANNEL to a connection (as that many
+    clients would be); prints every progress event's latency (ms)."""
     import grpc
 
     from tests.harness import Client
 
     fan_ms: list[float] = []
-    async with grpc.aio.insecure_channel(target) as channel:
-        client = Client(channel, token)
+    channels = [grpc.aio.insecure_channel(target)
+                for _ in range(-(-count // STREAMS_PER_CHANNEL))]  # fmt: skip
+    following = 0
 
-        following = 0
+    async def watcher(i: int) -> None:
+        nonlocal following
+        client = Client(channels[i // STREAMS_PER_CHANNEL], token)
+        async for e in client.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id)):
+            if e.WhichOneof("event") == "snapshot":
+                following += 1
+                if following == count:
+                    print("ready", flush=True)
+            elif e.WhichOneof("event") == "progress":
+                with contextlib.suppress(ValueError):
+                    fan_ms.append((time.time() - float(e.progress.message)) * 1000)
 
-        async def watcher() -> None:
-            nonlocal following
-            async for e in client.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id)):
-                if e.WhichOneof("event") == "snapshot":
-                    following += 1
-                    if following == WATCHERS:
-                        print("ready", flush=True)
-                elif e.WhichOneof("event") == "progress":
-                    with contextlib.suppress(ValueError):
-                        fan_ms.append((time.time() - float(e.progress.message)) * 1000)
-
-        await asyncio.gather(*(watcher() for _ in range(WATCHERS)))
+    await asyncio.gather(*(watcher(i) for i in range(count)))
+    for channel in channels:
+        await channel.close()
     print(json.dumps(fan_ms))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 4 and sys.argv[1] == "watchers":
-        asyncio.run(watchers(sys.argv[2], sys.argv[3], sys.argv[4]))
+    if len(sys.argv) > 5 and sys.argv[1] == "watchers":
+        asyncio.run(watchers(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
+    elif len(sys.argv) > 3 and sys.argv[1] == "subscribers":
+        asyncio.run(subscribers(sys.argv[2], int(sys.argv[3])))
     else:
         asyncio.run(main())
