@@ -348,3 +348,46 @@ async def test_unfinished_uploads_are_capped_per_user_and_expire(harness: Harnes
     )
     assert gone_err.code() == grpc.StatusCode.NOT_FOUND
     await editor.client.files.StartUpload(start)  # room again
+
+
+async def test_a_small_file_goes_in_one_call_with_the_same_checks(harness: Harness) -> None:
+    """UploadFile: a clip stored in one call, downloadable as sent, with no upload left
+    behind; refused as a finished upload is (content, duration, size, sha256, role)."""
+    from sqlalchemy import func, select
+
+    from control.db.models import Upload
+
+    editor = await harness.user(UserRole.EDITOR)
+    viewer = await harness.user(UserRole.VIEWER)
+    good = tone_wav(seconds=1.0)
+
+    def request(data: bytes, **kw: str) -> files_pb2.UploadFileRequest:
+        return files_pb2.UploadFileRequest(filename="clip.wav", data=data, **kw)
+
+    stored = (
+        await editor.client.files.UploadFile(request(good, sha256=hashlib.sha256(good).hexdigest()))
+    ).file
+    assert stored.content_type == "audio/wav" and stored.size_bytes == len(good)
+    info, body = await download(editor, stored.id)
+    assert body == good and info.sha256 == hashlib.sha256(good).hexdigest()
+    elf = good[:44] + b"\x7fELF\x02\x01\x01" + bytes(len(good) - 51)
+    await harness.setting("max_audio_minutes", 1, None)
+    await harness.setting("max_file_size_mb", 1, editor.user_id)
+    for call, code, says in [
+        (request(b"plain text, not audio"), "INVALID_ARGUMENT", "not an audio or video file"),
+        (request(good, content_type="audio/mpeg"), "INVALID_ARGUMENT", "declared as audio/mpeg"),
+        (request(elf), "INVALID_ARGUMENT", "ELF executable"),
+        (request(silent_flac(120)), "INVALID_ARGUMENT", "the limit is 1 min 0 s"),
+        (request(good, sha256="0" * 64), "INVALID_ARGUMENT", "corrupted on the way"),
+        (request(good, sha256="not hex"), "INVALID_ARGUMENT", "64 hexadecimal"),
+        (request(b""), "INVALID_ARGUMENT", "1 to"),
+        (request(tone_wav(seconds=40.0)), "INVALID_ARGUMENT", "max_file_size_mb"),
+        (request(bytes(3 * 1024 * 1024)), "INVALID_ARGUMENT", "goes through StartUpload"),
+    ]:
+        err = await rpc_error(editor.client.files.UploadFile(call))
+        assert err.code().name == code, (says, err.details())
+        assert says in (err.details() or ""), err.details()
+    err = await rpc_error(viewer.client.files.UploadFile(request(good)))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with harness.app.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Upload)) == 0

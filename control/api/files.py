@@ -74,6 +74,57 @@ async def _check_room(
         )
 
 
+def _check_size(size: int, values: dict[str, Any], field: str) -> None:
+    limit_mb = int(values["max_file_size_mb"][0])
+    if size > limit_mb * MB:
+        raise InvalidArgument(
+            f"the file is {size / MB:.1f} MB; the limit is {limit_mb} MB (max_file_size_mb)",
+            field=field,
+        )
+
+
+def _sniffed(declared: str, head: bytes) -> str:
+    """The file's type from its first bytes; refused if unknown or not what was declared."""
+    detected = media.detect(head[: media.SNIFF_BYTES])
+    if detected is None:
+        raise InvalidArgument(
+            "this is not an audio or video file of a known format (WAV, FLAC, MP3, "
+            "OGG/Opus, AAC, M4A/MP4, WebM)", field="data",
+        )  # fmt: skip
+    if not media.agrees(declared, detected):
+        raise InvalidArgument(
+            f"the file was declared as {declared} but its content is {detected}", field="data"
+        )
+    return detected
+
+
+async def _inspect(data: bytes, values: dict[str, Any]) -> None:
+    """The whole file decodes as what it claims, within max_audio_minutes (MediaError if not)."""
+    limit = 60 * int(values["max_audio_minutes"][0])
+    found = await asyncio.to_thread(media.inspect, data)
+    if found.seconds is not None and found.seconds > limit:
+        raise media.MediaError(
+            f"the audio is {spoken(found.seconds)} long; the limit is {spoken(limit)} "
+            "(max_audio_minutes)"
+        )
+
+
+def _check_sha256(claimed: str, data: bytes) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != claimed:
+        raise InvalidArgument(
+            f"the received bytes have sha256 {actual}, not {claimed}: the upload was "
+            "corrupted on the way; start it again", field="sha256",
+        )  # fmt: skip
+
+
+def _sha256_field(raw: str) -> str:
+    claimed = raw.strip().lower()
+    if len(claimed) != 64 or any(c not in "0123456789abcdef" for c in claimed):
+        raise InvalidArgument("sha256 must be 64 hexadecimal characters", field="sha256")
+    return claimed
+
+
 class FileService(files_pb2_grpc.FileServiceServicer):
     def __init__(self, app: ControlApp) -> None:
         self.app = app
@@ -95,6 +146,37 @@ class FileService(files_pb2_grpc.FileServiceServicer):
             raise PermissionDenied("this upload belongs to another user")
         return upload
 
+    async def UploadFile(
+        self, request: files_pb2.UploadFileRequest, context: grpc.aio.ServicerContext
+    ) -> files_pb2.UploadFileResponse:
+        """A small file in one call: no upload rows, the same checks as a finished upload."""
+        who = principal.current()
+        filename = text_field(request.filename, "filename", min_len=1, max_len=255)
+        content_type = text_field(request.content_type, "content_type", max_len=127)
+        data = request.data
+        if not 0 < len(data) <= MAX_CHUNK_BYTES:
+            raise InvalidArgument(
+                f"data must be 1 to {MAX_CHUNK_BYTES} bytes, not {len(data)}; a larger file "
+                "goes through StartUpload, UploadChunk and FinishUpload", field="data",
+            )  # fmt: skip
+        if request.sha256:
+            _check_sha256(_sha256_field(request.sha256), data)
+        blobs = self._blobs()
+        async with self.app.sessions() as session:
+            values = await settings_catalog.resolve(session, who.user_id)
+            _check_size(len(data), values, "data")
+            detected = _sniffed(content_type, data)
+            try:
+                await _inspect(data, values)
+            except media.MediaError as e:
+                raise InvalidArgument(str(e), field="data") from None
+            stored = await files.record(
+                session, await blobs.put(data), owner_id=who.user_id, filename=filename,
+                content_type=detected, size_bytes=len(data), sealed_here=True,
+            )  # fmt: skip
+            await session.commit()
+            return files_pb2.UploadFileResponse(file=file_info(stored))
+
     async def StartUpload(
         self, request: files_pb2.StartUploadRequest, context: grpc.aio.ServicerContext
     ) -> files_pb2.StartUploadResponse:
@@ -105,12 +187,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
             raise InvalidArgument("size_bytes must be the file's size, above 0", field="size_bytes")
         async with self.app.sessions() as session:
             values = await settings_catalog.resolve(session, who.user_id)
-            limit_mb = int(values["max_file_size_mb"][0])
-            if request.size_bytes > limit_mb * MB:
-                raise InvalidArgument(
-                    f"the file is {request.size_bytes / MB:.1f} MB; the limit is {limit_mb} MB "
-                    "(max_file_size_mb)", field="size_bytes",
-                )  # fmt: skip
+            _check_size(request.size_bytes, values, "size_bytes")
             await _check_room(session, who.user_id, request.size_bytes, values)
             upload = Upload(
                 id=uuid.uuid4(), owner_id=who.user_id, filename=filename,
@@ -147,18 +224,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
                     f"declared as {upload.size_bytes}", field="data",
                 )  # fmt: skip
             if request.offset == 0:
-                detected = media.detect(request.data[: media.SNIFF_BYTES])
-                if detected is None:
-                    raise InvalidArgument(
-                        "this is not an audio or video file of a known format (WAV, FLAC, MP3, "
-                        "OGG/Opus, AAC, M4A/MP4, WebM)", field="data",
-                    )  # fmt: skip
-                if not media.agrees(upload.content_type, detected):
-                    raise InvalidArgument(
-                        f"the file was declared as {upload.content_type} but its content is "
-                        f"{detected}", field="data",
-                    )  # fmt: skip
-                upload.content_type = detected
+                upload.content_type = _sniffed(upload.content_type, request.data)
             session.add(UploadChunk(upload_id=upload.id, offset=request.offset, data=request.data))
             upload.received_bytes = request.offset + size
             await session.commit()
@@ -181,9 +247,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
     async def FinishUpload(
         self, request: files_pb2.FinishUploadRequest, context: grpc.aio.ServicerContext
     ) -> files_pb2.FinishUploadResponse:
-        claimed = request.sha256.strip().lower()
-        if len(claimed) != 64 or any(c not in "0123456789abcdef" for c in claimed):
-            raise InvalidArgument("sha256 must be 64 hexadecimal characters", field="sha256")
+        claimed = _sha256_field(request.sha256)
         blobs = self._blobs()
         async with self.app.sessions() as session:
             upload = await self._upload(session, request.upload_id, lock=True)
@@ -201,22 +265,9 @@ class FileService(files_pb2_grpc.FileServiceServicer):
                 .order_by(UploadChunk.offset)
             )
             data = b"".join(chunks)
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != claimed:
-                raise InvalidArgument(
-                    f"the received bytes have sha256 {actual}, not {claimed}: the upload was "
-                    "corrupted on the way; start it again", field="sha256",
-                )  # fmt: skip
-            limit = 60 * int(
-                (await settings_catalog.resolve(session, upload.owner_id))["max_audio_minutes"][0]
-            )
+            _check_sha256(claimed, data)
             try:
-                found = await asyncio.to_thread(media.inspect, data)
-                if found.seconds is not None and found.seconds > limit:
-                    raise media.MediaError(
-                        f"the audio is {spoken(found.seconds)} long; the limit is "
-                        f"{spoken(limit)} (max_audio_minutes)"
-                    )
+                await _inspect(data, await settings_catalog.resolve(session, upload.owner_id))
             except media.MediaError as e:
                 # Nothing can make this upload acceptable: it goes, and takes no room.
                 await session.delete(upload)

@@ -1,5 +1,6 @@
 """`make bench` (STT): Whisper through the whole platform against the same engine called
-directly, in one run, plus the speed-up of long audio split across 1 vs 2 workers.
+directly, in one run, plus long audio: a 10-minute recording on 1 worker (unsplit) against 4
+worker processes sharing its parts, with the two transcripts compared word by word.
 
 Workers are separate processes (`python -m services.stt`), as deployed. Real speech: the
 LibriVox clips from pocketsphinx-testdata, repeated to the lengths below.
@@ -8,26 +9,34 @@ LibriVox clips from pocketsphinx-testdata, repeated to the lengths below.
 from __future__ import annotations
 
 import asyncio
+import difflib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
-from control.db.models import UserRole
+from control.db.models import JobResult, UserRole
 from tests.bench.platform import running_platform
 from tests.harness import Harness
 from tests.speech import RATE, passage, wav_bytes
 from tests.test_dispatch import wait_for
-from tests.test_files import upload
+from tests.test_files import download, upload
 from voxmesh.audio import decode
 from voxmesh.speech.stt import Options, load
 from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 REPEATS = 3
+LONG_REPEATS = 22
+"""The LibriVox passage (~27 s) this many times: about 10 minutes."""
+PART_SECONDS = 30.0
+NEAR_CUT_SECONDS = 5.0
 
 
 def start_workers(url: str, count: int, **env: str) -> list[subprocess.Popen[bytes]]:
@@ -52,14 +61,62 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 async def timed_job(h: Harness, editor: object, data: bytes) -> float:
     """Seconds from the start of the upload to the COMPLETED job."""
+    return (await timed_run(h, editor, data))[0]
+
+
+async def timed_run(h: Harness, editor: object, data: bytes) -> tuple[float, list[dict[str, Any]]]:
+    """Seconds from the start of the upload to the COMPLETED job, and its transcript's
+    segments (transcript.json)."""
     start = time.perf_counter()
     stored = await upload(editor, data)  # type: ignore[arg-type]
     project = str(await h.project(editor.user_id))  # type: ignore[attr-defined]
     job = (await editor.client.jobs.CreateJob(  # type: ignore[attr-defined]
         jobs_pb2.CreateJobRequest(project_id=project, input_file_id=stored.id, stt=jobs_pb2.SttParams())
     )).job  # fmt: skip
-    await wait_for(h, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=900)
-    return time.perf_counter() - start
+    await wait_for(h, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=1800)
+    took = time.perf_counter() - start
+    async with h.app.sessions() as session:
+        result = await session.get(JobResult, uuid.UUID(job.id))
+        assert result is not None
+    stored = next(f for f in result.files if f["name"] == "transcript.json")
+    _, body = await download(editor, stored["file_id"])  # type: ignore[arg-type]
+    return took, list(json.loads(body)["segments"])
+
+
+async def workers_connected(h: Harness, count: int) -> None:
+    """Until `count` STT workers have announced themselves to the control plane."""
+    assert h.app.mesh is not None
+    deadline = time.monotonic() + 120
+    while len(h.app.mesh.presence.workers("stt")) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} STT workers did not connect")
+        await asyncio.sleep(0.2)
+
+
+def compare(unsplit: list[dict[str, Any]], split: list[dict[str, Any]], cuts: list[float]
+            ) -> tuple[int, int, int, int]:  # fmt: skip
+    """Words of both transcripts, and the places they differ: (words, differing words,
+    places, places within NEAR_CUT_SECONDS of a cut)."""
+
+    def words(segments: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+        return [(w.strip(".,?!;:\"'").lower(), s["start"], s["end"])
+                for s in segments for w in s["text"].split()]  # fmt: skip
+
+    a, b = words(unsplit), words(split)
+    differing = places = near = 0
+    matcher = difflib.SequenceMatcher(
+        None, [w for w, _, _ in a], [w for w, _, _ in b], autojunk=False
+    )
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        places += 1
+        differing += max(i2 - i1, j2 - j1)
+        spans = [(s, e) for _, s, e in a[i1:i2] + b[j1:j2]] or [a[min(i1, len(a) - 1)][1:]]
+        start, end = min(s for s, _ in spans), max(e for _, e in spans)
+        if any(start - NEAR_CUT_SECONDS <= c <= end + NEAR_CUT_SECONDS for c in cuts):
+            near += 1
+    return len(a), differing, places, near
 
 
 def hour_file(path: str) -> None:
@@ -91,7 +148,7 @@ async def main() -> None:
     clip, _ = passage(repeat=2)
     clip_bytes = wav_bytes(clip)
     clip_seconds = len(clip) / RATE
-    long_clip, _ = passage(repeat=8)
+    long_clip, _ = passage(repeat=LONG_REPEATS)
     long_bytes = wav_bytes(long_clip)
     long_seconds = len(long_clip) / RATE
 
@@ -112,17 +169,22 @@ async def main() -> None:
             platform = [await timed_job(h, editor, clip_bytes) for _ in range(REPEATS)]
         finally:
             stop_workers(procs)
-        sharded: dict[int, float] = {}
-        for count in (1, 2):
+        long_runs: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        for label, count, part_seconds in (("unsplit", 1, "0"), ("split", 4, str(PART_SECONDS))):
             procs = start_workers(
-                url, count, VOXMESH_STT__CPU_THREADS="1", VOXMESH_STT__SHARD_SECONDS="30"
-            )
+                url, count, VOXMESH_STT__CPU_THREADS="1", VOXMESH_STT__MODELS='["tiny.en"]',
+                VOXMESH_STT__SHARD_SECONDS=part_seconds,
+            )  # fmt: skip
             try:
-                await timed_job(h, editor, wav_bytes(clip[: 2 * RATE]))
-                await asyncio.sleep(1)  # every worker connected
-                sharded[count] = await timed_job(h, editor, long_bytes)
+                await workers_connected(h, count)
+                await timed_job(h, editor, wav_bytes(clip[: 2 * RATE]))  # models loaded
+                long_runs[label] = await timed_run(h, editor, long_bytes)
             finally:
                 stop_workers(procs)
+    from services.stt import shards
+
+    cuts = [c / RATE for c in shards.split_points(decode(long_bytes), PART_SECONDS)]
+    words, differing, places, near = compare(long_runs["unsplit"][1], long_runs["split"][1], cuts)
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -146,10 +208,14 @@ async def main() -> None:
     print(
         f"  {'platform overhead':<48} {100 * (rtf_platform / rtf_direct - 1):+.1f} %  (goal < 10 %)"
     )
-    print(f"  long audio {long_seconds:.0f} s, parts of ~30 s, 1 CPU thread per worker:")
-    print(f"    {'1 worker':<46} {sharded[1]:6.1f} s  (RTF {sharded[1] / long_seconds:.4f})")
-    print(f"    {'2 workers':<46} {sharded[2]:6.1f} s  (RTF {sharded[2] / long_seconds:.4f})")
-    print(f"    {'speed-up':<46} {sharded[1] / sharded[2]:6.2f}x")
+    unsplit, split = long_runs["unsplit"][0], long_runs["split"][0]
+    print(f"  long audio, {long_seconds / 60:.1f} min of speech, 1 CPU thread per worker:")
+    print(f"    {'1 worker, unsplit':<46} {unsplit:6.1f} s  (RTF {unsplit / long_seconds:.4f})")
+    print(f"    {f'4 workers, {len(cuts) + 1} parts of ~{PART_SECONDS:.0f} s':<46} {split:6.1f} s  "
+          f"(RTF {split / long_seconds:.4f})")  # fmt: skip
+    print(f"    {'speed-up (this machine has 2 cores: at most ~2x)':<46} {unsplit / split:6.2f}x")
+    print(f"    transcripts: {words} words; {differing} differ, in {places} places, {near} of them "
+          f"within {NEAR_CUT_SECONDS:.0f} s of one of the {len(cuts)} cuts")  # fmt: skip
     hour_s, mp3_mb, took, count, rss_before, rss_peak = probe
     print(
         f"  one hour ({float(hour_s) / 60:.0f} min, {mp3_mb} MB MP3): decoded and split into {count} "
