@@ -69,6 +69,7 @@ EXPECTED = {
     "JobService/WatchJobs": VIEWER,
     "JobResultService/GetJobResult": VIEWER,
     "JobResultService/ListJobResults": VIEWER,
+    "FileService/UploadFile": EDITOR,
     "FileService/StartUpload": EDITOR,
     "FileService/UploadChunk": EDITOR,
     "FileService/GetUpload": EDITOR,
@@ -290,6 +291,10 @@ async def _upload_id(h: Harness, who: Caller, received: bool = False) -> str:
         return str(row.id)
 
 
+async def upload_file(h: Harness, who: Caller, c: Client) -> Any:
+    return await c.files.UploadFile(files_pb2.UploadFileRequest(filename="a.wav", data=WAV))
+
+
 async def start_upload(h: Harness, who: Caller, c: Client) -> Any:
     return await c.files.StartUpload(
         files_pb2.StartUploadRequest(filename="a.wav", size_bytes=len(WAV))
@@ -424,6 +429,7 @@ CALLS: dict[str, Call] = {
     "JobService/WatchJobs": watch_jobs,
     "JobResultService/GetJobResult": get_job_result,
     "JobResultService/ListJobResults": list_job_results,
+    "FileService/UploadFile": upload_file,
     "FileService/StartUpload": start_upload,
     "FileService/UploadChunk": upload_chunk,
     "FileService/GetUpload": get_upload,

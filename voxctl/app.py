@@ -335,9 +335,18 @@ def models(
     console.print(table)
 
 
+ONE_CALL_BYTES = 1024 * 1024
+"""Files up to this size are sent in one UploadFile call; larger ones in resumable chunks."""
+
+
 def _upload(s: sessions.Session, path: Path) -> str:
     data = path.read_bytes()
     files = s.stub("files")
+    if 0 < len(data) <= ONE_CALL_BYTES:  # a clip: one call, nothing to resume
+        request = files_pb2.UploadFileRequest(
+            filename=path.name, data=data, sha256=hashlib.sha256(data).hexdigest()
+        )
+        return str(_call(files.UploadFile, request, s).file.id)
     started = _call(
         files.StartUpload, files_pb2.StartUploadRequest(filename=path.name, size_bytes=len(data)), s
     )
