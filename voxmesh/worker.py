@@ -523,9 +523,10 @@ class Worker:
         try:
             await self.emit(ctx, started=worker_pb2.WorkerStarted())
             outcome = await self.handler(ctx)
+            # The outputs go to the store side by side (a transcript is four files).
+            blobs = await asyncio.gather(*(self.blobs.put(o.data) for o in outcome.files))
             stored = []
-            for output in outcome.files:
-                blob = await self.blobs.put(output.data)
+            for output, blob in zip(outcome.files, blobs, strict=True):
                 stored.append(worker_pb2.StoredFile(
                     sha256=blob.sha256, key=blob.key, size_bytes=len(output.data),
                     content_type=output.content_type, filename=output.name, role=output.role,
