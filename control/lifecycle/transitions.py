@@ -291,9 +291,9 @@ class Lifecycle:
 
     # --- after commit -----------------------------------------------------------------------
     async def after_commit(self, mesh_: Mesh | None) -> None:
-        """Once the transaction has committed: metrics, run marks in KV (workers stop or skip
-        the run), every event to its job's watchers, every changed job's state to project
-        watchers, and the dispatcher woken if a run was queued or a slot freed."""
+        """Once the transaction has committed: metrics, every event to its job's watchers,
+        every changed job's state to project watchers, run marks in KV (workers stop or skip
+        the run), and the dispatcher woken if a run was queued or a slot freed."""
         for observe in self._metrics:
             observe()
         self._metrics.clear()
@@ -301,6 +301,14 @@ class Lifecycle:
             webhooks.poke()
         if mesh_ is None:
             return
+        nc = mesh_.nc
+        if not nc.is_closed:  # watchers first: they wait on these; nothing waits on the marks
+            for job, message in self.events:
+                await nc.publish(mesh.updates_subject(str(job.id)), message.SerializeToString())
+            for job in self.changed.values():
+                await nc.publish(
+                    jobstate_subject(job.project_id, job.id), job_to_pb(job).SerializeToString()
+                )
         if self.run_marks:
 
             async def mark(key: str, value: bytes) -> None:
@@ -310,13 +318,5 @@ class Lifecycle:
                     log.warning("could not mark run %s %s in KV: %s", key, value, exc)
 
             await asyncio.gather(*(mark(k, v) for k, v in self.run_marks.items()))
-        nc = mesh_.nc
-        if not nc.is_closed:
-            for job, message in self.events:
-                await nc.publish(mesh.updates_subject(str(job.id)), message.SerializeToString())
-            for job in self.changed.values():
-                await nc.publish(
-                    jobstate_subject(job.project_id, job.id), job_to_pb(job).SerializeToString()
-                )
         if self.queued or self.run_marks:
             mesh_.wake()
