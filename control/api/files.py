@@ -74,6 +74,16 @@ async def _check_room(
         )
 
 
+def _described(
+    request: files_pb2.UploadFileRequest | files_pb2.StartUploadRequest,
+) -> tuple[str, str]:
+    """A new file's name and declared type, checked."""
+    return (
+        text_field(request.filename, "filename", min_len=1, max_len=255),
+        text_field(request.content_type, "content_type", max_len=127),
+    )
+
+
 def _check_size(size: int, values: dict[str, Any], field: str) -> None:
     limit_mb = int(values["max_file_size_mb"][0])
     if size > limit_mb * MB:
@@ -151,8 +161,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
     ) -> files_pb2.UploadFileResponse:
         """A small file in one call: no upload rows, the same checks as a finished upload."""
         who = principal.current()
-        filename = text_field(request.filename, "filename", min_len=1, max_len=255)
-        content_type = text_field(request.content_type, "content_type", max_len=127)
+        filename, content_type = _described(request)
         data = request.data
         if not 0 < len(data) <= MAX_CHUNK_BYTES:
             raise InvalidArgument(
@@ -181,8 +190,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
         self, request: files_pb2.StartUploadRequest, context: grpc.aio.ServicerContext
     ) -> files_pb2.StartUploadResponse:
         who = principal.current()
-        filename = text_field(request.filename, "filename", min_len=1, max_len=255)
-        content_type = text_field(request.content_type, "content_type", max_len=127)
+        filename, content_type = _described(request)
         if request.size_bytes <= 0:
             raise InvalidArgument("size_bytes must be the file's size, above 0", field="size_bytes")
         async with self.app.sessions() as session:
