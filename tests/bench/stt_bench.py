@@ -9,7 +9,6 @@ LibriVox clips from pocketsphinx-testdata, repeated to the lengths below.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
 import os
 import statistics
@@ -97,22 +96,23 @@ async def workers_connected(h: Harness, count: int) -> None:
 
 def compare(unsplit: list[dict[str, Any]], split: list[dict[str, Any]], cuts: list[float]
             ) -> tuple[int, int, int, int]:  # fmt: skip
-    """Words of both transcripts, and the places they differ: (words, differing words,
-    places, places within NEAR_CUT_SECONDS of a cut)."""
+    """Words of the unsplit transcript, and where the split one differs from it (a word-level
+    edit alignment, as WER counts): (words, differing words, places, places within
+    NEAR_CUT_SECONDS of a cut)."""
 
     def words(segments: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
-        return [(w.strip(".,?!;:\"'").lower(), s["start"], s["end"])
-                for s in segments for w in s["text"].split()]  # fmt: skip
+        return [(w, s["start"], s["end"]) for s in segments
+                for w in normalize(s["text"]).split()]  # fmt: skip
 
     a, b = words(unsplit), words(split)
     differing = places = near = 0
-    matcher = difflib.SequenceMatcher(
-        None, [w for w, _, _ in a], [w for w, _, _ in b], autojunk=False
-    )
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
+    aligned = jiwer.process_words(" ".join(w for w, _, _ in a), " ".join(w for w, _, _ in b))
+    for chunk in aligned.alignments[0]:
+        if chunk.type == "equal":
             continue
         places += 1
+        i1, i2, j1, j2 = (chunk.ref_start_idx, chunk.ref_end_idx, chunk.hyp_start_idx,
+                          chunk.hyp_end_idx)  # fmt: skip
         differing += max(i2 - i1, j2 - j1)
         spans = [(s, e) for _, s, e in a[i1:i2] + b[j1:j2]] or [a[min(i1, len(a) - 1)][1:]]
         start, end = min(s for s, _ in spans), max(e for _, e in spans)
