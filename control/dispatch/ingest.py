@@ -33,8 +33,8 @@ from voxmesh.v1 import jobs_pb2, worker_pb2
 log = logging.getLogger(__name__)
 BATCH = 256
 BATCH_LINGER_SECONDS = 0.005
+"""How long the ingester waits for the events said to be pending, to apply them together."""
 OUTAGE_RETRY_SECONDS = 2.0
-"""How long the ingester waits for more events to apply in the same transaction."""
 
 
 def _job_id(event: worker_pb2.WorkerEvent) -> uuid.UUID | None:
@@ -214,10 +214,15 @@ class EventIngester:
             try:
                 # Wait for the first event, then take what else is there within a few ms: a
                 # single fetch of a batch would hold the first event until the batch filled or
-                # its timeout passed (a second of latency on every progress event).
+                # its timeout passed (a second of latency on every progress event). An event
+                # says how many wait behind it: when none do, nothing is worth waiting for.
                 msgs = await sub.fetch(1, timeout=1)
-                with contextlib.suppress(NatsTimeout, TimeoutError):
-                    msgs += await sub.fetch(BATCH - 1, timeout=BATCH_LINGER_SECONDS)
+                behind = msgs[-1].metadata.num_pending
+                if behind:
+                    with contextlib.suppress(NatsTimeout, TimeoutError):
+                        msgs += await sub.fetch(
+                            min(BATCH - 1, behind), timeout=BATCH_LINGER_SECONDS
+                        )
             except (NatsTimeout, TimeoutError):  # nothing to fetch: NATS answers
                 self._steady_since = self._steady_since or time.monotonic()
                 continue
