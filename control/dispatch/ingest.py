@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from google.protobuf import json_format
 from nats.aio.msg import Msg
@@ -122,8 +123,12 @@ class EventIngester:
         mesh_: Mesh,
         run_secret: bytes,
         durable: str = mesh.EVENTS_CONSUMER,
+        apply: Callable[[list[Msg]], Awaitable[None]] | None = None,
     ) -> None:
-        """`durable`: the events consumer to work (one partition's, or the pre-partition one)."""
+        """`durable`: the events consumer to work (one partition's, or the pre-partition one);
+        `apply`: where its batches go (a Coalescer shared by a replica's partitions), else
+        applied here."""
+        self._hand_in = apply or self.handle_batch
         self._sessions = sessions
         self._js = js
         self._mesh = mesh_
@@ -132,7 +137,8 @@ class EventIngester:
         self._steady_since: float | None = None
         self._stopping = False
         self.applied = 0
-        """Events applied and acked (the replica's share of the work, for benches and tests)."""
+        """Events this ingester fetched and had applied (its share of the work, for benches and
+        tests)."""
 
     def stop(self) -> None:
         """Finish the batch in hand (applied and acked), then return from `run`."""
@@ -175,7 +181,6 @@ class EventIngester:
         await lifecycle.after_commit(self._mesh)
         for msg, _ in pairs:
             await msg.ack()
-        self.applied += len(pairs)
 
     async def handle_batch(self, msgs: list[Msg]) -> None:
         pairs = []
@@ -234,9 +239,46 @@ class EventIngester:
                 await asyncio.sleep(0.5)
                 continue
             self._steady_since = self._steady_since or time.monotonic()
-            await self.handle_batch(msgs)
+            try:
+                await self._hand_in(msgs)
+            except Exception:  # not acked: JetStream redelivers them after ack_wait
+                log.exception("a batch of worker events was not applied")
+                continue
+            self.applied += len(msgs)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+class Coalescer:
+    """Applies the batches a replica's partition ingesters hand in, those that wait together in
+    one transaction: 8 partitions commit as seldom as one stream did. A partition's next
+    fetch waits for its batch to be applied, so each job's events stay in order."""
+
+    def __init__(self, handle: Callable[[list[Msg]], Awaitable[None]]) -> None:
+        self._handle = handle
+        self._queue: asyncio.Queue[tuple[list[Msg], asyncio.Future[None]]] = asyncio.Queue()
+
+    async def submit(self, msgs: list[Msg]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((msgs, done))
+        await done
+
+    async def run(self) -> None:
+        while True:
+            waiting = [await self._queue.get()]
+            while not self._queue.empty() and sum(len(m) for m, _ in waiting) < BATCH:
+                waiting.append(self._queue.get_nowait())
+            try:
+                await self._handle([msg for msgs, _ in waiting for msg in msgs])
+            except Exception as exc:  # handle_batch settles its own failures; never strand one
+                log.exception("applying a batch of worker events failed")
+                for _, done in waiting:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for _, done in waiting:
+                if not done.done():
+                    done.set_result(None)
 
 
 async def give_up_exhausted(

@@ -24,7 +24,7 @@ from control.db.models import Job, JobStatus, JobType, OutboxEntry
 from control.dispatch import reaper
 from control.dispatch.broadcast import Broadcaster
 from control.dispatch.dispatcher import Dispatcher
-from control.dispatch.ingest import EventIngester, give_up_exhausted
+from control.dispatch.ingest import Coalescer, EventIngester, give_up_exhausted
 from control.dispatch.leases import Leases
 from control.dispatch.presence import Presence
 from control.kinds import FIELDS, kind_of
@@ -81,6 +81,8 @@ class MeshRuntime:
         self.dispatcher: Dispatcher | None = None
         self._sessions: async_sessionmaker[AsyncSession]
         self.leases: Leases | None = None
+        self._coalescer: Coalescer
+        self._applier: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._partition_work: dict[int, tuple[list[EventIngester], list[asyncio.Task[Any]]]] = {}
         self._wake_pending = False
@@ -127,11 +129,15 @@ class MeshRuntime:
         await self.presence.start(self.nc)
         self._sessions = sessions
         self.leases = Leases(engine, self._gain, self._lose)
+        # One applier for all this replica's partitions: their batches share transactions.
+        self._coalescer = Coalescer(EventIngester(sessions, self.js, self, run_secret).handle_batch)
         self.dispatcher = Dispatcher(
             sessions, self.js, settings.dispatch_poll_seconds, self, run_secret, self.leases.held
         )
         await self.nc.subscribe(WAKE_SUBJECT, cb=self._woken)
+        self._applier = asyncio.create_task(self._coalescer.run(), name="event-applier")
         self._tasks += [
+            self._applier,
             asyncio.create_task(self.leases.run(), name="partition-leases"),
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
         ]
@@ -148,11 +154,14 @@ class MeshRuntime:
         dispatcher reads the leases); partition 0 brings the cluster's singletons."""
         assert self.dispatcher is not None
         sessions = self._sessions
+        apply = self._coalescer.submit
         ingesters = [EventIngester(sessions, self.js, self, self.run_secret,
-                                   mesh.partition_consumer(partition))]  # fmt: skip
+                                   mesh.partition_consumer(partition), apply)]  # fmt: skip
         tasks = [asyncio.create_task(ingesters[0].run(), name=f"ingest-{partition}")]
         if partition == 0:
-            legacy = EventIngester(sessions, self.js, self, self.run_secret, mesh.EVENTS_CONSUMER)
+            legacy = EventIngester(
+                sessions, self.js, self, self.run_secret, mesh.EVENTS_CONSUMER, apply
+            )
             ingesters.append(legacy)
 
             async def exhausted(msg: Msg) -> None:
@@ -252,14 +261,22 @@ class MeshRuntime:
             self.dispatcher.wake()
 
     async def stop(self) -> None:
+        applier = self._applier
         for task in self._tasks:
-            task.cancel()
+            if task is not applier:
+                task.cancel()
         self.broadcaster.stop()
         for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task is not applier:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.leases is not None:
-            await self.leases.stop()  # the partitions' work stops, their locks go back
+            # The partitions' work stops (their batches in hand still applied), locks go back.
+            await self.leases.stop()
+        if applier is not None:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await applier
         with contextlib.suppress(Exception):
             await (
                 self.nc.close()
