@@ -46,18 +46,20 @@ async function editor() {
     "The result plays right here in the page.", "Thank you for listening.",
   ].join(" ");
   await page.getByTestId("text").fill(text);
+  // Record every value the detail progress bar shows, as the page updates it, from before the
+  // job exists: on a loaded machine a short job can finish before a later observer is in place.
+  await page.evaluate(() => {
+    window.__seen = [];
+    new MutationObserver(() => {
+      const raw = document.querySelector("[data-testid=detail-progress]")?.getAttribute("aria-valuenow");
+      if (raw == null) return;
+      const v = Number(raw);
+      if (window.__seen.at(-1) !== v) window.__seen.push(v);
+    }).observe(document.body, { attributes: true, subtree: true, childList: true });
+  });
   await page.getByTestId("create").click();
   const bar = page.getByTestId("detail-progress");
   await bar.waitFor();
-  // Record every value the detail progress bar shows, as the page updates it.
-  await page.evaluate(() => {
-    const el = document.querySelector("[data-testid=detail-progress]");
-    window.__seen = [Number(el.getAttribute("aria-valuenow"))];
-    new MutationObserver(() => {
-      const v = Number(document.querySelector("[data-testid=detail-progress]")?.getAttribute("aria-valuenow"));
-      if (window.__seen.at(-1) !== v) window.__seen.push(v);
-    }).observe(document.getElementById("detail"), { attributes: true, subtree: true, childList: true });
-  });
   await page.waitForFunction(() => document.querySelector("[data-testid=detail-progress]")?.getAttribute("aria-valuenow") === "100", null, { timeout: 120_000 });
   await page.waitForFunction(() => document.querySelector("[data-testid=detail-status]")?.textContent?.startsWith("completed"), null, { timeout: 30_000 });
   step("progress reached 100%", { seen: await page.evaluate(() => window.__seen) });
