@@ -146,7 +146,7 @@ def setup_logging(service: str, level: str | int | None = None) -> None:
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _PROCESSING = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
-# The control plane (the leader refreshes the job and queue gauges from PostgreSQL and JetStream).
+# The control plane (the holder of partition 0 refreshes the job and queue gauges from PostgreSQL and JetStream).
 RPC_REQUESTS = Counter(
     "voxmesh_rpc_requests_total", "gRPC calls served, by method and status code",
     ["method", "code"],

@@ -5,7 +5,7 @@ something: refill from PostgreSQL after your last seq"; it is put there when the
 overflowed (a slow watcher), after a NATS reconnect (core NATS drops what was published
 meanwhile), and by the sweep: once every SWEEP_SECONDS one query for all watched jobs of this
 replica finds any whose stored last seq is past what reached it over NATS (an event committed
-by a leader that died before publishing it). Idle watchers cost the database nothing else.
+by a replica that died before publishing it). Idle watchers cost the database nothing else.
 """
 
 from __future__ import annotations

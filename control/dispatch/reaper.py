@@ -1,4 +1,4 @@
-"""No job stays RUNNING for ever with no worker: the leader fails a RUNNING job that no worker
+"""No job stays RUNNING for ever with no worker: the holder of partition 0 fails a RUNNING job that no worker
 has held (by its presence announcements) and that has had no event for ack_wait * max_deliver,
 the longest JetStream keeps redelivering a run whose worker died. This catches what the
 max-deliveries advisory cannot: an advisory missed while no control plane listened, or a job

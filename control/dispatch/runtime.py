@@ -223,7 +223,7 @@ class MeshRuntime:
         return max(self.settings.ack_wait_seconds * self.settings.max_deliver, ORPHAN_GRACE_FLOOR)
 
     async def _gauges(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        """Keep the job and queue gauges current (the leader only, so a metric scraped from
+        """Keep the job and queue gauges current (the holder of partition 0 only, so a metric scraped from
         every replica is not counted twice)."""
         while True:
             try:
@@ -280,4 +280,4 @@ class MeshRuntime:
         with contextlib.suppress(Exception):
             await (
                 self.nc.close()
-            )  # nothing to drain: unacked events are redelivered to the next leader
+            )  # nothing to drain: unacked events are redelivered to the partitions' next holders
