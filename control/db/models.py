@@ -355,6 +355,12 @@ class Setting(Base):
     updated_at: Mapped[datetime] = _updated_at()
 
 
+def _partition(ctx: Any) -> int:
+    from voxmesh.mesh import partition_of
+
+    return partition_of(str(ctx.get_current_parameters()["job_id"]))
+
+
 class OutboxEntry(Base):
     """A job run to publish to NATS, written in the same transaction as the job change, so a
     NATS outage delays dispatch but never loses it. Published rows keep their time."""
@@ -372,8 +378,11 @@ class OutboxEntry(Base):
         UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
     )
     run: Mapped[int] = mapped_column(Integer, nullable=False)
-    partition: Mapped[int] = mapped_column(SmallInteger, nullable=False)
-    """The job's partition (voxmesh.mesh.partition_of): the replica leasing it publishes the row."""
+    partition: Mapped[int] = mapped_column(
+        SmallInteger, nullable=False, default=lambda ctx: _partition(ctx)
+    )
+    """The job's partition (voxmesh.mesh.partition_of, filled in from job_id on insert): the
+    replica leasing it publishes the row."""
     created_at: Mapped[datetime] = _created_at()
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     traceparent: Mapped[str] = mapped_column(String(55), nullable=False, server_default="")

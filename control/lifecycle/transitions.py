@@ -118,12 +118,7 @@ class Lifecycle:
         job.stage = ""
         job.error = ""
         job.finished_at = None
-        self.session.add(
-            OutboxEntry(
-                job_id=job.id, run=job.run, partition=mesh.partition_of(str(job.id)),
-                traceparent=current_traceparent(),
-            )
-        )  # fmt: skip
+        self.session.add(OutboxEntry(job_id=job.id, run=job.run, traceparent=current_traceparent()))
         self.changed[job.id] = job
         self.queued = True
 
