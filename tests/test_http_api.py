@@ -43,7 +43,7 @@ from services.tts.config import TtsSettings
 from services.tts.handler import make_handler as tts_handler
 from tests.conftest import free_port
 from tests.harness import Harness, eventually, rpc_error, run_workers
-from tests.speech import clips, normalize, wav_bytes
+from tests.speech import RATE, clips, normalize, wav_bytes
 from tests.test_files import download
 from tests.test_gateway import gateway
 from tests.workers import behave
@@ -179,6 +179,13 @@ async def test_openai_client_transcribes_in_every_format(harness: Harness, tmp_p
         assert diarized.segments[0].type == "transcript.text.segment"
         assert wer(said, diarized.text) < 0.35, diarized.text
 
+        # A job that fails answers with the worker's sentence (from the job's own stream).
+        blip = wav_bytes(np.zeros(RATE // 20, dtype=np.float32))
+        with pytest.raises(openai.BadRequestError) as failed:
+            await client.audio.transcriptions.create(model="whisper-1", file=("blip.wav", blip))
+        body = failed.value.body
+        assert body["code"] == "job_failed" and "nothing to transcribe" in body["message"], body  # type: ignore[index]
+
         # Errors a client handles by type.
         bad = openai.AsyncOpenAI(base_url=base, api_key="vxk_not-a-key", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as e401:
@@ -205,7 +212,7 @@ async def test_openai_client_transcribes_in_every_format(harness: Harness, tmp_p
             jobs_pb2.ListJobsRequest(created_by=str(editor.user_id))
         )
         assert (
-            len(jobs.jobs) == 8
+            len(jobs.jobs) == 9
             and sum(j.status == jobs_pb2.JOB_STATUS_COMPLETED for j in jobs.jobs) == 8
         ), [(j.title, j.status) for j in jobs.jobs]
         # temperature reached the job (the worker decodes from it: SttParams.temperature).

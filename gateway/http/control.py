@@ -280,16 +280,23 @@ class Control:
                 return
 
     async def wait(self, job: jobs_pb2.Job) -> Finished:
-        status = job.status
+        """Follow the job to its end. Its stream says all a reply needs (the final status and
+        error, then the result), so no call follows it; only a stream that stopped without its
+        end is made good with GetJob."""
+        final = jobs_pb2.Job()
+        final.CopyFrom(job)
         result = None
         async for event in self.events(job.id):
             which = event.WhichOneof("event")
-            if which == "status":
-                status = event.status.status
+            if which == "snapshot":
+                final.CopyFrom(event.snapshot)
+            elif which == "status":
+                final.status, final.error = event.status.status, event.status.error
             elif which == "result":
                 result = event.result
-        job, _ = await self.get(job.id)
-        return Finished(job, job.status or status, result)
+        if result is None or final.status not in _TERMINAL:
+            final, result = await self.get(job.id)
+        return Finished(final, final.status, result)
 
     async def voices(self) -> list[voices_pb2.VoiceInfo]:
         listed = await self.call(self.voice_service.ListVoices, voices_pb2.ListVoicesRequest())

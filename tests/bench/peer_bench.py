@@ -30,7 +30,7 @@ import numpy as np
 from openai import AsyncOpenAI
 from sqlalchemy import select
 
-from control.db.models import Job, JobType, UserRole
+from control.db.models import Job, JobResult, JobType, UserRole
 from tests.bench.platform import running_platform
 from tests.conftest import free_port
 from tests.speech import RATE, clips, wav_bytes
@@ -148,6 +148,7 @@ async def main() -> None:
                         jobs = list(await session.scalars(
                             select(Job).where(Job.type == JobType.STT).order_by(Job.created_at)
                         ))  # fmt: skip
+                        metas = {r.job_id: r.meta for r in await session.scalars(select(JobResult))}
             finally:
                 worker.terminate()
                 peer.terminate()
@@ -179,6 +180,15 @@ async def main() -> None:
             phases[label].append(value)
     print("  Voxmesh, per phase: " + "; ".join(
         f"{label} {statistics.median(v) * 1000:.0f} ms" for label, v in phases.items()))  # fmt: skip
+    # Inside the worker (its own clock): the handler from its start to its outcome, and the
+    # model's part of it (decoded audio -> segments), against the engine called directly.
+    handler = [metas[j.id]["processing_seconds"] for j in jobs[-REPEATS:]]
+    model = [metas[j.id]["rtf"] * metas[j.id]["duration_seconds"] for j in jobs[-REPEATS:]]
+    print(
+        f"  Voxmesh worker: handler {statistics.median(handler) * 1000:.0f} ms, of which the "
+        f"model {statistics.median(model) * 1000:.0f} ms (engine directly: "
+        f"{med['engine'] * 1000:.0f} ms with decoding)"
+    )
     if not same:
         print(f"    peer:    {texts['peer']!r}\n    voxmesh: {texts['voxmesh']!r}")
 
