@@ -108,6 +108,24 @@ class JobContext:
         self._cancel_checked = 0.0
         self._last_percent = -1
         self._last_report = 0.0
+        self._input: asyncio.Task[bytes] | None = None
+
+    def prefetch_input(self) -> None:
+        """Start reading the input file now, while the run is checked and its start reported
+        (the worker does this as a delivery arrives; `input_bytes` then waits for it)."""
+        if self._input is None and self.dispatch.HasField("input_file"):
+            self._input = asyncio.ensure_future(self.file_bytes(self.dispatch.input_file))
+
+    def drop_prefetch(self) -> None:
+        """The delivery is over: a read still under way stops; an unused one is let go."""
+        if self._input is None:
+            return
+        if self._input.done():
+            if not self._input.cancelled():
+                self._input.exception()  # retrieved: never logged as unhandled
+        else:
+            self._input.cancel()
+        self._input = None
 
     def saved_voice(self, name: str) -> VoiceProfile | None:
         """The project's saved (cloned) voice `name`, from the profile the dispatch carried;
@@ -189,7 +207,9 @@ class JobContext:
         """The job's input file."""
         if not self.dispatch.HasField("input_file"):
             raise JobFailed("this job has no input file")
-        return await self.file_bytes(self.dispatch.input_file)
+        self.prefetch_input()
+        assert self._input is not None
+        return await self._input
 
     async def file_bytes(self, stored: worker_pb2.StoredFile) -> bytes:
         try:
@@ -501,9 +521,18 @@ class Worker:
             await msg.term()
             return
         ctx = JobContext(self, msg, dispatch)
-        if await self.run_state(ctx.job_id, ctx.run) is not None:
-            await msg.ack()  # cancelled or finished while it waited
-            return
+        ctx.prefetch_input()  # side by side with the checks below and the start report
+        try:
+            if await self.run_state(ctx.job_id, ctx.run) is not None:
+                await msg.ack()  # cancelled or finished while it waited
+                return
+            await self._process_run(ctx, msg, dispatch)
+        finally:
+            ctx.drop_prefetch()
+
+    async def _process_run(
+        self, ctx: JobContext, msg: Msg, dispatch: worker_pb2.JobDispatch
+    ) -> None:
         with job_context(ctx.job_id, dispatch.traceparent):
             started = time.monotonic()
             WORKER_BUSY.labels(self.job_type).set(1)
