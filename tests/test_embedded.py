@@ -18,6 +18,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from voxmesh import launch
 from voxmesh.v1 import auth_pb2, auth_pb2_grpc, projects_pb2, projects_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -265,3 +266,16 @@ def test_make_run_runs_the_platform_and_transcribes(tmp_path: Path) -> None:
             out, _ = launcher.communicate(timeout=90)
     assert "Voxmesh is running" in out
     assert "the control plane exited (-9); restarting" in out
+
+
+def test_a_ctrl_c_reaches_make_run_alone() -> None:
+    """The terminal sends Ctrl-C to its whole foreground process group. Every piece `make run`
+    starts has a group of its own, so the signal reaches the launcher alone, and it stops the
+    pieces in order (workers, then the control plane and its embedded servers): a worker still
+    finishing a job is never cut off from NATS by a control plane that stopped first."""
+    piece = launch.child([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert os.getpgid(piece.pid) == piece.pid != os.getpgid(0)
+    finally:
+        piece.kill()
+        piece.wait(10)

@@ -62,9 +62,12 @@ def _tied_to(parent: int) -> None:
 
 
 def child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A process that stops when `make run` does, however it ends."""
+    """A process that stops when `make run` does, however it ends. It has a process group of
+    its own, so a Ctrl-C in the terminal reaches `make run` alone, which then stops the pieces
+    in order: workers first (a job in hand can still report), then the control plane (and the
+    embedded NATS and PostgreSQL it started)."""
     parent = os.getpid()
-    return subprocess.Popen(args, env=env, preexec_fn=lambda: _tied_to(parent))
+    return subprocess.Popen(args, env=env, preexec_fn=lambda: _tied_to(parent), process_group=0)
 
 
 def wait_healthy(target: str, control: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -144,7 +147,7 @@ def main() -> None:
     try:
         wait_healthy(f"127.0.0.1:{port}", control)
         parent = os.getpid()
-        gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent))
+        gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent), process_group=0)
         http_api = start_http_api()
         workers = [
             child([sys.executable, "-m", name], env=worker_env(i, job_type))
@@ -167,7 +170,7 @@ def main() -> None:
                 control, control_started = start_control(), time.monotonic()
             if gateway.poll() is not None:
                 print(f"the gateway exited ({gateway.returncode}); restarting", flush=True)
-                gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent))
+                gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent), process_group=0)
             if http_api.poll() is not None:
                 print(f"the HTTP API exited ({http_api.returncode}); restarting", flush=True)
                 http_api = start_http_api()

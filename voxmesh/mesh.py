@@ -209,8 +209,13 @@ async def connect(
     async def error(exc: Exception) -> None:
         log.warning("%s: NATS at %s: %s", name, where, exc or type(exc).__name__)
 
+    client: list[NATS] = []
+
     async def on_disconnect() -> None:
-        log.warning("%s: disconnected from NATS; reconnecting", name)
+        if client and client[0].is_closed:  # closed on purpose (shutting down): nothing wrong
+            log.debug("%s: NATS connection closed", name)
+        else:
+            log.warning("%s: disconnected from NATS; reconnecting", name)
         if disconnected is not None:
             await disconnected()
 
@@ -219,7 +224,7 @@ async def connect(
         if reconnected is not None:
             await reconnected()
 
-    return await nats.connect(
+    connection = await nats.connect(
         url.split(",") if "," in url else url,
         name=name,
         max_reconnect_attempts=-1,
@@ -235,6 +240,8 @@ async def connect(
         user_credentials=os.environ.get("NATS_CREDS") or None,
         tls=nats_tls.client_context(),
     )
+    client.append(connection)
+    return connection
 
 
 async def _stream(js: JetStreamContext, config: api.StreamConfig) -> None:
