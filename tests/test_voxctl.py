@@ -70,6 +70,14 @@ async def test_voxctl_end_to_end(harness: Harness, tmp_path: Path) -> None:
     code, out = await voxctl(harness, home, "download", job, "--out", str(tmp_path / "out"))
     assert code == 0, out
     assert len(audio.decode((tmp_path / "out" / "speech.mp3").read_bytes())) > 16000
+    # One job in full: its parameters, the facts its worker reported, its files and its log.
+    code, out = await voxctl(harness, home, "show", job[:8])
+    assert code == 0 and job in out and "completed" in out, out
+    assert "text: Hello from the command line." in out and "speech.mp3" in out, out
+    assert "duration_seconds:" in out and "COMPLETED" in out.split("log", 1)[1], out
+    code, out = await voxctl(harness, home, "show", job, "--json")
+    shown = json.loads(out)
+    assert shown["job"]["id"] == job and shown["result"]["files"], shown
     code, out = await voxctl(harness, home, "settings", "preferred_voice", "en_US-joe-medium")
     assert code == 0, out
     code, out = await voxctl(harness, home, "settings")

@@ -545,6 +545,113 @@ def watch(
         raise typer.Exit(1)
 
 
+def _when(stamp: Any) -> datetime | None:
+    return stamp.ToDatetime(tzinfo=UTC) if stamp.seconds or stamp.nanos else None
+
+
+def _took(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    seconds = max(0.0, (end - start).total_seconds())
+    return (
+        f"  [dim](+{seconds:.1f} s)[/dim]"
+        if seconds < 120
+        else f"  [dim](+{seconds / 60:.1f} min)[/dim]"
+    )
+
+
+def _params(message: Any) -> dict[str, Any]:
+    """A job's parameters as set, enums in words (AUDIO_FORMAT_MP3 -> mp3)."""
+    out = _dict(message)
+    for field in message.DESCRIPTOR.fields:
+        if field.enum_type is not None and field.name in out:
+            prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", field.enum_type.name).upper() + "_"
+            value = out[field.name]
+            words = [
+                str(v).removeprefix(prefix).lower()
+                for v in (value if isinstance(value, list) else [value])
+            ]
+            out[field.name] = words if isinstance(value, list) else words[0]
+    return out
+
+
+@app.command()
+def show(
+    job: Annotated[str, typer.Argument(help="the job id (or a unique start of it)")],
+    as_json: Json = False,
+    server: Server = "",
+) -> None:
+    """Everything about one job: status, times, parameters, and for a finished job its
+    facts (meta), files and log."""
+    s = _session(server)
+    job = _job_id(s, job)
+    current = _call(s.stub("jobs").GetJob, jobs_pb2.GetJobRequest(job_id=job), s).job
+    result = None
+    if current.status in FINISHED:
+        try:
+            result = (
+                s.stub("results")
+                .GetJobResult(
+                    results_pb2.GetJobResultRequest(job_id=job), metadata=s.metadata, timeout=60
+                )
+                .result
+            )
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:  # a job cancelled before it ran has none
+                err.print(f"[red]{e.code().name}[/red]: {e.details()}")
+                raise typer.Exit(1) from None
+    which = current.WhichOneof("params")
+    params = _params(getattr(current, which)) if which else {}
+    if as_json:
+        _print_json({"job": _dict(current), "result": _dict(result) if result else None})
+        return
+    progress = 100 if current.status == jobs_pb2.JOB_STATUS_COMPLETED else current.progress
+    stage = f", {current.stage}" if current.stage and current.status not in FINISHED else ""
+    console.print(f"[bold]{current.title or _kind(current)}[/bold]  [dim]{current.id}[/dim]")
+    console.print(f"  type      {_kind(current)}")
+    console.print(f"  status    {_status(current)}  {progress}%{stage}"
+                  + (f"  (run {current.attempts})" if current.attempts > 1 else ""))  # fmt: skip
+    if current.error:
+        console.print(f"  error     [red]{current.error}[/red]")
+    console.print(f"  project   {current.project_id}")
+    created, started, finished = (
+        _when(current.create_time),
+        _when(current.start_time),
+        _when(current.finish_time),
+    )
+    for label, at, took in (("created", created, ""), ("started", started, _took(created, started)),
+                            ("finished", finished, _took(started or created, finished))):  # fmt: skip
+        if at is not None:
+            console.print(f"  {label:<9} {at.astimezone():%Y-%m-%d %H:%M:%S}{took}")
+    if current.input_file_id:
+        console.print(f"  input     {current.input_file_id}")
+    if params:
+        console.print("  parameters")
+        for key, value in params.items():
+            shown = value if isinstance(value, str | int | float | bool) else json.dumps(value)
+            console.print(f"    {key}: {shown}", markup=False, highlight=False)
+    if result is None:
+        if current.status not in FINISHED:
+            console.print(f"[dim]`voxctl watch {current.id[:SHORT]}` follows it live.[/dim]")
+        return
+    meta = _dict(result.meta) if result.meta.fields else {}
+    if meta:
+        console.print("  facts")
+        for key, value in meta.items():
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            shown = value if isinstance(value, str | int | float | bool) else json.dumps(value)
+            console.print(f"    {key}: {shown}", markup=False, highlight=False)
+    if result.files:
+        console.print("  files")
+        for f in result.files:
+            console.print(f"    {f.name}  {f.size_bytes} bytes  [dim]{f.file_id}[/dim]")
+    if result.logs.strip():
+        console.print("  log")
+        for line in result.logs.rstrip("\n").split("\n"):
+            console.print(f"    {line}", markup=False, highlight=False)
+
+
 @app.command()
 def download(
     job: Annotated[str, typer.Argument(help="the job id (or a unique start of it)")],
