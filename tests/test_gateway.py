@@ -328,9 +328,25 @@ async def test_console_refreshes_its_access_token_before_expiry(
 async def test_browser_receives_stream_events_one_by_one(harness: Harness, tmp_path: Path) -> None:
     editor = await harness.user(UserRole.EDITOR)
     project = str(await harness.project(editor.user_id))
+    await harness.setting("auto_start_jobs", False, editor.user_id)
     async with run_workers(harness, "tts", behave), gateway(harness, tmp_path) as gw:
+        # Held until the page follows it: however long the browser takes to sign in (a loaded
+        # machine), every event is then live, none a replay.
         job = await create(editor, project, "sleep:6")
-        steps = await drive("stream", gw, editor.username, editor.password, JOB_ID=job.id)
+        page = asyncio.create_task(
+            drive("stream", gw, editor.username, editor.password, JOB_ID=job.id)
+        )
+        assert harness.app.mesh is not None
+        broadcaster = harness.app.mesh.broadcaster
+
+        async def followed() -> bool:
+            if page.done():
+                page.result()  # the browser failed before it followed the job: say why
+            return broadcaster.watching(job.id) > 0
+
+        await eventually(followed, "the page following the job", 120)
+        await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=job.id))
+        steps = await page
     arrivals = [a for a in steps["streamed"]["arrivals"] if a["kind"] == "progress"]
     assert len(arrivals) >= 20
     spread_ms = arrivals[-1]["at"] - arrivals[0]["at"]

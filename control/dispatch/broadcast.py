@@ -113,6 +113,10 @@ class Broadcaster:
                     for queue in self._jobs.get(job_id, ()):
                         _resync(queue)
 
+    def watching(self, job_id: str) -> int:
+        """How many streams of this replica follow the job now."""
+        return len(self._jobs.get(job_id, ()))
+
     @contextlib.contextmanager
     def watch_job(self, job_id: str, after_seq: int = 0) -> Iterator[JobQueue]:
         queue: JobQueue = asyncio.Queue(QUEUE_SIZE)
