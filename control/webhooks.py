@@ -219,8 +219,9 @@ class Sender:
                     log.warning("webhook deliveries: %s", e)
                     sent = 0
                 if sent < BATCH:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(_due.wait(), IDLE_POLL_SECONDS)
+                    with contextlib.suppress(TimeoutError):  # not wait_for: see dispatcher.py
+                        async with asyncio.timeout(IDLE_POLL_SECONDS):
+                            await _due.wait()
                     _due.clear()
         finally:
             await self._client.aclose()

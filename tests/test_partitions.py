@@ -9,9 +9,11 @@ import asyncio
 import uuid
 from datetime import datetime
 
+import pytest
 from sqlalchemy import func, select
 
 from control.db.models import Job, JobEvent, JobResult, JobStatus
+from control.dispatch import leases
 from control.dispatch.runtime import MeshRuntime
 from control.server import run_secret
 from tests.conftest import TEST_MESH
@@ -114,6 +116,71 @@ async def test_two_replicas_share_the_partitions_and_take_over(harness: Harness)
     # Admission held across the two dispatchers: never more than CAP running at once.
     assert all(start and end for start, end in spans)
     assert 1 < _peak(spans) <= CAP  # type: ignore[arg-type]
+
+
+async def test_a_frozen_replica_stops_working_and_its_partitions_are_taken_over(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica that freezes without closing its connection (a host that lost power, a process
+    that hangs) stops working its partitions once its leases go unconfirmed, and PostgreSQL ends
+    its idle lease session, so the other replica takes them over in seconds rather than the hours
+    TCP takes to notice. When it wakes, it starts over with a new session and gets its share."""
+    monkeypatch.setattr(leases, "LEASE_IDLE_SECONDS", 5.0)
+    monkeypatch.setattr(leases, "TRUST_SECONDS", 2.5)
+    app = harness.app
+    assert app.mesh is not None and app.mesh.leases is not None
+    a = app.mesh
+    editor, project = await setup(harness)
+    b = await MeshRuntime.start(
+        harness.nats.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
+    )
+    try:
+        assert b.leases is not None
+        async with asyncio.timeout(30):
+            await b.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+            await a.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+        frozen_at = b.dispatcher.published  # type: ignore[union-attr]
+        # B's lease rounds stop (its session stays open and idle, as a frozen host's would).
+        thaw = asyncio.Event()
+        real_round = b.leases._round
+
+        async def frozen_round() -> None:
+            await thaw.wait()
+            await real_round()
+
+        monkeypatch.setattr(b.leases, "_round", frozen_round)
+
+        async def let_go() -> bool:
+            return not b.leases.held  # type: ignore[union-attr]
+
+        await eventually(let_go, "the frozen replica letting go of its partitions", 30)
+        async with asyncio.timeout(30):
+            await a.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS)
+        async with workers(harness, count=2):
+            jobs = [await create(editor, project, "sleep:0.05") for _ in range(8)]
+            await _all_completed(harness, [job.id for job in jobs])
+        assert b.dispatcher.published == frozen_at  # type: ignore[union-attr]
+        assert {mesh.partition_of(job.id) for job in jobs} - a.leases.held == set()
+        # B thaws: its old session is gone, so it starts a new one and the two share again.
+        thaw.set()
+        async with asyncio.timeout(30):
+            await b.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+            await a.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+        assert not a.leases.held & b.leases.held
+    finally:
+        await b.stop()
+    ids = [uuid.UUID(job.id) for job in jobs]
+    async with app.sessions() as session:
+        results = dict(
+            (
+                await session.execute(
+                    select(JobResult.job_id, func.count())
+                    .where(JobResult.job_id.in_(ids))
+                    .group_by(JobResult.job_id)
+                )
+            ).all()
+        )
+    assert results == {i: 1 for i in ids}
 
 
 async def _all_completed(h: Harness, job_ids: list[str], timeout: float = 60) -> None:

@@ -435,8 +435,11 @@ class Worker:
                 await self._presence()
             except NatsError as e:  # reconnecting: the next announcement tells it again
                 log.debug("presence not announced: %s", e)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation
+            # that meets the stop, and the worker's shutdown would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), mesh.PRESENCE_SECONDS)
+                async with asyncio.timeout(mesh.PRESENCE_SECONDS):
+                    await stop.wait()
 
     async def _pull(
         self, stream: str, durable: str, process: Callable[[Msg], Awaitable[None]],

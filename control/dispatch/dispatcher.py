@@ -100,8 +100,11 @@ class Dispatcher:
                 backoff = min(backoff * 2, 10.0)
                 continue
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation
+            # that meets a wake, and the loop (and the replica's shutdown) would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
 
     async def dispatch_once(self) -> int:
         """Publish what may start now; return how many were published."""

@@ -13,6 +13,13 @@ outbox's row locks and the lifecycle's checks keep every job exactly once.
 
 Partition 0's holder also runs what must run once in the whole cluster (the reaper, gauges,
 max-deliveries advisories, and events stored before partitions existed).
+
+A replica that stops without closing its connection (its host lost power or left the network,
+the process froze) must not keep its partitions for the hours TCP takes to notice: the lease
+session sets `idle_session_timeout`, so PostgreSQL ends it, and frees its locks, once it has sent
+nothing for LEASE_IDLE_SECONDS (a live replica asks every ROUND_SECONDS). And a replica whose
+rounds stall stops trusting its leases after TRUST_SECONDS, well before PostgreSQL can give them
+to another: it stops working them, and starts over with a new session when its rounds resume.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
@@ -35,6 +43,13 @@ PARTITION_LOCKS = 0x766F7802
 ROUND_SECONDS = 1.0
 """How often a replica looks at the others: how long a dead replica's partitions stay unworked
 (plus the moment PostgreSQL takes to see its connection close)."""
+
+LEASE_IDLE_SECONDS = 15.0
+"""PostgreSQL ends a lease session that sent nothing for this long (a dead or frozen replica),
+which frees its partitions for the others."""
+TRUST_SECONDS = 5.0
+"""A replica works its partitions only while its last round is at most this old: less than
+LEASE_IDLE_SECONDS, so it has stopped before another replica can take them."""
 
 Hook = Callable[[int], Awaitable[None]]
 
@@ -61,30 +76,71 @@ class Leases:
         self.held: set[int] = set()
         self.replicas = 1
         """Live replicas at the last round (this one included)."""
-        self._round_done = asyncio.Condition()
+        self._confirmed = time.monotonic()
+        """When PostgreSQL last confirmed this replica's lease session (monotonic)."""
+        self._distrusted = False
+        self._round_done = asyncio.Event()
+        """Set at the end of each round (then replaced by a fresh one)."""
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._round()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # PostgreSQL unreachable: the locks went with the connection
-                log.warning("partition leases lost (%s); retrying", exc)
-                await self._drop_all()
-            async with self._round_done:
-                self._round_done.notify_all()
-            await asyncio.sleep(ROUND_SECONDS)
+        watchdog = asyncio.create_task(self._watch(), name="partition-lease-watchdog")
+        try:
+            while True:
+                try:
+                    if self._distrusted:  # rounds stalled: the session may be gone; start over
+                        self._distrusted = False
+                        await self._drop_all()
+                    await self._round()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # PostgreSQL unreachable: the locks went with it
+                    log.warning("partition leases lost (%s); retrying", exc)
+                    await self._drop_all()
+                done, self._round_done = self._round_done, asyncio.Event()
+                done.set()
+                await asyncio.sleep(ROUND_SECONDS)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
 
     async def until(self, predicate: Callable[[Leases], bool]) -> None:
-        """Until `predicate(self)` holds after a round (tests and benches; give it a deadline)."""
-        async with self._round_done:
-            await self._round_done.wait_for(lambda: predicate(self))
+        """Until `predicate(self)` holds after a round (tests and benches; give it a deadline).
+        An Event per round, not an asyncio.Condition: on Python 3.11 a Condition's wait can
+        swallow the caller's timeout when a notify meets the cancellation (CPython gh-112202)."""
+        while not predicate(self):
+            await self._round_done.wait()
+
+    def trusted(self) -> bool:
+        """Whether the last round is recent enough for this replica to work its partitions."""
+        return time.monotonic() - self._confirmed < TRUST_SECONDS
+
+    async def _watch(self) -> None:
+        """Stop working the partitions when the rounds stall (a query that hangs on a broken
+        network, an event loop that froze): another replica may soon hold them."""
+        while True:
+            await asyncio.sleep(min(ROUND_SECONDS, TRUST_SECONDS) / 2)
+            if self.held and not self.trusted():
+                held = sorted(self.held)
+                log.warning("no lease round for %.0f s: stopping work on partitions %s until "
+                            "PostgreSQL answers again", TRUST_SECONDS, held)  # fmt: skip
+                self._distrusted = True
+                self.held.clear()  # in place: the dispatcher reads this very set
+                await asyncio.gather(*(self._on_lose(p) for p in held), return_exceptions=True)
 
     async def _round(self) -> None:
         if self._conn is None:
             conn = await self._engine.connect()
             await conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                await conn.execute(
+                    text("SELECT set_config('idle_session_timeout', :ms, false)"),
+                    {"ms": str(int(LEASE_IDLE_SECONDS * 1000))},
+                )
+            except Exception as exc:  # PostgreSQL before 14
+                log.warning("idle_session_timeout is not supported (%s): the partitions of a "
+                            "replica whose host dies wait for TCP to notice", exc)  # fmt: skip
+                await conn.rollback()
             await conn.execute(
                 text("SELECT pg_advisory_lock(:k1, :k2)"), {"k1": MEMBER_LOCKS, "k2": self._id}
             )
@@ -93,6 +149,7 @@ class Leases:
         row = (
             await conn.execute(_COUNT, {"members": MEMBER_LOCKS, "partitions": PARTITION_LOCKS})
         ).one()
+        self._confirmed = time.monotonic()
         self.replicas, taken = max(int(row[0]), 1), set(row[1])
         share = math.ceil(PARTITIONS / self.replicas)
         for p in sorted(self.held, reverse=True)[: max(len(self.held) - share, 0)]:

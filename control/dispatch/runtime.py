@@ -200,10 +200,14 @@ class MeshRuntime:
             ingester.stop()
         for task in tasks[len(ingesters) :]:
             task.cancel()
-        # An ingester returns within its fetch timeout once stopped; past that, cancel it.
-        _, late = await asyncio.wait(tasks, timeout=5) if tasks else (set(), set())
-        for task in late:
-            task.cancel()
+        # An ingester returns within its fetch timeout once stopped; past that, cancel it. If
+        # this is cancelled meanwhile (the replica stops), none of them outlives it either.
+        try:
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+        finally:
+            for task in tasks:
+                task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
