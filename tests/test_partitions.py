@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from control.db.models import Job, JobEvent, JobResult, JobStatus
 from control.dispatch import leases
@@ -59,14 +60,10 @@ async def test_two_replicas_share_the_partitions_and_take_over(harness: Harness)
     a = app.mesh
     editor, project = await setup(harness)
     await harness.setting("max_concurrent_jobs", CAP, editor.user_id)
-    b = await MeshRuntime.start(
-        harness.nats.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
-    )
+    b = await _second_replica(harness)
     try:
         assert b.leases is not None
-        async with asyncio.timeout(30):
-            await b.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
-            await a.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+        await _split_evenly(b, a)
         assert not a.leases.held & b.leases.held
         a_before, b_before = (a.dispatcher.published, b.dispatcher.published)  # type: ignore[union-attr]
         async with workers(harness, count=4):
@@ -98,15 +95,7 @@ async def test_two_replicas_share_the_partitions_and_take_over(harness: Harness)
                 )
             ).all()
         )
-        results = dict(
-            (
-                await session.execute(
-                    select(JobResult.job_id, func.count())
-                    .where(JobResult.job_id.in_(ids))
-                    .group_by(JobResult.job_id)
-                )
-            ).all()
-        )
+        results = await _results_per_job(session, ids)
         spans = [
             (job.started_at, job.finished_at)
             for job in await session.scalars(select(Job).where(Job.id.in_(ids)))
@@ -131,14 +120,10 @@ async def test_a_frozen_replica_stops_working_and_its_partitions_are_taken_over(
     assert app.mesh is not None and app.mesh.leases is not None
     a = app.mesh
     editor, project = await setup(harness)
-    b = await MeshRuntime.start(
-        harness.nats.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
-    )
+    b = await _second_replica(harness)
     try:
         assert b.leases is not None
-        async with asyncio.timeout(30):
-            await b.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
-            await a.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+        await _split_evenly(b, a)
         frozen_at = b.dispatcher.published  # type: ignore[union-attr]
         # B's lease rounds stop (its session stays open and idle, as a frozen host's would).
         thaw = asyncio.Event()
@@ -163,24 +148,40 @@ async def test_a_frozen_replica_stops_working_and_its_partitions_are_taken_over(
         assert {mesh.partition_of(job.id) for job in jobs} - a.leases.held == set()
         # B thaws: its old session is gone, so it starts a new one and the two share again.
         thaw.set()
-        async with asyncio.timeout(30):
-            await b.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
-            await a.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
+        await _split_evenly(b, a)
         assert not a.leases.held & b.leases.held
     finally:
         await b.stop()
     ids = [uuid.UUID(job.id) for job in jobs]
     async with app.sessions() as session:
-        results = dict(
-            (
-                await session.execute(
-                    select(JobResult.job_id, func.count())
-                    .where(JobResult.job_id.in_(ids))
-                    .group_by(JobResult.job_id)
-                )
-            ).all()
-        )
+        results = await _results_per_job(session, ids)
     assert results == {i: 1 for i in ids}
+
+
+async def _results_per_job(session: AsyncSession, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """How many results each job has stored (exactly once: 1)."""
+    rows = await session.execute(
+        select(JobResult.job_id, func.count())
+        .where(JobResult.job_id.in_(ids))
+        .group_by(JobResult.job_id)
+    )
+    return {job_id: count for job_id, count in rows}
+
+
+async def _second_replica(harness: Harness) -> MeshRuntime:
+    """Another control-plane replica on the same database and NATS (stop it when done)."""
+    app = harness.app
+    return await MeshRuntime.start(
+        harness.nats.url, app.engine, app.sessions, TEST_MESH, run_secret=run_secret(app.settings)
+    )
+
+
+async def _split_evenly(*replicas: MeshRuntime) -> None:
+    """Until each replica holds half of the partitions (30 s at most)."""
+    async with asyncio.timeout(30):
+        for replica in replicas:
+            assert replica.leases is not None
+            await replica.leases.until(lambda leases: len(leases.held) == mesh.PARTITIONS // 2)
 
 
 async def _all_completed(h: Harness, job_ids: list[str], timeout: float = 60) -> None:
