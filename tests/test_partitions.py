@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from control.db.models import Job, JobEvent, JobResult, JobStatus
 from control.dispatch import leases
@@ -156,6 +156,43 @@ async def test_a_frozen_replica_stops_working_and_its_partitions_are_taken_over(
     async with app.sessions() as session:
         results = await _results_per_job(session, ids)
     assert results == {i: 1 for i in ids}
+
+
+async def test_a_lease_query_that_never_answers_is_given_up_with_its_session(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lease connection that died without a word (a NAT or firewall forgot it: no reply, no
+    reset, ever) would hold its replica's lease loop in one query for as long as TCP takes to
+    notice. The query is given up after QUERY_LIMIT_SECONDS with its session, and the replica
+    starts over on a new one and gets its share back."""
+    monkeypatch.setattr(leases, "TRUST_SECONDS", 2.5)
+    monkeypatch.setattr(leases, "QUERY_LIMIT_SECONDS", 4.0)
+    a = harness.app.mesh
+    assert a is not None and a.leases is not None
+    b = await _second_replica(harness)
+    try:
+        assert b.leases is not None
+        await _split_evenly(b, a)
+        dead = b.leases._conn
+        assert dead is not None
+        answered = AsyncConnection.execute
+
+        async def never_answers(self: AsyncConnection, *args: object, **kw: object) -> object:
+            if self is dead:
+                await asyncio.Event().wait()  # the reply that never comes
+            return await answered(self, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(AsyncConnection, "execute", never_answers)
+
+        async def new_session() -> bool:
+            return b.leases._conn is not None and b.leases._conn is not dead  # type: ignore[union-attr]
+
+        await eventually(new_session, "the replica starting over on a new lease session", 30)
+        assert "did not answer a lease query within 4 s" in caplog.text
+        await _split_evenly(b, a)
+        assert not a.leases.held & b.leases.held
+    finally:
+        await b.stop()
 
 
 async def _results_per_job(session: AsyncSession, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:

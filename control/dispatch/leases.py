@@ -20,6 +20,9 @@ session sets `idle_session_timeout`, so PostgreSQL ends it, and frees its locks,
 nothing for LEASE_IDLE_SECONDS (a live replica asks every ROUND_SECONDS). And a replica whose
 rounds stall stops trusting its leases after TRUST_SECONDS, well before PostgreSQL can give them
 to another: it stops working them, and starts over with a new session when its rounds resume.
+A lease query that gets no answer in QUERY_LIMIT_SECONDS (its connection died without a word:
+the reply will never come) is given up with its session, so the replica starts over at once
+rather than when TCP notices.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -51,7 +55,11 @@ TRUST_SECONDS = 5.0
 """A replica works its partitions only while its last round is at most this old: less than
 LEASE_IDLE_SECONDS, so it has stopped before another replica can take them."""
 
+QUERY_LIMIT_SECONDS = 10.0
+"""A lease query unanswered for this long is given up, and its session with it."""
+
 Hook = Callable[[int], Awaitable[None]]
+T = TypeVar("T")
 
 _COUNT = text(
     "SELECT count(*) FILTER (WHERE classid = :members),"
@@ -130,24 +138,27 @@ class Leases:
 
     async def _round(self) -> None:
         if self._conn is None:
-            conn = await self._engine.connect()
+            conn = self._conn = await self._ask(self._engine.connect())
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
-                await conn.execute(
+                await self._ask(conn.execute(
                     text("SELECT set_config('idle_session_timeout', :ms, false)"),
                     {"ms": str(int(LEASE_IDLE_SECONDS * 1000))},
-                )
+                ))  # fmt: skip
+            except ConnectionError:
+                raise
             except Exception as exc:  # PostgreSQL before 14
                 log.warning("idle_session_timeout is not supported (%s): the partitions of a "
                             "replica whose host dies wait for TCP to notice", exc)  # fmt: skip
-                await conn.rollback()
-            await conn.execute(
+                await self._ask(conn.rollback())
+            await self._ask(conn.execute(
                 text("SELECT pg_advisory_lock(:k1, :k2)"), {"k1": MEMBER_LOCKS, "k2": self._id}
-            )
-            self._conn = conn
+            ))  # fmt: skip
         conn = self._conn
         row = (
-            await conn.execute(_COUNT, {"members": MEMBER_LOCKS, "partitions": PARTITION_LOCKS})
+            await self._ask(
+                conn.execute(_COUNT, {"members": MEMBER_LOCKS, "partitions": PARTITION_LOCKS})
+            )
         ).one()
         self._confirmed = time.monotonic()
         self.replicas, taken = max(int(row[0]), 1), set(row[1])
@@ -158,9 +169,9 @@ class Leases:
             )
             self.held.discard(p)
             await self._on_lose(p)
-            await conn.execute(
+            await self._ask(conn.execute(
                 text("SELECT pg_advisory_unlock(:k1, :k2)"), {"k1": PARTITION_LOCKS, "k2": p}
-            )
+            ))  # fmt: skip
         # Start looking at a place of our own, so replicas that start together rarely collide.
         start = self._id % PARTITIONS
         for p in sorted(range(PARTITIONS), key=lambda q: (q != 0, (q - start) % PARTITIONS)):
@@ -168,15 +179,27 @@ class Leases:
                 break
             if p in self.held or p in taken:
                 continue
-            got = await conn.scalar(
+            got = await self._ask(conn.scalar(
                 text("SELECT pg_try_advisory_lock(:k1, :k2)"), {"k1": PARTITION_LOCKS, "k2": p}
-            )
+            ))  # fmt: skip
             if got:
                 log.info("working partition %d (%d replicas)", p, self.replicas)
                 self.held.add(p)
                 await self._on_gain(p)
                 if p not in self.held:  # the watchdog let it go while its work was starting
                     await self._on_lose(p)
+
+    @staticmethod
+    async def _ask(query: Awaitable[T]) -> T:
+        """One lease query, given up (cancelled in the server as far as it can be) when it has
+        not answered within QUERY_LIMIT_SECONDS: the round then fails, and the session goes."""
+        try:
+            async with asyncio.timeout(QUERY_LIMIT_SECONDS):
+                return await query
+        except TimeoutError:
+            raise ConnectionError(
+                f"PostgreSQL did not answer a lease query within {QUERY_LIMIT_SECONDS:.0f} s"
+            ) from None
 
     async def _drop_all(self) -> None:
         held = sorted(self.held)
