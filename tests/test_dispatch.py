@@ -505,3 +505,81 @@ async def test_a_stalled_watcher_holds_no_one_up_and_its_buffer_stays_bounded() 
         # (after an overflow) the marker that makes it refill from PostgreSQL after its last seq.
         left = [stalled.get_nowait() for _ in range(stalled.qsize())]
         assert None in left and len(left) <= broadcast.QUEUE_SIZE
+
+
+def _kinds(events: list[jobs_pb2.WatchJobResponse]) -> list[str]:
+    return [str(e.WhichOneof("event")) for e in events]
+
+
+async def test_a_watcher_that_coalesces_progress_gets_only_the_latest_when_behind(
+    harness: Harness,
+) -> None:
+    """WatchJobRequest.coalesce_progress: a watcher that is behind (events wait for it, live or
+    from the log) gets only the latest of the plain progress events waiting, never losing a
+    status, a log line, progress with text, or the result; without it every event comes."""
+    editor, project = await setup(harness)
+    async with workers(harness):
+        job = await create(editor, project, "steps:6")
+        full = (await watch(editor, job.id))[1:]
+    coalesced = []
+    request = jobs_pb2.WatchJobRequest(job_id=job.id, coalesce_progress=True)
+    async with asyncio.timeout(30):
+        async for event in editor.client.jobs.WatchJob(request):
+            coalesced.append(event)
+    coalesced = coalesced[1:]  # from the log: all six progress events wait at once
+    assert [e.seq for e in full] == list(range(1, len(full) + 1))
+    progress = [e for e in full if e.WhichOneof("event") == "progress"]
+    assert [e.progress.percent for e in progress] == [16, 33, 50, 66, 83, 100]
+    assert [e for e in full if e not in progress[:-1]] == coalesced
+    assert _kinds(coalesced).count("log") == _kinds(full).count("log") >= 6
+    assert _kinds(coalesced).count("progress") == 1 and _kinds(coalesced)[-1] == "result"
+
+    # Live: what a slow stream finds waiting in its queue, against the same without coalescing.
+    from types import SimpleNamespace
+
+    from control.dispatch.watch import job_events
+
+    app = harness.app
+    assert app.mesh is not None
+    await harness.setting("auto_start_jobs", False, editor.user_id)
+    held = await create(editor, project, "held")
+
+    def progress_event(seq: int, percent: int, text: str = "") -> jobs_pb2.WatchJobResponse:
+        return jobs_pb2.WatchJobResponse(
+            job_id=held.id, seq=seq, progress=jobs_pb2.JobProgress(percent=percent, text=text)
+        )
+
+    async def seen(coalesce: bool) -> list[int]:
+        events = job_events(
+            app.sessions,
+            app.mesh.broadcaster,
+            uuid.UUID(held.id),
+            0,
+            coalesce=coalesce,  # type: ignore[union-attr]
+        )
+        snapshot = await anext(events)
+        base = snapshot.seq
+        waiting = [
+            progress_event(base + 1, 10),
+            progress_event(base + 2, 20),
+            jobs_pb2.WatchJobResponse(
+                job_id=held.id, seq=base + 3, log=jobs_pb2.JobLogLine(line="a line")
+            ),
+            progress_event(base + 4, 30, text="a caption"),
+            progress_event(base + 5, 40),
+            progress_event(base + 6, 50),
+            jobs_pb2.WatchJobResponse(job_id=held.id, seq=base + 7, result=jobs_pb2.JobResult()),
+        ]
+        for event in waiting:
+            msg = SimpleNamespace(
+                subject=mesh.updates_subject(held.id), data=event.SerializeToString()
+            )
+            await app.mesh.broadcaster._on_event(msg)  # type: ignore[union-attr, arg-type]
+        got = []
+        async with asyncio.timeout(30):
+            async for event in events:
+                got.append(event.seq - base)
+        return [s for s in got if s > 0]
+
+    assert await seen(coalesce=False) == [1, 2, 3, 4, 5, 6, 7]
+    assert await seen(coalesce=True) == [3, 4, 6, 7]

@@ -179,6 +179,11 @@ JOB_SECONDS = Histogram(
     "voxmesh_job_processing_seconds", "From a worker's start until the run ended, by outcome",
     ["type", "status"], buckets=_PROCESSING,
 )  # fmt: skip
+COALESCED_PROGRESS = Counter(
+    "voxmesh_watch_coalesced_progress_total",
+    "Progress events not sent to a WatchJob stream that asked for coalescing and fell behind: "
+    "a later progress event waiting with it superseded them",
+)
 REJECTED_EVENTS = Counter(
     "voxmesh_rejected_events_total",
     "Worker events the control plane dropped: forged (no valid proof of holding the run) or "

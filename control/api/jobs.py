@@ -239,7 +239,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             )
         if self.app.mesh is None:
             raise Unavailable("job events are not available: this server runs without NATS")
-        events = job_events(self.app.sessions, self.app.mesh.broadcaster, job_id, request.after_seq)
+        events = job_events(
+            self.app.sessions, self.app.mesh.broadcaster, job_id, request.after_seq,
+            coalesce=request.coalesce_progress,
+        )  # fmt: skip
         async for event in events:
             yield event
 

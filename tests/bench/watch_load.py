@@ -6,28 +6,33 @@ against the same window with no watcher. Then 100, and then 1,000, watchers in o
 (250 to a process, 100 streams to a connection) follow a held job; once all follow it, StartJob,
 and its worker emits 50 timestamped progress events 20 ms apart: worker emit -> watcher receipt
 latency. Beside each, the floor on the same nats-server: the same 50 messages over core NATS to
-as many subscribers, spread over processes the same way.
+as many subscribers, spread over processes the same way. Then as many watchers that ask to
+coalesce progress (a display of where the job stands): for each event, how late each watcher
+learnt of it (its receipt of it, or of the later progress that superseded it), and how many of
+the events it was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+import uuid
 from asyncio.subprocess import Process
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 
-from control.db.models import UserRole
+from control.db.models import JobEvent, UserRole
 from tests.bench.control_bench import pct
 from tests.bench.mesh_bench import FANOUT_EVENTS
 from tests.bench.platform import running_platform
+from tests.harness import Harness
 from voxmesh import mesh
 from voxmesh.v1 import jobs_pb2
 
@@ -83,19 +88,31 @@ async def main() -> None:
             env=env,
         )
         fan_ms: dict[int, list[float]] = {}
+        late_ms: dict[int, list[float]] = {}
+        sent: dict[int, float] = {}
         try:
             for count in FANOUT:
-                # Held until every watcher follows it, so each event is measured live (a
-                # watcher that joins late gets the early events replayed: not fan-out latency).
-                fan_job = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
-                    project_id=project, tts=jobs_pb2.TtsParams(text="fanout")))).job  # fmt: skip
-                # The watchers live in other processes, as clients do: not on the server's
-                # loop, and PER_PROCESS to a process (one Python process cannot take in 50,000
-                # messages a second: that would measure the client, not the server).
-                procs = await spawn(count, "watchers", h.target, editor.access, fan_job.id, env=env)
-                await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=fan_job.id))
-                fan_ms[count] = await collect(procs)
-                assert len(fan_ms[count]) == count * FANOUT_EVENTS, len(fan_ms[count])
+                for coalesce in (False, True):
+                    # Held until every watcher follows it, so each event is measured live (a
+                    # watcher that joins late gets the early events replayed: not fan-out).
+                    fan_job = (await editor.client.jobs.CreateJob(jobs_pb2.CreateJobRequest(
+                        project_id=project, tts=jobs_pb2.TtsParams(text="fanout")))).job  # fmt: skip
+                    # The watchers live in other processes, as clients do: not on the server's
+                    # loop, and PER_PROCESS to a process (one Python process cannot take in
+                    # 50,000 messages a second: that would measure the client, not the server).
+                    procs = await spawn(count, "watchers", h.target, editor.access, fan_job.id,
+                                        str(int(coalesce)), env=env)  # fmt: skip
+                    await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=fan_job.id))
+                    got = await collect(procs)
+                    emitted = await emit_times(h, fan_job.id)
+                    assert len(emitted) == FANOUT_EVENTS, len(emitted)
+                    if coalesce:
+                        late_ms[count] = [ms for each in got for ms in lateness(each, emitted)]
+                        sent[count] = sum(map(len, got)) / (count * FANOUT_EVENTS)
+                    else:
+                        fan_ms[count] = [(recv - emitted[seq]) * 1000
+                                         for each in got for seq, recv in each]  # fmt: skip
+                        assert len(fan_ms[count]) == count * FANOUT_EVENTS, len(fan_ms[count])
         finally:
             worker.terminate()
             worker.wait(10)
@@ -108,6 +125,8 @@ async def main() -> None:
     for count in FANOUT:
         print(f"  {f'progress fan-out to {count} WatchJob streams':<50} {ms(fan_ms[count])}")
         print(f"  {f'  bare core NATS to {count} subscribers':<50} {ms(bare[count])}")
+        print(f"  {f'  {count} streams coalescing progress: lateness':<50} {ms(late_ms[count])}, "
+              f"{sent[count]:.0%} of events sent")  # fmt: skip
     goals = {100: 50, 1000: 200}
     met = watching - baseline < 0.5 and all(
         pct(fan_ms[c], 0.99) < goals.get(c, 200) for c in FANOUT
@@ -119,6 +138,29 @@ async def main() -> None:
 def ms(samples: list[float]) -> str:
     return (f"p50 {statistics.median(samples):7.2f} ms   p99 {pct(samples, 0.99):7.2f} ms "
             f"({len(samples)} deliveries)")  # fmt: skip
+
+
+async def emit_times(h: Harness, job_id: str) -> dict[int, float]:
+    """Each stored progress event's seq -> when the worker emitted it (its message)."""
+    async with h.app.sessions() as session:
+        payloads = await session.scalars(
+            select(JobEvent.payload).where(
+                JobEvent.job_id == uuid.UUID(job_id), JobEvent.kind == "progress"
+            )
+        )
+        events = [jobs_pb2.WatchJobResponse.FromString(p) for p in payloads]
+    return {e.seq: float(e.progress.message) for e in events}
+
+
+def lateness(got: list[list[float]], emitted: dict[int, float]) -> list[float]:
+    """For each emitted event, ms until this watcher received it or a later one (which
+    superseded it); `got` is the watcher's [seq, receipt time] in order."""
+    out = []
+    for seq, at in sorted(emitted.items()):
+        receipt = next((recv for s, recv in got if s >= seq), None)
+        assert receipt is not None, f"a coalescing watcher never heard of progress {seq} or later"
+        out.append((receipt - at) * 1000)
+    return out
 
 
 async def bare_fanout(url: str, count: int) -> list[float]:
@@ -151,12 +193,12 @@ async def spawn(count: int, role: str, *args: str, env: dict[str, str]) -> list[
     return procs
 
 
-async def collect(procs: list[Process]) -> list[float]:
-    """Every process's latencies (ms), once each has had all its deliveries."""
+async def collect(procs: list[Process]) -> list[Any]:
+    """What every process printed (a list each), once each has had all its deliveries."""
     out = []
     for proc in procs:
         stdout, _ = await asyncio.wait_for(proc.communicate(), 300)
-        out += [float(x) for x in json.loads(stdout)]
+        out += json.loads(stdout)
     return out
 
 
@@ -181,14 +223,14 @@ async def subscribers(url: str, count: int) -> None:
     print(json.dumps(got))
 
 
-async def watchers(target: str, token: str, job_id: str, count: int) -> None:
+async def watchers(target: str, token: str, job_id: str, coalesce: bool, count: int) -> None:
     """`count` WatchJob streams on one job, STREAMS_PER_CHANNEL to a connection (as that many
-    clients would be); prints every progress event's latency (ms)."""
+    clients would be); prints each watcher's progress receipts, [seq, time] in order."""
     import grpc
 
     from tests.harness import Client
 
-    fan_ms: list[float] = []
+    got: list[list[tuple[int, float]]] = [[] for _ in range(count)]
     channels = [grpc.aio.insecure_channel(target)
                 for _ in range(-(-count // STREAMS_PER_CHANNEL))]  # fmt: skip
     following = 0
@@ -196,24 +238,25 @@ async def watchers(target: str, token: str, job_id: str, count: int) -> None:
     async def watcher(i: int) -> None:
         nonlocal following
         client = Client(channels[i // STREAMS_PER_CHANNEL], token)
-        async for e in client.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id)):
+        request = jobs_pb2.WatchJobRequest(job_id=job_id, coalesce_progress=coalesce)
+        async for e in client.jobs.WatchJob(request):
             if e.WhichOneof("event") == "snapshot":
                 following += 1
                 if following == count:
                     print("ready", flush=True)
             elif e.WhichOneof("event") == "progress":
-                with contextlib.suppress(ValueError):
-                    fan_ms.append((time.time() - float(e.progress.message)) * 1000)
+                got[i].append((e.seq, time.time()))
 
     await asyncio.gather(*(watcher(i) for i in range(count)))
     for channel in channels:
         await channel.close()
-    print(json.dumps(fan_ms))
+    print(json.dumps(got))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 5 and sys.argv[1] == "watchers":
-        asyncio.run(watchers(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
+    if len(sys.argv) > 6 and sys.argv[1] == "watchers":
+        asyncio.run(watchers(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1",
+                             int(sys.argv[6])))  # fmt: skip
     elif len(sys.argv) > 3 and sys.argv[1] == "subscribers":
         asyncio.run(subscribers(sys.argv[2], int(sys.argv[3])))
     else:
