@@ -75,6 +75,7 @@ async def test_voxctl_end_to_end(harness: Harness, tmp_path: Path) -> None:
     assert code == 0 and job in out and "completed" in out, out
     assert "text: Hello from the command line." in out and "speech.mp3" in out, out
     assert "duration_seconds:" in out and "COMPLETED" in out.split("log", 1)[1], out
+    assert "project   CLI project" in out, out
     code, out = await voxctl(harness, home, "show", job, "--json")
     shown = json.loads(out)
     assert shown["job"]["id"] == job and shown["result"]["files"], shown

@@ -107,6 +107,17 @@ def _all_projects(s: sessions.Session) -> list[Any]:
         request.page.page_token = reply.page.next_page_token
 
 
+def _project_name(s: sessions.Session, project_id: str) -> str:
+    """A project's name, for a person reading ("" when this user may not read it)."""
+    try:
+        reply = s.stub("projects").GetProject(
+            projects_pb2.GetProjectRequest(project_id=project_id), metadata=s.metadata, timeout=30
+        )
+    except grpc.RpcError:
+        return ""
+    return str(reply.project.name)
+
+
 def _project_id(s: sessions.Session, ref: str) -> str:
     """A project id from its name (any case), its id or a unique id prefix; "" stays ""."""
     ref = ref.strip()
@@ -625,7 +636,9 @@ def show(
                   + (f"  (run {current.attempts})" if current.attempts > 1 else ""))  # fmt: skip
     if current.error:
         console.print(f"  error     [red]{current.error}[/red]")
-    console.print(f"  project   {current.project_id}")
+    console.print(
+        f"  project   {_project_name(s, current.project_id)} [dim]{current.project_id}[/dim]"
+    )
     created, started, finished = (
         _when(current.create_time),
         _when(current.start_time),
