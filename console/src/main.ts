@@ -273,7 +273,8 @@ function stopWatching(): void {
 }
 
 /** Follow the open job's WatchJob stream (stage, log, result) in its detail panel; the list's
- * rows follow the one WatchJobs stream. */
+ * rows follow the one WatchJobs stream. The panel shows where the job stands, so it asks the
+ * server to coalesce progress: a tab that falls behind gets the latest, not every step. */
 function watch(jobId: string): void {
   if (state.detail?.jobId === jobId) return;
   state.detail?.ctl.abort();
@@ -283,7 +284,7 @@ function watch(jobId: string): void {
     let after = 0n;
     while (!ctl.signal.aborted) {
       try {
-        for await (const ev of api.jobs.watchJob({ jobId, afterSeq: after }, { signal: ctl.signal })) {
+        for await (const ev of api.jobs.watchJob({ jobId, afterSeq: after, coalesceProgress: true }, { signal: ctl.signal })) {
           if (ev.seq > after) after = ev.seq;
           const row = document.querySelector(`[data-job="${jobId}"]`);
           const detail = state.open === jobId ? document.getElementById("detail") : null;
