@@ -168,3 +168,29 @@ def test_replicas_starting_together_migrate_one_at_a_time(database_url: str) -> 
     with psycopg.connect(database_url) as conn:
         head = ScriptDirectory.from_config(migrate.alembic_config(database_url)).get_current_head()
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+
+
+async def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    """The pool hands out no connection PostgreSQL has ended (restarted, stopped, or ended the
+    session), and finds that out without asking (no SELECT 1 round trip per checkout)."""
+    from sqlalchemy import event, text
+
+    from control.db.session import create_engine as create_async_engine
+
+    engine = create_async_engine(database_url, pool_size=1)
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    try:
+        async with engine.connect() as conn:
+            first = await conn.scalar(text("SELECT pg_backend_pid()"))
+        db.execute("SELECT pg_terminate_backend(%s, 5000)", (first,))  # and wait for its end
+        async with engine.connect() as conn:  # the same pooled connection, ended meanwhile
+            second = await conn.scalar(text("SELECT pg_backend_pid()"))
+        assert second != first
+        async with engine.connect() as conn:  # a live one is reused as it is
+            assert await conn.scalar(text("SELECT pg_backend_pid()")) == second
+        assert statements == ["SELECT pg_backend_pid()"] * 3  # nothing else was sent
+    finally:
+        await engine.dispose()
