@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from control.db.models import JobEvent, JobResult, UserRole
 from tests.conftest import control_plane, free_port
 from tests.harness import Caller, Harness, eventually, rpc_error
 from tests.workers import spawn
+from voxmesh import mesh
 from voxmesh.nats_auth import CREDENTIALS_FILE, Credentials, worker_user
 from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import (
@@ -588,3 +590,68 @@ async def test_a_running_job_no_worker_holds_is_failed_not_watched_for_ever(
 
 async def collect(call: Any) -> list[Any]:
     return [event async for event in call]
+
+
+async def test_a_silent_job_whose_worker_just_left_is_left_to_jetstream(harness: Harness) -> None:
+    """A job may run silently for long (one long model step), so its last event is old. When
+    its worker then leaves or dies, JetStream gives the run to another worker within ack_wait:
+    the reaper counts the silence from the last sign of life (an event, or a worker saying it
+    holds the job), so it does not fail a job that was held a moment ago."""
+    from types import SimpleNamespace
+
+    from control.db.models import Job, JobStatus
+    from control.dispatch import reaper
+
+    assert harness.app.mesh is not None
+    presence = harness.app.mesh.presence
+    editor = await harness.user(UserRole.EDITOR)
+    project = await harness.project(editor.user_id)
+    job_id = await harness.job(project, editor.user_id, status=JobStatus.RUNNING)
+    async with harness.app.sessions() as session:  # its last event: an hour ago
+        row = await session.get(Job, job_id)
+        assert row is not None
+        row.updated_at = row.updated_at.replace(year=row.updated_at.year - 1)
+        await session.commit()
+
+    async def announce(**body: object) -> None:
+        msg = SimpleNamespace(subject=mesh.presence_subject("tts"), data=json.dumps(
+            {"worker_id": "tts-silent", "capabilities": {}, **body}).encode())  # fmt: skip
+        await presence._on_announce(msg)  # type: ignore[arg-type]
+
+    presence.listening_since = 0.0  # this replica has listened long enough to know absence
+    await announce(jobs=[str(job_id)])
+    await announce(jobs=[str(job_id)], leaving=True)  # held until now; its worker left
+    assert str(job_id) not in presence.held_jobs()
+    assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == []
+    presence._last_held[str(job_id)] -= 61  # a minute later, nobody has taken it up
+    assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == [job_id]
+
+
+async def test_a_stopping_worker_says_it_holds_the_job_it_is_finishing(harness: Harness) -> None:
+    """Told to stop mid-job, a worker finishes the job in hand and keeps announcing that it
+    holds it until it leaves: the control plane never takes a job being finished for an orphan."""
+    import time
+
+    from tests.harness import run_workers
+    from tests.test_dispatch import create, wait_for
+    from tests.workers import behave
+
+    assert harness.app.mesh is not None
+    presence = harness.app.mesh.presence
+    editor = await harness.user(UserRole.EDITOR)
+    project = str(await harness.project(editor.user_id))
+    running = run_workers(harness, "tts", behave)
+    await running.__aenter__()
+    job = await create(editor, project, f"sleep:{2 * mesh.PRESENCE_SECONDS + 2}")
+    await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_RUNNING})
+    stopped_at = time.monotonic()
+    stopping = asyncio.create_task(running.__aexit__(None, None, None))  # stop: finish, then go
+
+    async def announced_since_stop() -> bool:
+        return presence._last_held.get(job.id, 0.0) > stopped_at
+
+    await eventually(announced_since_stop, "an announcement of the job after the stop",
+                     timeout=2 * mesh.PRESENCE_SECONDS)  # fmt: skip
+    assert job.id in presence.held_jobs() and not stopping.done()
+    await asyncio.wait_for(stopping, 60)
+    await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=10)

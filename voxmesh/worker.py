@@ -413,7 +413,7 @@ class Worker:
                 self.limits.max_deliver,
             )  # fmt: skip
             self.ready.set()
-            announcing = asyncio.create_task(self._announce(stop), name="presence")
+            announcing = asyncio.create_task(self._announce(), name="presence")
             try:
                 await asyncio.gather(*loops)
             finally:
@@ -429,17 +429,15 @@ class Worker:
                 "jobs": sorted(self.holding), **(extra or {})}  # fmt: skip
         await self.nc.publish(mesh.presence_subject(self.job_type), json.dumps(body).encode())
 
-    async def _announce(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def _announce(self) -> None:
+        """Every PRESENCE_SECONDS until cancelled, stopping or not: a worker that was told to
+        stop still holds the jobs it is finishing, and says so until it leaves."""
+        while True:
             try:
                 await self._presence()
             except NatsError as e:  # reconnecting: the next announcement tells it again
                 log.debug("presence not announced: %s", e)
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation
-            # that meets the stop, and the worker's shutdown would never end.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(mesh.PRESENCE_SECONDS):
-                    await stop.wait()
+            await asyncio.sleep(mesh.PRESENCE_SECONDS)
 
     async def _pull(
         self, stream: str, durable: str, process: Callable[[Msg], Awaitable[None]],

@@ -36,6 +36,8 @@ class Seen:
 class Presence:
     def __init__(self) -> None:
         self._workers: dict[str, Seen] = {}
+        self._last_held: dict[str, float] = {}
+        """Per job: when a worker last said it holds it (monotonic)."""
         self.listening_since: float | None = None
         """When this replica began hearing announcements (before FORGET_AFTER has passed
         since, it cannot know that a worker is absent)."""
@@ -72,6 +74,9 @@ class Presence:
             log.warning("ignored a malformed %s presence announcement: %s", job_type, e)
             return
         key = f"{job_type}/{worker_id}"
+        now = time.monotonic()
+        for job in jobs:
+            self._last_held[job] = now
         if body.get("leaving"):
             self._workers.pop(key, None)
         else:
@@ -110,3 +115,17 @@ class Presence:
     def held_jobs(self) -> set[str]:
         """The job ids connected workers say they are running now."""
         return {job for seen in self.workers() for job in seen.jobs}
+
+    def unheld_for(self, job_id: str) -> float:
+        """Seconds since a worker last said it holds the job, as far as this replica can tell:
+        at most since it began listening (0 while it is not)."""
+        if self.listening_since is None:
+            return 0.0
+        since = max(self._last_held.get(job_id, 0.0), self.listening_since)
+        return time.monotonic() - since
+
+    def forget_held_before(self, seconds_ago: float) -> None:
+        """Drop what was last held longer ago than this (it no longer tells anything)."""
+        cutoff = time.monotonic() - seconds_ago
+        for job in [j for j, at in self._last_held.items() if at < cutoff]:
+            del self._last_held[job]

@@ -1,6 +1,8 @@
 """No job stays RUNNING for ever with no worker: the holder of partition 0 fails a RUNNING job that no worker
 has held (by its presence announcements) and that has had no event for ack_wait * max_deliver,
-the longest JetStream keeps redelivering a run whose worker died. This catches what the
+the longest JetStream keeps redelivering a run whose worker died; both counted from the latest
+sign of life (a job that ran silently for an hour, until its worker died a moment ago, is
+redelivered by JetStream, not failed). This catches what the
 max-deliveries advisory cannot: an advisory missed while no control plane listened, or a job
 left RUNNING by something other than a dispatch (an import, a restore)."""
 
@@ -45,7 +47,10 @@ async def reap(
         for job in stale:
             if str(job.id) in held:
                 continue
-            silent = int((datetime.now(UTC) - job.updated_at).total_seconds())
+            silent = int(min((datetime.now(UTC) - job.updated_at).total_seconds(),
+                             presence.unheld_for(str(job.id))))  # fmt: skip
+            if silent < grace:  # its worker left only lately: JetStream gives the run to another
+                continue
             await lifecycle.give_up(job, error=(
                 f"no worker has held this job for {silent} s: the worker running it stopped "
                 "or was lost, and no other took it over (run it again with RetryJob)"))  # fmt: skip
@@ -54,6 +59,7 @@ async def reap(
     await lifecycle.after_commit(mesh)
     for job_id in reaped:
         log.warning("failed job %s: RUNNING with no worker holding it", job_id)
+    presence.forget_held_before(grace)
     return reaped
 
 
