@@ -48,10 +48,11 @@ def _hung_up(dbapi_connection: Any) -> bool:
     if conn.closed or conn.broken:
         return True
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        poller = select.poll()  # not select.select: that fails on descriptors above 1023
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
     except Exception:  # no socket any more
         return True
-    return bool(readable)
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
