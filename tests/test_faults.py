@@ -625,6 +625,13 @@ async def test_a_silent_job_whose_worker_just_left_is_left_to_jetstream(harness:
     assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == []
     presence._last_held[str(job_id)] -= 61  # a minute later, nobody has taken it up
     assert await reaper.reap(harness.app.sessions, presence, harness.app.mesh, 60) == [job_id]
+    # What it remembers stays bounded: a job last held longer ago than it keeps is dropped.
+    from control.dispatch.presence import FORGET_AFTER, HELD_MEMORY_SECONDS
+
+    presence._last_held["long-gone"] = presence._pruned_at - HELD_MEMORY_SECONDS - 1
+    presence._pruned_at -= FORGET_AFTER + 1
+    await announce(jobs=[])
+    assert "long-gone" not in presence._last_held and str(job_id) in presence._last_held
 
 
 async def test_a_stopping_worker_says_it_holds_the_job_it_is_finishing(harness: Harness) -> None:

@@ -23,6 +23,8 @@ from voxmesh.speech.languages import SHIPPED_STT, SttModel
 
 log = logging.getLogger(__name__)
 FORGET_AFTER = 3 * mesh.PRESENCE_SECONDS
+HELD_MEMORY_SECONDS = 3600.0
+"""How long a replica remembers that a job was held (the reaper asks for longer if its grace is)."""
 
 
 @dataclass
@@ -37,7 +39,9 @@ class Presence:
     def __init__(self) -> None:
         self._workers: dict[str, Seen] = {}
         self._last_held: dict[str, float] = {}
-        """Per job: when a worker last said it holds it (monotonic)."""
+        """Per job: when a worker last said it holds it (monotonic), for _held_memory seconds."""
+        self._held_memory = HELD_MEMORY_SECONDS
+        self._pruned_at = time.monotonic()
         self.listening_since: float | None = None
         """When this replica began hearing announcements (before FORGET_AFTER has passed
         since, it cannot know that a worker is absent)."""
@@ -77,6 +81,10 @@ class Presence:
         now = time.monotonic()
         for job in jobs:
             self._last_held[job] = now
+        if now - self._pruned_at > FORGET_AFTER:  # bounded: what no longer tells anything goes
+            self._pruned_at = now
+            for job in [j for j, at in self._last_held.items() if now - at > self._held_memory]:
+                del self._last_held[job]
         if body.get("leaving"):
             self._workers.pop(key, None)
         else:
@@ -124,8 +132,6 @@ class Presence:
         since = max(self._last_held.get(job_id, 0.0), self.listening_since)
         return time.monotonic() - since
 
-    def forget_held_before(self, seconds_ago: float) -> None:
-        """Drop what was last held longer ago than this (it no longer tells anything)."""
-        cutoff = time.monotonic() - seconds_ago
-        for job in [j for j, at in self._last_held.items() if at < cutoff]:
-            del self._last_held[job]
+    def remember_held_for(self, seconds: float) -> None:
+        """Keep when jobs were last held for at least this long (the reaper's grace)."""
+        self._held_memory = max(self._held_memory, seconds)

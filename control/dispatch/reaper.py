@@ -33,6 +33,7 @@ async def reap(
     ids. Only on evidence: this replica has heard the workers' announcements long enough to
     know who is absent, and worker events have been flowing for `steady_for` >= `grace`
     seconds (while NATS fails over, a busy job looks silent only because its events wait)."""
+    presence.remember_held_for(grace)
     if not presence.knows_absence() or steady_for < grace:
         return []
     held = presence.held_jobs()
@@ -59,7 +60,6 @@ async def reap(
     await lifecycle.after_commit(mesh)
     for job_id in reaped:
         log.warning("failed job %s: RUNNING with no worker holding it", job_id)
-    presence.forget_held_before(grace)
     return reaped
 
 
