@@ -172,7 +172,8 @@ async def test_round_trip_word_error_rate(harness: Harness) -> None:
         f"\nround-trip WER, Piper en_US-joe-medium -> Whisper tiny.en: {wer:.3f}; RTF {result.meta['rtf']}"
     )
     # Piper samples its voice (noise_scale), so the figure varies from run to run: 0.050-0.087
-    # (4 to 7 words of 80) over six fresh-clone runs on 2026-12-06; the bound sits 5 words above.
+    # (4 to 7 words of 80) over six runs on 2026-12-06, five of them fresh clones; the bound sits
+    # 5 words above the worst.
     quality.at_most("tts round-trip WER", wer, 0.15, heard)
 
 
