@@ -20,9 +20,11 @@ from voxmesh.blobs import BlobRef, BlobStore, CorruptBlobError
 async def record(
     session: AsyncSession, blob: BlobRef, *, owner_id: uuid.UUID, filename: str,
     content_type: str, size_bytes: int, file_id: uuid.UUID | None = None, sealed_here: bool,
+    flush: bool = True,
 ) -> File:  # fmt: skip
     """Add a files row for a stored blob (flushed, so its id can be referenced).
-    `sealed_here`: this process stored the bytes itself, so the key is known to be right."""
+    `sealed_here`: this process stored the bytes itself, so the key is known to be right.
+    `flush=False`: the caller flushes once after adding several (one INSERT for all)."""
     row = File(
         id=file_id or uuid.uuid4(), owner_id=owner_id, filename=filename,
         content_type=content_type, size_bytes=size_bytes, sha256=blob.sha256,
@@ -35,7 +37,8 @@ async def record(
             .where(File.sha256 == blob.sha256, File.blob_key.is_(None))
             .values(blob_key=blob.key)
         )
-    await session.flush()
+    if flush:
+        await session.flush()
     return row
 
 

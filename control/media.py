@@ -90,6 +90,11 @@ def inspect(data: bytes) -> Inspection:
         )
     if detected == "audio/wav":
         _check_wav(data)
+        wav = audio.pcm_wav(data)
+        if wav is not None:  # plain samples: the headers say all, nothing to decode
+            if not wav.frames:
+                raise MediaError("the audio track holds no sound that decodes")
+            return Inspection(detected, wav.seconds)
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.error.FFmpegError, ValueError) as e:

@@ -44,6 +44,7 @@ from services.tts.handler import make_handler as tts_handler
 from tests.conftest import free_port
 from tests.harness import Harness, eventually, rpc_error, run_workers
 from tests.speech import RATE, clips, normalize, wav_bytes
+from tests.test_dispatch import create, wait_for
 from tests.test_files import download
 from tests.test_gateway import gateway
 from tests.workers import behave
@@ -421,6 +422,48 @@ async def test_api_keys_roles_scope_revocation_and_service_accounts(
         with pytest.raises(openai.AuthenticationError) as revoked:
             await client.models.retrieve("whisper-1")
         assert "revoked" in str(revoked.value)
+
+
+async def test_a_waiting_request_past_the_concurrency_cap_is_refused_and_an_async_one_queued(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A request that waits for its result is answered 429 (OpenAI's rate-limit error, with
+    retry-after) while its caller already runs max_concurrent_jobs jobs, rather than held open
+    behind them; the same request with ?async=true is accepted (202) and queued. The check runs
+    alongside the upload, so both must come out of it as before."""
+    editor = await harness.user(UserRole.EDITOR)
+    project = str(await harness.project(editor.user_id))
+    key = await harness.key(editor)
+    await harness.setting("max_concurrent_jobs", 1, editor.user_id)
+    audio, _ = speech_wav()
+    async with run_workers(harness, "tts", behave), front_door(harness, tmp_path) as base:
+        held = await create(editor, project, "sleep:60")  # the one job it may run
+        await wait_for(harness, held.id, {jobs_pb2.JOB_STATUS_RUNNING})
+        client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0, timeout=60,
+                                    default_headers={"voxmesh-project": project})  # fmt: skip
+        with pytest.raises(openai.RateLimitError) as refused:
+            await client.audio.transcriptions.create(
+                model="whisper-1", file=("clip.wav", audio, "audio/wav")
+            )
+        assert refused.value.body["code"] == "concurrency_limit"  # type: ignore[index]
+        assert "max_concurrent_jobs" in refused.value.message
+        assert refused.value.response.headers["retry-after"] == "5"
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            queued = await http.post(
+                "/audio/transcriptions?async=true",
+                headers={"authorization": f"Bearer {key}", "voxmesh-project": project},
+                files={"file": ("clip.wav", audio, "audio/wav")}, data={"model": "whisper-1"},
+            )  # fmt: skip
+        assert queued.status_code == 202, queued.text
+        waiting = (
+            await editor.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=queued.json()["id"]))
+        ).job
+        assert waiting.status == jobs_pb2.JOB_STATUS_PENDING  # behind the running one
+        listed = await editor.client.jobs.ListJobs(jobs_pb2.ListJobsRequest())
+        assert len(listed.jobs) == 2  # the refused request made no job
+        for job_id in (held.id, waiting.id):
+            await editor.client.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id))
+        await client.close()
 
 
 class Receiver:

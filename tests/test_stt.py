@@ -20,6 +20,7 @@ import srt
 import webvtt
 from sqlalchemy import func, select
 
+from control import media
 from control.db.models import Job, UserRole
 from services.stt.config import SttSettings
 from services.stt.handler import make_handler, make_shard_handler
@@ -29,7 +30,7 @@ from tests.harness import Caller, Harness, eventually, rpc_error, run_workers
 from tests.speech import RATE, encode, normalize, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import download, upload
-from voxmesh.audio import AudioError, decode, resample
+from voxmesh.audio import AudioError, _decoded_by_av, decode, pcm_wav, resample
 from voxmesh.speech.stt import (
     ModelError,
     OpenAIWhisperEngine,
@@ -96,6 +97,40 @@ def test_decodes_every_common_container() -> None:
         # the same sound comes out: the loudness envelope matches the original, allowing for
         # the codec's delay (AAC primes with ~2,000 samples)
         assert envelope_match(samples, decoded) > 0.9, name
+
+
+def test_a_plain_wav_gives_the_samples_pyav_would_without_decoding() -> None:
+    """A mono WAV of 16-bit or float samples at the model's rate is read from its headers (the
+    common upload, and 15 ms of every short job before): the very samples PyAV gives, its
+    limits and faults kept. Anything else still goes through PyAV."""
+    samples, _ = passage()
+    samples = samples[: 3 * RATE]
+    plain = wav_bytes(samples)
+    floats = encode(samples, "wav", "pcm_f32le", RATE)
+    streamed = plain[:4] + b"\xff\xff\xff\x7f" + plain[8:40] + b"\xff\xff\xff\x7f" + plain[44:]
+    ragged = plain + b"\x01"  # half a sample at the end
+    both = (np.repeat(samples[:, None], 2, axis=1) * 32767).astype("<i2")
+    stereo = wav_bytes(samples)[:22] + (2).to_bytes(2, "little") + plain[24:28] + \
+        (RATE * 4).to_bytes(4, "little") + (4).to_bytes(2, "little") + plain[34:40] + \
+        (both.nbytes).to_bytes(4, "little") + both.tobytes()  # fmt: skip
+    other_rate = wav_bytes(resample(samples, RATE, 22_050), 22_050)
+    for name, data in {"int16": plain, "float32": floats, "streamed header": streamed,
+                       "ragged end": ragged}.items():  # fmt: skip
+        wav = pcm_wav(data)
+        assert wav is not None and wav.rate == RATE and wav.channels == 1, name
+        assert np.array_equal(decode(data), _decoded_by_av(data, RATE, None)), name
+    assert pcm_wav(other_rate) is not None  # read, but resampled by PyAV:
+    assert np.array_equal(decode(other_rate), _decoded_by_av(other_rate, RATE, None))
+    assert pcm_wav(stereo) is not None and pcm_wav(stereo).channels == 2  # PyAV mixes it down
+    assert np.array_equal(decode(stereo), _decoded_by_av(stereo, RATE, None))
+    assert pcm_wav(encode(samples, "flac", "flac", RATE)) is None
+    with pytest.raises(AudioError, match=r"3\.0 s long; the limit is 2\.0 s"):
+        decode(plain, max_seconds=2.0)
+    with pytest.raises(AudioError, match="empty"):
+        decode(plain[:44])
+    assert media.inspect(plain).seconds == pytest.approx(3.0)  # uploads skip PyAV too
+    with pytest.raises(media.MediaError, match="no sound"):
+        media.inspect(plain[:4] + (36).to_bytes(4, "little") + plain[8:40] + bytes(4))
 
 
 def test_undecodable_input_says_why() -> None:

@@ -4,6 +4,7 @@ normalisation (pyloudnorm, ITU-R BS.1770), and encoding to WAV, FLAC, MP3 or Ogg
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -36,6 +37,75 @@ def declared_seconds(container: Any, stream: Any) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class PcmWav:
+    """A WAV file of plain samples, read from its headers: nothing to decode."""
+
+    rate: int
+    channels: int
+    dtype: str
+    """numpy's name for one sample: "<i2" (16-bit integers) or "<f4" (32-bit floats)."""
+    samples: memoryview
+    """The data chunk's whole frames (a writer that streams may leave its size open: then up
+    to the end of the file)."""
+
+    @property
+    def frames(self) -> int:
+        return len(self.samples) // (self.channels * np.dtype(self.dtype).itemsize)
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate
+
+
+_PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
+_SAMPLE_TYPES = {(_PCM, 16): "<i2", (_FLOAT, 32): "<f4"}
+
+
+def pcm_wav(data: bytes) -> PcmWav | None:
+    """`data` as a WAV file of 16-bit integer or 32-bit float samples (what recorders, sox,
+    espeak-ng and the TTS services write), or None for anything else, which PyAV decodes (and
+    whose faults it reports)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    view = memoryview(data)
+    position, sample_type, rate, channels = 12, None, 0, 0
+    while position + 8 <= len(data):
+        chunk = data[position : position + 4]
+        size = int.from_bytes(data[position + 4 : position + 8], "little")
+        body = position + 8
+        if chunk == b"fmt ":
+            if size < 16 or body + size > len(data):
+                return None
+            tag = int.from_bytes(data[body : body + 2], "little")
+            channels = int.from_bytes(data[body + 2 : body + 4], "little")
+            rate = int.from_bytes(data[body + 4 : body + 8], "little")
+            align = int.from_bytes(data[body + 12 : body + 14], "little")
+            bits = int.from_bytes(data[body + 14 : body + 16], "little")
+            if tag == _EXTENSIBLE and size >= 40:  # the real format is the sub-format's tag
+                tag = int.from_bytes(data[body + 24 : body + 26], "little")
+            sample_type = _SAMPLE_TYPES.get((tag, bits))
+            if sample_type is None or not 0 < channels <= 8 or not 0 < rate <= 768_000:
+                return None
+            if align != channels * bits // 8:
+                return None
+        elif chunk == b"data":
+            if sample_type is None:
+                return None  # samples before their format: leave it to PyAV
+            end = min(len(data), body + size)
+            frame = channels * np.dtype(sample_type).itemsize
+            whole = (end - body) // frame * frame
+            return PcmWav(rate, channels, sample_type, view[body : body + whole])
+        position = body + size + (size & 1)
+    return None
+
+
+def _too_long(seconds: float, limit: float) -> AudioError:
+    return AudioError(
+        f"the audio is {spoken(seconds)} long; the limit is {spoken(limit)} (max_audio_minutes)"
+    )
+
+
 def decode(data: bytes, rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """Samples of the first audio track of `data` (WAV, FLAC, MP3, OGG/Opus, M4A/AAC, MP4,
     WebM, ...), resampled to `rate` Hz mono float32 in [-1, 1].
@@ -43,7 +113,25 @@ def decode(data: bytes, rate: int = SAMPLE_RATE, max_seconds: float | None = Non
     With `max_seconds`, input whose container declares it longer is refused before anything is
     decoded, and decoding stops with an error once it passes that length (a header may lie):
     the memory a file can take is bounded by the limit, not by how well it compresses (6.9 MB
-    of FLAC silence decodes to 10 hours)."""
+    of FLAC silence decodes to 10 hours).
+
+    A mono WAV of plain samples at `rate` (a recorder's, or a client's that resampled for
+    Whisper) is read as it is, the same samples PyAV gives, in well under a millisecond where
+    PyAV takes about 15 ms for 7 s."""
+    wav = pcm_wav(data)
+    if wav is not None and wav.channels == 1 and wav.rate == rate:
+        if max_seconds is not None and wav.seconds > max_seconds:
+            raise _too_long(wav.seconds, max_seconds)
+        if not wav.frames:
+            raise AudioError("the audio track is empty")
+        samples = np.frombuffer(wav.samples, dtype=wav.dtype).astype(np.float32)
+        if wav.dtype == "<i2":
+            samples /= 32768.0
+        return np.clip(samples, -1.0, 1.0, out=samples)
+    return _decoded_by_av(data, rate, max_seconds)
+
+
+def _decoded_by_av(data: bytes, rate: int, max_seconds: float | None) -> np.ndarray:
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.error.InvalidDataError, av.error.FFmpegError, ValueError) as e:
@@ -54,10 +142,7 @@ def decode(data: bytes, rate: int = SAMPLE_RATE, max_seconds: float | None = Non
             raise AudioError("the file has no audio track")
         declared = declared_seconds(container, stream)
         if max_seconds is not None and declared is not None and declared > max_seconds:
-            raise AudioError(
-                f"the audio is {spoken(declared)} long; the limit is {spoken(max_seconds)} "
-                "(max_audio_minutes)"
-            )
+            raise _too_long(declared, max_seconds)
         most = None if max_seconds is None else int((max_seconds + 1) * rate) * 4  # float32
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         # One growing buffer, not a list of frames plus a concatenated copy: an hour of audio

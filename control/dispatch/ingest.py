@@ -56,10 +56,11 @@ async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.Worke
             session, BlobRef(stored.sha256, stored.key), owner_id=job.created_by,
             filename=stored.filename[:255] or "output",
             content_type=stored.content_type[:127] or "application/octet-stream",
-            size_bytes=stored.size_bytes, sealed_here=False,
+            size_bytes=stored.size_bytes, sealed_here=False, flush=False,
         )  # fmt: skip
         files.append({"file_id": str(row.id), "name": row.filename, "role": stored.role[:32],
                       "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
+    await session.flush()  # the outputs' rows in one INSERT (a transcript is four files)
     meta = json_format.MessageToDict(completed.meta)
     kind = kind_of(job.type)
     await kind.on_completed(

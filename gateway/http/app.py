@@ -191,12 +191,22 @@ def create_app(control_target: str) -> FastAPI:
                 "(max_file_size_mb)", param="file", code="file_too_large",
             )  # fmt: skip
         background = wants_async(async_, prefer)
-        if not background:
-            await c.refuse_if_busy()
-        project_id = await c.project(project)
-        file_id = await c.upload(
-            file.filename or "audio", file.content_type or "application/octet-stream", data
-        )
+        # The concurrency check goes alongside the upload, not before it: one call less on a
+        # short job's way (8-10 ms). A refused request's file is then stored unused, as one
+        # refused by CreateJob is.
+        busy = None if background else asyncio.ensure_future(c.refuse_if_busy())
+        try:
+            project_id = await c.project(project)
+            file_id = await c.upload(
+                file.filename or "audio", file.content_type or "application/octet-stream", data
+            )
+            if busy is not None:
+                await busy
+        finally:
+            if busy is not None and not busy.done():
+                busy.cancel()
+            elif busy is not None and not busy.cancelled():
+                busy.exception()  # retrieved: when the upload failed first, its error is told
         params = jobs_pb2.SttParams(
             language=language, task=task, initial_prompt=prompt,
             word_timestamps="word" in granularities, model=compat.stt_model(model),
