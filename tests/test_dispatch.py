@@ -23,7 +23,7 @@ from control.dispatch.dispatcher import build_dispatch
 from tests.harness import Caller, Harness, eventually, rpc_error, run_workers
 from tests.workers import behave, spawn
 from voxmesh import mesh
-from voxmesh.v1 import jobs_pb2, results_pb2
+from voxmesh.v1 import jobs_pb2, results_pb2, worker_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL_PB = {
@@ -116,6 +116,46 @@ async def test_job_runs_through_the_mesh_with_streamed_progress(harness: Harness
     # A watcher arriving after the end gets the final state at once, then the stream ends.
     late = await watch(editor, job.id, after=got.last_event_seq, timeout=5)
     assert len(late) == 1 and late[0].snapshot.status == jobs_pb2.JOB_STATUS_COMPLETED
+
+
+async def test_reports_sent_behind_the_handlers_back_land_in_order_through_a_failure(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's start, progress and logs are sent while its handler goes on (it does not wait
+    a round trip for each), one after another, and the outcome only once they are all in the
+    stream. Here JetStream refuses the second progress report at first (no stream leader, as
+    while a cluster fails over): it is sent again, and the ones behind it wait for it, so the
+    job's events still come in order, each once, the result last."""
+    from nats.js.errors import NoStreamResponseError
+
+    editor, project = await setup(harness)
+    async with workers(harness) as (worker,):
+        publish = worker.js.publish
+        refused: list[int] = []
+
+        async def leaderless_once(subject: str, payload: bytes = b"", **kw: Any) -> Any:
+            if not subject.startswith("voxmesh.events."):  # blobs go through publish too
+                return await publish(subject, payload, **kw)
+            event = worker_pb2.WorkerEvent.FromString(payload)
+            if event.WhichOneof("event") == "progress" and event.progress.percent == 50:
+                if not refused:
+                    refused.append(event.local_seq)
+                    raise NoStreamResponseError
+            return await publish(subject, payload, **kw)
+
+        monkeypatch.setattr(worker.js, "publish", leaderless_once)
+        job = await create(editor, project, "steps:4")
+        events = await watch(editor, job.id)
+    assert refused, "no report was refused: the test proves nothing"
+    body = events[1:]
+    assert [e.seq for e in body] == list(range(1, len(body) + 1))
+    percents = [e.progress.percent for e in body if e.WhichOneof("event") == "progress"]
+    assert percents == [25, 50, 75, 100]  # every one, once, in order
+    logs = [e.log.line for e in body if e.WhichOneof("event") == "log" and "did" in e.log.line]
+    assert logs == [f"did step {i}" for i in range(1, 5)]
+    assert body[-1].WhichOneof("event") == "result"
+    statuses = [e.status.status for e in body if e.WhichOneof("event") == "status"]
+    assert statuses == [jobs_pb2.JOB_STATUS_RUNNING, jobs_pb2.JOB_STATUS_COMPLETED]
 
 
 async def test_result_files_are_in_the_shared_store(harness: Harness) -> None:

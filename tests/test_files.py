@@ -12,6 +12,7 @@ from control.db.models import UserRole
 from control.sample_data import tone_wav
 from tests.harness import Caller, Harness, rpc_error
 from tests.test_dispatch import create, setup, wait_for, workers
+from voxmesh import blobs
 from voxmesh.v1 import files_pb2, jobs_pb2, results_pb2
 
 
@@ -102,6 +103,10 @@ async def test_resumable_upload_and_download(harness: Harness) -> None:
     # The same content uploaded again is stored once in the content-addressed store.
     second = await upload(editor, audio)
     assert second.sha256 == stored.sha256 and second.id != stored.id
+    # A file of several chunks in the object store (over 512 KiB) comes back whole too.
+    longer = tone_wav(seconds=40.0)
+    assert len(longer) > 2 * blobs.CHUNK_BYTES
+    assert (await download(viewer, (await upload(editor, longer)).id))[1] == longer
     # An uploaded file is a job input.
     project = str(await harness.project(editor.user_id))
     job = await editor.client.jobs.CreateJob(
