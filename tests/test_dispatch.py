@@ -137,10 +137,13 @@ async def test_reports_sent_behind_the_handlers_back_land_in_order_through_a_fai
             if not subject.startswith("voxmesh.events."):  # blobs go through publish too
                 return await publish(subject, payload, **kw)
             event = worker_pb2.WorkerEvent.FromString(payload)
-            if event.WhichOneof("event") == "progress" and event.progress.percent == 50:
-                if not refused:
-                    refused.append(event.local_seq)
-                    raise NoStreamResponseError
+            if (
+                event.WhichOneof("event") == "progress"
+                and event.progress.percent == 50
+                and not refused
+            ):
+                refused.append(event.local_seq)
+                raise NoStreamResponseError
             return await publish(subject, payload, **kw)
 
         monkeypatch.setattr(worker.js, "publish", leaderless_once)
