@@ -115,28 +115,25 @@ class Dispatcher:
                 return 0
             unpublished = unpublished & OutboxEntry.partition.in_(sorted(self._partitions))
         async with self._sessions() as session:
-            rows = list(
-                await session.scalars(
-                    select(OutboxEntry)
+            # The runs to publish with their jobs, both locked, and the jobs' input files, in
+            # one statement. A job another transaction holds is skipped with its rows, never
+            # waited for (a delete cascading to its outbox rows would then wait for us: a
+            # deadlock); it goes next round.
+            found = (
+                await session.execute(
+                    select(OutboxEntry, Job, File)
+                    .join(Job, Job.id == OutboxEntry.job_id)
+                    .outerjoin(File, File.id == Job.input_file_id)
                     .where(unpublished)
                     .order_by(OutboxEntry.id)
                     .limit(BATCH)
-                    .with_for_update(skip_locked=True)
+                    .with_for_update(of=[OutboxEntry, Job], skip_locked=True)
                 )
-            )
-            if not rows:
+            ).all()
+            if not found:
                 return 0
-            jobs = {
-                j.id: j
-                for j in await session.scalars(
-                    select(Job)
-                    .where(Job.id.in_([r.job_id for r in rows]))
-                    .order_by(Job.id)
-                    # Never wait for a job another transaction holds (a delete cascading to its
-                    # outbox rows would then wait for us: a deadlock); take it next round.
-                    .with_for_update(skip_locked=True)
-                )
-            }
+            rows = [row for row, _, _ in found]
+            jobs = {job.id: job for _, job, _ in found}  # build_dispatch finds the files loaded
             creators = sorted({str(job.created_by) for job in jobs.values()})
             await session.execute(_LOCK_CREATORS, {"ns": ADMISSION_LOCKS, "users": creators})
             active: dict[uuid.UUID, int] = defaultdict(int)
