@@ -40,7 +40,7 @@ from voxmesh.speech.stt import PACKAGED, Options, load
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = ROOT / ".bench" / "peer" / "bin" / "python"
-REPEATS = 9
+REPEATS = 15
 SECONDS = 7.0
 
 
