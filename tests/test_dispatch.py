@@ -161,6 +161,39 @@ async def test_reports_sent_behind_the_handlers_back_land_in_order_through_a_fai
     assert statuses == [jobs_pb2.JOB_STATUS_RUNNING, jobs_pb2.JOB_STATUS_COMPLETED]
 
 
+async def test_a_job_created_while_the_dispatcher_looks_is_dispatched_at_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CreateJob wakes the dispatcher. A wake that came while it was looking (its query already
+    run, the new job not in it) was lost: the dispatcher cleared it after looking, and the job
+    waited for the next poll (a second by default). Here the poll is 60 s: the job must still
+    start at once."""
+    editor, project = await setup(harness)
+    assert harness.app.mesh is not None
+    dispatcher = harness.app.mesh.dispatcher
+    assert dispatcher is not None
+    look = dispatcher.dispatch_once
+    looked, resume = asyncio.Event(), asyncio.Event()
+
+    async def slow_look() -> int:
+        if looked.is_set():
+            return await look()
+        found = await look()  # nothing to publish yet...
+        looked.set()
+        await resume.wait()  # ...while the job is created and wakes the dispatcher
+        return found
+
+    async with workers(harness):
+        monkeypatch.setattr(dispatcher, "_poll", 60.0)
+        monkeypatch.setattr(dispatcher, "dispatch_once", slow_look)
+        dispatcher.wake()
+        await asyncio.wait_for(looked.wait(), 10)
+        job = await create(editor, project, "steps:1")
+        resume.set()
+        done = await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED}, timeout=15)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED
+
+
 async def test_result_files_are_in_the_shared_store(harness: Harness) -> None:
     editor, project = await setup(harness)
     async with workers(harness):

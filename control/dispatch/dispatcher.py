@@ -78,6 +78,8 @@ class Dispatcher:
         self._run_secret = run_secret
         self._poll = poll
         self._wake = asyncio.Event()
+        self._full = False
+        """Whether the last look found a whole batch (so more may wait behind it)."""
         self.published = 0
         """Runs this replica published (its share of the work, for benches and tests)."""
 
@@ -87,10 +89,13 @@ class Dispatcher:
     async def run(self) -> None:
         backoff = 0.5
         while True:
+            # Cleared before looking, not after: a run queued while we look wakes us again.
+            # (Cleared after, that wake was lost and the run waited for the next poll.)
+            self._wake.clear()
             try:
                 published = await self.dispatch_once()
                 backoff = 0.5
-                if published:  # there may be more: go again without waiting
+                if published and self._full:  # there may be more: go again without waiting
                     continue
             except asyncio.CancelledError:
                 raise
@@ -99,7 +104,6 @@ class Dispatcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            self._wake.clear()
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation
             # that meets a wake, and the loop (and the replica's shutdown) would never end.
             with contextlib.suppress(TimeoutError):
@@ -130,6 +134,7 @@ class Dispatcher:
                     .with_for_update(of=[OutboxEntry, Job], skip_locked=True)
                 )
             ).all()
+            self._full = len(found) >= BATCH
             if not found:
                 return 0
             rows = [row for row, _, _ in found]
