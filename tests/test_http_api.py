@@ -446,7 +446,7 @@ async def test_a_waiting_request_past_the_concurrency_cap_is_refused_and_an_asyn
                 model="whisper-1", file=("clip.wav", audio, "audio/wav")
             )
         assert refused.value.body["code"] == "concurrency_limit"  # type: ignore[index]
-        assert "max_concurrent_jobs" in refused.value.message
+        assert "you already run 1 job at once (max_concurrent_jobs)" in refused.value.message
         assert refused.value.response.headers["retry-after"] == "5"
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             queued = await http.post(

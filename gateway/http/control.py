@@ -196,7 +196,8 @@ class Control:
         if len(running.jobs) >= cap:
             raise ApiError(
                 429,
-                f"you already run {cap} jobs at once (max_concurrent_jobs); try again shortly, "
+                f"you already run {cap} job{'s' if cap != 1 else ''} at once (max_concurrent_jobs); "
+                "try again shortly, "
                 "or send the request with ?async=true to queue it",
                 type_="rate_limit_error", code="concurrency_limit", headers={"retry-after": "5"},
             )  # fmt: skip
