@@ -28,7 +28,7 @@ from control.convert import (
 from control.db.models import Job, Project, SavedVoice
 from control.dispatch.watch import job_events
 from control.kinds import kind_for_field, kind_of
-from control.kinds.base import Request, UserDefaults
+from control.kinds.base import JobKind, Request, UserDefaults
 from control.lifecycle.transitions import Lifecycle
 from control.validate import enum_field, mask_paths, required_uuid, text_field, uuid_field
 from voxmesh.errors import InvalidArgument, NotFound, Unavailable
@@ -51,13 +51,16 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fals
 
 
 async def _defaults(
-    session: AsyncSession, user_id: uuid.UUID, project_id: uuid.UUID, app: ControlApp
-) -> tuple[UserDefaults, bool]:
-    """The creator's defaults for job parameters (and the voices the project saved), and
-    whether their jobs start at once."""
+    session: AsyncSession, user_id: uuid.UUID, project_id: uuid.UUID, app: ControlApp,
+    kind: JobKind[Any],
+) -> tuple[UserDefaults, bool]:  # fmt: skip
+    """The creator's defaults for job parameters (and the voices the project saved, for a kind
+    whose params name them), and whether their jobs start at once."""
     values = await settings_catalog.resolve(session, user_id)
-    saved = await session.scalars(
-        select(SavedVoice.name).where(SavedVoice.project_id == project_id)
+    saved = (
+        await session.scalars(select(SavedVoice.name).where(SavedVoice.project_id == project_id))
+        if kind.names_saved_voices()
+        else ()
     )
     defaults = UserDefaults(
         preferred_voice=str(values["preferred_voice"][0]),
@@ -93,7 +96,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         async with self.app.sessions() as session:
             project = await get_project(session, project_id)
             policy.require_project_owner(who, project, "create jobs in it")
-            defaults, auto_start = await _defaults(session, who.user_id, project.id, self.app)
+            defaults, auto_start = await _defaults(session, who.user_id, project.id, self.app, kind)
             req = Request(session, who, project.id, defaults)
             params = kind.normalize(getattr(request, kind.field), defaults)
             input_file = await kind.input_file(req, params, request.input_file_id)
@@ -172,7 +175,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                         field="params",
                     )
                 lifecycle.check_params_editable(job)
-                defaults, _ = await _defaults(session, job.created_by, job.project_id, self.app)
+                defaults, _ = await _defaults(
+                    session, job.created_by, job.project_id, self.app, kind
+                )
                 params = kind.normalize(getattr(request, kind.field), defaults)
                 await kind.check(Request(session, who, job.project_id, defaults), params)
                 job.params = params_to_json(params)

@@ -163,6 +163,12 @@ class JobKind(Generic[P]):
     """The params field naming the voice; a voice the project saved travels with the dispatch
     as its profile."""
 
+    def names_saved_voices(self) -> bool:
+        """Whether checking its params needs the project's saved voices
+        (UserDefaults.saved_voices): only then does CreateJob read them (an STT job is spared
+        the query)."""
+        return self.voice_field is not None
+
     # --- the stored form --------------------------------------------------------------------
     def parse(self, stored: dict[str, Any]) -> P:
         """The params message from the JSON a job stores (control.convert.params_to_json)."""

@@ -37,6 +37,9 @@ class VoiceCloning(JobKind[jobs_pb2.VoiceCloningParams]):
     params_type = jobs_pb2.VoiceCloningParams
     input_meaning = "the reference recording of the voice"
 
+    def names_saved_voices(self) -> bool:
+        return True  # save_as_voice must not take the name of a voice the project saved
+
     def fill(self, out: jobs_pb2.VoiceCloningParams, defaults: UserDefaults) -> None:
         has_text, has_source = bool(out.text.strip()), bool(out.source_file_id)
         if has_text == has_source:
