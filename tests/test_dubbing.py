@@ -74,7 +74,8 @@ async def test_english_recording_dubbed_into_portuguese_then_one_segment_revised
             "audio", "segments", "segment_audio", "voice", "subtitles")  # fmt: skip
         for stage in ("decoding", "transcribing", "translating", "voice", "synthesising",
                       "mixing", "encoding", "measuring"):  # fmt: skip
-            assert stage in stages, stages
+            # The whole list, not pytest's cut repr: a fresh clone once lacked "encoding".
+            assert stage in stages, f"{stage!r} missing from {' > '.join(stages)}"
         meta = dict(result.meta)
         document = await segments_of(editor, result)
         segments = document["segments"]
