@@ -48,7 +48,7 @@ async def _sample_data(settings: ControlSettings, url: str, reset: bool) -> None
     try:
         js = nc.jetstream()
         await mesh.ensure(js, settings.mesh, FIELDS)
-        blobs = NatsBlobStore(await js.object_store(mesh.FILES_BUCKET), reseal=True)
+        blobs = await NatsBlobStore.open(js, mesh.FILES_BUCKET, reseal=True)
         async with sessions() as session:
             if reset:
                 await sample_data.clear(session)

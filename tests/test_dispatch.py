@@ -161,6 +161,76 @@ async def test_reports_sent_behind_the_handlers_back_land_in_order_through_a_fai
     assert statuses == [jobs_pb2.JOB_STATUS_RUNNING, jobs_pb2.JOB_STATUS_COMPLETED]
 
 
+async def test_events_handed_back_in_a_database_outage_land_before_later_ones(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL refuses the batch holding a job's first progress event (an outage, as the
+    ingester sees one); the job's next progress event is sent meanwhile. Both must land, in
+    order: the refused one is handed back at once and redelivered ahead of the newer one. (A
+    fresh clone once lost a dubbing stage this way: handed back with a delay, the refused event
+    came after the newer one and fell below its bar.)"""
+    import psycopg
+
+    from control.dispatch.ingest import EventIngester
+
+    editor, project = await setup(harness)
+    job = await create(editor, project, "steps:1")  # no worker: the events come from here
+
+    async def queued() -> bool:
+        async with harness.app.sessions() as session:
+            row = await session.get(Job, uuid.UUID(job.id))
+            return row is not None and row.queued_at is not None
+
+    await eventually(queued, "the job was dispatched", 15)
+    assert harness.app.mesh is not None
+    token = mesh.run_token(harness.app.mesh.run_secret, job.id, 1)
+    apply = EventIngester._apply
+    refused = asyncio.Event()
+
+    async def outage_once(self: EventIngester, pairs: list[Any]) -> None:
+        stages = [event.progress.stage for _, event in pairs]
+        if "first" in stages and not refused.is_set():
+            refused.set()
+            raise psycopg.OperationalError("connection refused (a simulated outage)")
+        await apply(self, pairs)
+
+    monkeypatch.setattr(EventIngester, "_apply", outage_once)
+    nc = await mesh.connect(harness.nats.url, "test-events")
+    js = nc.jetstream()
+
+    async def send(seq: int, **event: Any) -> None:
+        message = worker_pb2.WorkerEvent(
+            job_id=job.id, attempt=1, worker_id="test", local_seq=seq, delivery=1,
+            run_token=token, **event,
+        )  # fmt: skip
+        await js.publish(mesh.events_subject(job.id), message.SerializeToString(),
+                         headers={"Nats-Msg-Id": f"{job.id}.1.1.test.{seq}"})  # fmt: skip
+
+    async def stages() -> list[str]:
+        async with harness.app.sessions() as session:
+            payloads = await session.scalars(
+                select(JobEvent.payload)
+                .where(JobEvent.job_id == uuid.UUID(job.id), JobEvent.kind == "progress")
+                .order_by(JobEvent.seq)
+            )
+            return [jobs_pb2.WatchJobResponse.FromString(p).progress.stage for p in payloads]
+
+    try:
+        await send(1, started=worker_pb2.WorkerStarted())
+        await send(2, progress=jobs_pb2.JobProgress(percent=40, stage="first"))
+        await asyncio.wait_for(refused.wait(), 15)
+        await send(3, progress=jobs_pb2.JobProgress(percent=60, stage="second"))
+
+        async def both() -> bool:
+            return len(await stages()) >= 2
+
+        with contextlib.suppress(AssertionError):
+            await eventually(both, "both progress events stored", 15)
+        assert await stages() == ["first", "second"]
+    finally:
+        await nc.close()
+
+
 async def test_a_job_created_while_the_dispatcher_looks_is_dispatched_at_once(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -247,10 +247,11 @@ async def test_a_blob_overwritten_by_a_worker_is_refused_not_used(harness: Harne
     nc = await mesh.connect(harness.nats.url_for("worker-tts"), "tampering-worker")
     try:
         store = await nc.jetstream().object_store(mesh.FILES_BUCKET)
+        blobs = await NatsBlobStore.open(nc.jetstream(), mesh.FILES_BUCKET)
         with contextlib.suppress(Exception):  # the new meta lands; the old chunks' purge is refused
             await store.put(stored.sha256, b"forged bytes")
         with pytest.raises(CorruptBlobError):
-            await NatsBlobStore(store).get(stored.sha256, b"")
+            await blobs.get(stored.sha256, b"")
     finally:
         await nc.close()
     call = editor.client.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=stored.id))
@@ -276,18 +277,19 @@ async def test_a_worker_cannot_read_files_it_was_not_given(harness: Harness) -> 
     nc = await mesh.connect(harness.nats.url_for("worker-stt"), "curious-worker")
     try:
         store = await nc.jetstream().object_store(mesh.FILES_BUCKET)
+        blobs = await NatsBlobStore.open(nc.jetstream(), mesh.FILES_BUCKET)
         raw = bytes((await store.get(stored.sha256)).data or b"")
         assert len(raw) > len(plain) // 2  # the blob is there, and readable...
         for start in range(0, len(plain) - 64, 4096):  # ...but none of the recording shows
             assert plain[start : start + 64] not in raw
         with pytest.raises(BlobKeyError):
-            await NatsBlobStore(store).get(stored.sha256, b"")
+            await blobs.get(stored.sha256, b"")
         with pytest.raises(BlobKeyError):
-            await NatsBlobStore(store).get(stored.sha256, blob_key(b"a guess"))
+            await blobs.get(stored.sha256, blob_key(b"a guess"))
         async with harness.app.sessions() as session:
             row = await session.get(File, uuid.UUID(stored.id))
         assert row is not None and row.blob_key
-        assert await NatsBlobStore(store).get(stored.sha256, row.blob_key) == plain
+        assert await blobs.get(stored.sha256, row.blob_key) == plain
     finally:
         await nc.close()
 
@@ -332,7 +334,7 @@ async def test_files_stored_before_sealing_get_sealed(harness: Harness) -> None:
         file_id = row.id
     nc = await mesh.connect(harness.nats.url_for("worker-tts"), "curious-worker")
     try:
-        as_worker = NatsBlobStore(await nc.jetstream().object_store(mesh.FILES_BUCKET))
+        as_worker = await NatsBlobStore.open(nc.jetstream(), mesh.FILES_BUCKET)
         assert await as_worker.get(digest, b"") == plain  # the exposure being closed
         async with harness.app.sessions() as session:
             assert await files.seal_stored_before(session, harness.app.mesh.blobs) >= 1

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo, ObjectMeta, ObjectMetaOptions
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import (
@@ -156,19 +157,27 @@ largest message 1 MiB): a clip of up to half a MiB is one message, read in one d
 
 
 class NatsBlobStore:
-    def __init__(self, store: ObjectStore, *, reseal: bool = False) -> None:
-        """`reseal`: replace a blob stored before sealing when the same bytes are stored
-        (the control plane does; a worker may not purge the old chunks, so it leaves such a
-        blob as it is and reports an empty key)."""
+    def __init__(
+        self, js: JetStreamContext, store: ObjectStore, bucket: str, *, reseal: bool = False
+    ) -> None:
+        """Use `open`. `reseal`: replace a blob stored before sealing when the same bytes are
+        stored (the control plane does; a worker may not purge the old chunks, so it leaves
+        such a blob as it is and reports an empty key)."""
         self._store = store
         self._reseal = reseal
-        # The store's JetStream context and bucket (nats-py keeps them on the store): a small
-        # blob is read with direct gets, a request each, instead of through a consumer that
-        # the server creates and removes for every read (about 3 ms less for a short job's
-        # input, and again for its transcript).
-        self._js = store._js
-        self._bucket = store._name
-        self._stream = OBJ_STREAM_TEMPLATE.format(bucket=self._bucket)
+        # A small blob is read with direct gets on the bucket's stream, a request each, instead
+        # of through a consumer that the server creates and removes for every read (about 3 ms
+        # less for a short job's input, and again for its transcript).
+        self._js = js
+        self._bucket = bucket
+        self._stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
+
+    @classmethod
+    async def open(
+        cls, js: JetStreamContext, bucket: str, *, reseal: bool = False
+    ) -> NatsBlobStore:
+        """The blob store on `bucket` (an object store the control plane provisioned)."""
+        return cls(js, await js.object_store(bucket), bucket, reseal=reseal)
 
     async def _info(self, sha256: str) -> ObjectInfo | None:
         """The blob's description (a direct get of its meta message), None if not stored."""

@@ -425,7 +425,7 @@ class Worker:
             try:
                 self.kv = await self.js.key_value(mesh.CONTROL_BUCKET)
                 self.shards = await self.js.key_value(mesh.SHARDS_BUCKET)
-                self.blobs = NatsBlobStore(await self.js.object_store(mesh.FILES_BUCKET))
+                self.blobs = await NatsBlobStore.open(self.js, mesh.FILES_BUCKET)
                 return
             except (NotFoundError, BadRequestError):
                 log.warning("the mesh's buckets do not exist yet: waiting for the control plane")

@@ -200,10 +200,15 @@ class EventIngester:
             await self._apply(pairs)  # one transaction for the whole batch
         except Exception as exc:
             if unavailable(exc) is not None:  # PostgreSQL is down: all of them wait for it
-                log.warning("cannot store %d worker events (%s); redelivered in %g s",
+                log.warning("cannot store %d worker events (%s); retrying in %g s",
                             len(pairs), exc.__class__.__name__, OUTAGE_RETRY_SECONDS)  # fmt: skip
+                # Handed back at once, and nothing more is fetched until the pause is over:
+                # JetStream redelivers before it delivers anything new, so these come back
+                # ahead of the events after them. (Handed back with a delay, a job's later
+                # progress overtook its earlier one, which then fell below the bar: lost.)
                 for msg, _ in pairs:
-                    await msg.nak(delay=OUTAGE_RETRY_SECONDS)
+                    await msg.nak()
+                await asyncio.sleep(OUTAGE_RETRY_SECONDS)
                 return
             log.exception("a batch of worker events failed; applying them one by one")
             for pair in pairs:  # isolate the event that fails; the others still land

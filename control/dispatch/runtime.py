@@ -124,7 +124,7 @@ class MeshRuntime:
                 log.warning("NATS is not ready to provision the mesh (%s); retrying",
                             str(e) or type(e).__name__)  # fmt: skip
                 await asyncio.sleep(1)
-        self.blobs = NatsBlobStore(files, reseal=True)
+        self.blobs = NatsBlobStore(self.js, files, mesh.FILES_BUCKET, reseal=True)
         await self.broadcaster.start(self.nc, sessions)
         await self.presence.start(self.nc)
         self._sessions = sessions

@@ -5,8 +5,10 @@ happens to it), then SQL statements counted on the control plane's engine over a
 against the same window with no watcher. Then 100, and then 1,000, watchers in other processes
 (250 to a process, 100 streams to a connection) follow a held job; once all follow it, StartJob,
 and its worker emits 50 timestamped progress events 20 ms apart: worker emit -> watcher receipt
-latency. Beside each, the floor on the same nats-server: the same 50 messages over core NATS to
-as many subscribers, spread over processes the same way. Then as many watchers that ask to
+latency. Beside each, two floors: the same 50 messages over core NATS to as many subscribers on
+the same nats-server, and over a bare grpc-python (aio) server that only streams them (no
+database, no NATS, no auth) to as many WatchJob streams, with the watchers spread over
+processes the same way: what any Python gRPC server can do here. Then as many watchers that ask to
 coalesce progress (a display of where the job stands): for each event, how late each watcher
 learnt of it (its receipt of it, or of the later progress that superseded it), and how many of
 the events it was sent.
@@ -117,6 +119,7 @@ async def main() -> None:
             worker.terminate()
             worker.wait(10)
         bare = {count: await bare_fanout(h.nats.url, count) for count in FANOUT}
+        floor = {count: await grpc_floor(count, env) for count in FANOUT}
 
     print("Voxmesh watcher bench (embedded PostgreSQL + nats-server, control plane in-process)")
     print(f"  {'SQL statements/s, no watcher':<50} {baseline:7.2f}")
@@ -125,6 +128,7 @@ async def main() -> None:
     for count in FANOUT:
         print(f"  {f'progress fan-out to {count} WatchJob streams':<50} {ms(fan_ms[count])}")
         print(f"  {f'  bare core NATS to {count} subscribers':<50} {ms(bare[count])}")
+        print(f"  {f'  bare grpc-python to {count} streams':<50} {ms(floor[count])}")
         late = late_ms[count]
         print(f"  {f'  {count} streams coalescing progress: lateness':<50} "
               f"p50 {statistics.median(late):7.2f} ms   p99 {pct(late, 0.99):7.2f} ms "
@@ -177,6 +181,70 @@ async def bare_fanout(url: str, count: int) -> list[float]:
         await asyncio.sleep(0.02)
     await nc.close()
     return await collect(procs)
+
+
+async def grpc_floor(count: int, env: dict[str, str]) -> list[float]:
+    """The gRPC floor: FANOUT_EVENTS timestamped events, 20 ms apart, from a server process
+    that does nothing but stream them to `count` WatchJob streams (watchers as for Voxmesh)."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.bench.watch_load", "grpc-floor", str(count), env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert server.stdout is not None
+    port = int(await asyncio.wait_for(server.stdout.readline(), 60))
+    procs = await spawn(count, "watchers", f"127.0.0.1:{port}", "floor", "floor", "0", env=env)
+    got = await collect(procs)
+    emitted = {
+        int(k): v for k, v in json.loads(await asyncio.wait_for(server.stdout.read(), 60)).items()
+    }
+    await asyncio.wait_for(server.wait(), 30)
+    out = [(recv - emitted[seq]) * 1000 for each in got for seq, recv in each]
+    assert len(out) == count * FANOUT_EVENTS, len(out)
+    return out
+
+
+async def grpc_floor_server(count: int) -> None:
+    import grpc
+
+    streams: list[asyncio.Queue[jobs_pb2.WatchJobResponse | None]] = []
+    following = asyncio.Event()
+
+    async def watch(request: jobs_pb2.WatchJobRequest, context: object) -> Any:
+        queue: asyncio.Queue[jobs_pb2.WatchJobResponse | None] = asyncio.Queue()
+        streams.append(queue)
+        if len(streams) == count:
+            following.set()
+        yield jobs_pb2.WatchJobResponse(job_id=request.job_id,
+                                        snapshot=jobs_pb2.Job(id=request.job_id))  # fmt: skip
+        while (event := await queue.get()) is not None:
+            yield event
+
+    server = grpc.aio.server()
+    rpc = grpc.unary_stream_rpc_method_handler(
+        watch, request_deserializer=jobs_pb2.WatchJobRequest.FromString,
+        response_serializer=jobs_pb2.WatchJobResponse.SerializeToString,
+    )  # fmt: skip
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("voxmesh.v1.JobService", {"WatchJob": rpc})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await asyncio.wait_for(following.wait(), 120)
+    emitted: dict[int, float] = {}
+    for seq in range(1, FANOUT_EVENTS + 1):
+        emitted[seq] = time.time()
+        event = jobs_pb2.WatchJobResponse(
+            job_id="floor", seq=seq,
+            progress=jobs_pb2.JobProgress(percent=seq, message=repr(emitted[seq])),
+        )  # fmt: skip
+        for queue in streams:
+            queue.put_nowait(event)
+        await asyncio.sleep(0.02)
+    for queue in streams:
+        queue.put_nowait(None)
+    print(json.dumps(emitted), flush=True)
+    await server.stop(10)
 
 
 async def spawn(count: int, role: str, *args: str, env: dict[str, str]) -> list[Process]:
@@ -259,6 +327,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 6 and sys.argv[1] == "watchers":
         asyncio.run(watchers(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1",
                              int(sys.argv[6])))  # fmt: skip
+    elif len(sys.argv) > 2 and sys.argv[1] == "grpc-floor":
+        asyncio.run(grpc_floor_server(int(sys.argv[2])))
     elif len(sys.argv) > 3 and sys.argv[1] == "subscribers":
         asyncio.run(subscribers(sys.argv[2], int(sys.argv[3])))
     else:
