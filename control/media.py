@@ -126,11 +126,8 @@ def _check_wav(data: bytes) -> None:
     # Writers that stream (espeak-ng, sox to a pipe) cannot know the length and put a
     # placeholder there: a size beyond the file means "up to the end".
     end = min(len(data), riff_size + 8)
-    position, found_format, found_data = 12, False, False
-    while position + 8 <= end:
-        chunk = data[position : position + 4]
-        size = int.from_bytes(data[position + 4 : position + 8], "little")
-        body = position + 8
+    found_format, found_data = False, False
+    for chunk, body, size in audio.wav_chunks(data, end):
         if chunk != b"data" and body + size > end + 1:
             raise MediaError(f"the WAV chunk {chunk!r} runs past the end of the file")
         if chunk == b"fmt ":
@@ -140,7 +137,6 @@ def _check_wav(data: bytes) -> None:
             for magic, what in FOREIGN.items():
                 if data[body : body + len(magic)] == magic:
                     raise MediaError(f"this WAV file's samples are {what}, not sound")
-        position = body + size + (size & 1)
     if not (found_format and found_data):
         raise MediaError("the WAV file lacks its 'fmt ' or 'data' chunk")
     if len(data) - end > 1:

@@ -4,6 +4,7 @@ normalisation (pyloudnorm, ITU-R BS.1770), and encoding to WAV, FLAC, MP3 or Ogg
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,18 @@ _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 _SAMPLE_TYPES = {(_PCM, 16): "<i2", (_FLOAT, 32): "<f4"}
 
 
+def wav_chunks(data: bytes, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
+    """A RIFF/WAVE file's chunks up to `end` (default: the end of `data`), in order: each
+    one's id, where its body starts and the size its header gives (which may run past `end`:
+    the caller judges that)."""
+    end = len(data) if end is None else end
+    position = 12
+    while position + 8 <= end:
+        size = int.from_bytes(data[position + 4 : position + 8], "little")
+        yield data[position : position + 4], position + 8, size
+        position += 8 + size + (size & 1)
+
+
 def pcm_wav(data: bytes) -> PcmWav | None:
     """`data` as a WAV file of 16-bit integer or 32-bit float samples (what recorders, sox,
     espeak-ng and the TTS services write), or None for anything else, which PyAV decodes (and
@@ -69,11 +82,8 @@ def pcm_wav(data: bytes) -> PcmWav | None:
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     view = memoryview(data)
-    position, sample_type, rate, channels = 12, None, 0, 0
-    while position + 8 <= len(data):
-        chunk = data[position : position + 4]
-        size = int.from_bytes(data[position + 4 : position + 8], "little")
-        body = position + 8
+    sample_type, rate, channels = None, 0, 0
+    for chunk, body, size in wav_chunks(data):
         if chunk == b"fmt ":
             if size < 16 or body + size > len(data):
                 return None
@@ -96,7 +106,6 @@ def pcm_wav(data: bytes) -> PcmWav | None:
             frame = channels * np.dtype(sample_type).itemsize
             whole = (end - body) // frame * frame
             return PcmWav(rate, channels, sample_type, view[body : body + whole])
-        position = body + size + (size & 1)
     return None
 
 
