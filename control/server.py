@@ -42,6 +42,7 @@ from control.faults import unavailable
 from control.janitor import UploadJanitor
 from control.kinds import FIELDS
 from control.readiness import Readiness
+from voxmesh import heap
 from voxmesh.grpc_server import GuardInterceptor, add_operator_services, set_serving
 from voxmesh.nats_auth import redacted
 from voxmesh.nats_embedded import EmbeddedNats
@@ -247,6 +248,7 @@ async def serve(settings: ControlSettings) -> None:
         revive["NATS"] = nats_server.ensure_running
     server, port = await create_server(app, settings.host, settings.port, revive)
     serve_metrics()
+    heap.freeze_startup_objects()
     log.info(
         "Voxmesh control plane listening on %s:%d (%s database, NATS at %s)",
         settings.host,

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from voxmesh import heap
 from voxmesh.grpc_server import add_operator_services
 from voxmesh.observability import WORKER_MODEL_LOAD, serve_metrics, setup_logging
 from voxmesh.worker import Worker
@@ -125,6 +126,12 @@ def main(service: str, make: Callable[[], tuple[Worker, Loader]]) -> None:
 
     async def go() -> None:
         worker, load = make()
-        await run_service(worker, load)
+
+        def load_and_settle() -> dict[str, float]:
+            loaded = load()
+            heap.freeze_startup_objects()  # the models and libraries live as long as we do
+            return loaded
+
+        await run_service(worker, load_and_settle)
 
     asyncio.run(go())

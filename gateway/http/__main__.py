@@ -9,6 +9,7 @@ import os
 import uvicorn
 
 from gateway.http.app import create_app
+from voxmesh import heap
 
 
 def main() -> None:
@@ -19,8 +20,10 @@ def main() -> None:
         "--port", type=int, default=int(os.environ.get("VOXMESH_HTTP_PORT", "8090"))
     )
     args = parser.parse_args()
+    app = create_app(args.control)
+    heap.freeze_startup_objects()  # what the imports and the app made lives as long as we do
     uvicorn.run(
-        create_app(args.control), host=args.host, port=args.port, log_level="warning",
+        app, host=args.host, port=args.port, log_level="warning",
         proxy_headers=True, forwarded_allow_ips="127.0.0.1",
     )  # fmt: skip
 

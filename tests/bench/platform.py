@@ -18,6 +18,7 @@ from control.kinds import FIELDS
 from control.server import build_app, create_server, run_secret
 from tests.conftest import free_port
 from tests.harness import Harness
+from voxmesh import heap
 from voxmesh.nats_embedded import EmbeddedNats
 
 
@@ -44,6 +45,7 @@ async def running_platform(mesh_settings: MeshSettings | None = None) -> AsyncIt
             run_secret=run_secret(app.settings),
         )
         server, port = await create_server(app, "127.0.0.1", 0)
+        heap.freeze_startup_objects()  # as `control serve` does once it is up
         harness = Harness(app, port, nats_server, server)
         try:
             yield harness
