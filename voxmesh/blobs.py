@@ -160,7 +160,8 @@ class NatsBlobStore:
     def __init__(
         self, js: JetStreamContext, store: ObjectStore, bucket: str, *, reseal: bool = False
     ) -> None:
-        """Use `open`. `reseal`: replace a blob stored before sealing when the same bytes are
+        """`open` makes one from the bucket's name; this takes an object store already opened
+        (the control plane's provisioning holds one). `reseal`: replace a blob stored before sealing when the same bytes are
         stored (the control plane does; a worker may not purge the old chunks, so it leaves
         such a blob as it is and reports an empty key)."""
         self._store = store
