@@ -10,25 +10,28 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import cast, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONPATH
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control.db.models import File
+from control.db.models import File, Job, SavedVoice
 from voxmesh.blobs import BlobRef, BlobStore, CorruptBlobError
 
 
 async def record(
     session: AsyncSession, blob: BlobRef, *, owner_id: uuid.UUID, filename: str,
     content_type: str, size_bytes: int, file_id: uuid.UUID | None = None, sealed_here: bool,
-    flush: bool = True,
+    project_id: uuid.UUID | None, flush: bool = True,
 ) -> File:  # fmt: skip
     """Add a files row for a stored blob (flushed, so its id can be referenced).
+    `project_id`: the project it comes from (the uploading key's scope, the producing job's
+    project), None for an upload outside any scope.
     `sealed_here`: this process stored the bytes itself, so the key is known to be right.
     `flush=False`: the caller flushes once after adding several (one INSERT for all)."""
     row = File(
         id=file_id or uuid.uuid4(), owner_id=owner_id, filename=filename,
         content_type=content_type, size_bytes=size_bytes, sha256=blob.sha256,
-        blob_key=blob.key or None,
+        blob_key=blob.key or None, project_id=project_id,
     )  # fmt: skip
     session.add(row)
     if blob.key and sealed_here:
@@ -40,6 +43,21 @@ async def record(
     if flush:
         await session.flush()
     return row
+
+
+async def used_in_project(session: AsyncSession, file_id: uuid.UUID, project_id: uuid.UUID) -> bool:
+    """Whether a job of the project takes the file (as its input, or named anywhere in its
+    parameters, as a cloning job's source is) or a voice saved in it keeps it as reference."""
+    named = func.jsonb_path_exists(
+        Job.params,
+        cast("$.** ? (@ == $id)", JSONPATH),
+        func.jsonb_build_object("id", str(file_id)),
+    )
+    jobs = exists().where(Job.project_id == project_id, or_(Job.input_file_id == file_id, named))
+    voices = exists().where(
+        SavedVoice.project_id == project_id, SavedVoice.reference_file_id == file_id
+    )
+    return bool(await session.scalar(select(or_(jobs, voices))))
 
 
 def key_of(row: File) -> bytes:

@@ -215,7 +215,7 @@ async def _ensure_users(session: AsyncSession) -> dict[str, uuid.UUID]:
 
 async def _put_file(
     session: AsyncSession, blobs: BlobStore, key: str, owner: uuid.UUID,
-    name: str, content_type: str, data: bytes,
+    name: str, content_type: str, data: bytes, project_id: uuid.UUID | None = None,
 ) -> File:  # fmt: skip
     file_id = sample_id(f"file:{key}")
     existing = await session.get(File, file_id)
@@ -224,6 +224,7 @@ async def _put_file(
     return await files.record(
         session, await blobs.put(data), owner_id=owner, filename=name,
         content_type=content_type, size_bytes=len(data), file_id=file_id, sealed_here=True,
+        project_id=project_id,
     )  # fmt: skip
 
 
@@ -292,7 +293,7 @@ async def load(
                 )
                 data = text.encode() if text else tone
                 out = await _put_file(session, blobs, f"result:{jid}", users[owner], name,
-                                      content_type, data)  # fmt: skip
+                                      content_type, data, job.project_id)  # fmt: skip
                 session.add(JobResult(
                     job_id=jid, result_url=f"voxmesh://files/{out.id}",
                     files=[{"file_id": str(out.id), "name": name, "content_type": content_type,

@@ -149,8 +149,11 @@ class Harness:
             await session.commit()
             return row.id
 
-    async def file(self, owner: uuid.UUID, data: bytes = b"RIFF....WAVE") -> uuid.UUID:
-        """A file row of `data` owned by `owner`, its bytes in the store when the mesh runs."""
+    async def file(
+        self, owner: uuid.UUID, data: bytes = b"RIFF....WAVE", project: uuid.UUID | None = None
+    ) -> uuid.UUID:
+        """A file row of `data` owned by `owner` (from `project`), its bytes in the store when
+        the mesh runs."""
         if self.app.mesh is not None:
             blob = await self.app.mesh.blobs.put(data)
         else:
@@ -158,7 +161,7 @@ class Harness:
         async with self.app.sessions() as session:
             row = await files.record(
                 session, blob, owner_id=owner, filename="input.wav", content_type="audio/wav",
-                size_bytes=len(data), sealed_here=True,
+                size_bytes=len(data), sealed_here=True, project_id=project,
             )  # fmt: skip
             await session.commit()
             return row.id

@@ -10,7 +10,7 @@ import pytest
 
 from control.db.models import UserRole
 from control.sample_data import tone_wav
-from tests.harness import Caller, Harness, rpc_error
+from tests.harness import Caller, Client, Harness, rpc_error
 from tests.test_dispatch import create, setup, wait_for, workers
 from voxmesh import blobs
 from voxmesh.v1 import files_pb2, jobs_pb2, results_pb2
@@ -396,3 +396,77 @@ async def test_a_small_file_goes_in_one_call_with_the_same_checks(harness: Harne
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     async with harness.app.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Upload)) == 0
+
+
+async def _read(client: Client, file_id: str) -> bytes:
+    parts = [
+        p async for p in client.files.DownloadFile(files_pb2.DownloadFileRequest(file_id=file_id))
+    ]
+    return b"".join(p.data for p in parts[1:])
+
+
+async def test_a_project_scoped_key_reads_and_uses_only_its_projects_files(
+    harness: Harness,
+) -> None:
+    """A key scoped to one project reads what was uploaded through it, what its project's jobs
+    take and produce, and nothing else of its owner's: not another project's inputs or results,
+    not an upload made outside the scope; nor can it pull such a file into a job."""
+    editor, other = await setup(harness)
+    mine = str(await harness.project(editor.user_id, name="scoped"))
+    key = harness.client(await harness.key(editor, name="scoped", project_id=mine))
+    wav = tone_wav()
+    here, there, loose, source = [
+        await upload(editor, wav, f"{n}.wav") for n in ("here", "there", "loose", "source")
+    ]
+    for project, used in ((mine, here), (other, there)):
+        await editor.client.jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(project_id=project, input_file_id=used.id,
+                                      stt=jobs_pb2.SttParams())
+        )  # fmt: skip
+    await editor.client.jobs.CreateJob(  # a file a job names in its parameters
+        jobs_pb2.CreateJobRequest(project_id=mine, input_file_id=here.id,
+                                  voice_cloning=jobs_pb2.VoiceCloningParams(
+                                      source_file_id=source.id))
+    )  # fmt: skip
+    own = (
+        await key.files.UploadFile(
+            files_pb2.UploadFileRequest(filename="own.wav", content_type="audio/wav", data=wav)
+        )
+    ).file
+    async with workers(harness):
+        done_here = await create(editor, mine, "steps:1")
+        done_there = await create(editor, other, "steps:1")
+        for job in (done_here, done_there):
+            await wait_for(harness, job.id, {jobs_pb2.JOB_STATUS_COMPLETED})
+
+    async def result_file(job: jobs_pb2.Job) -> str:
+        request = results_pb2.GetJobResultRequest(job_id=job.id)
+        return str((await editor.client.results.GetJobResult(request)).result.files[0].file_id)
+
+    readable = [own.id, here.id, source.id, await result_file(done_here)]
+    refused = [there.id, loose.id, await result_file(done_there)]
+    for file_id in readable:
+        got = await key.files.GetFile(files_pb2.GetFileRequest(file_id=file_id))
+        assert got.file.id == file_id
+        assert await _read(key, file_id) == await _read(editor.client, file_id)
+    for file_id in refused:
+        for call in (
+            key.files.GetFile(files_pb2.GetFileRequest(file_id=file_id)),
+            _read(key, file_id),
+        ):
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err.details()
+            assert f"acts only in project {mine}" in err.details()
+        # Unscoped, its owner still reads it.
+        assert (await editor.client.files.GetFile(files_pb2.GetFileRequest(file_id=file_id))).file
+    err = await rpc_error(
+        key.jobs.CreateJob(jobs_pb2.CreateJobRequest(
+            project_id=mine, input_file_id=loose.id, stt=jobs_pb2.SttParams()))
+    )  # fmt: skip
+    assert (
+        err.code() == grpc.StatusCode.PERMISSION_DENIED and "not one of its files" in err.details()
+    )
+    made = await key.jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(project_id=mine, input_file_id=own.id, stt=jobs_pb2.SttParams())
+    )
+    assert made.job.input_file_id == own.id

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import files, media, settings_catalog
 from control.app import ControlApp
-from control.auth import principal
+from control.auth import policy, principal
 from control.convert import ts
 from control.db.models import File, Upload, UploadChunk
 from control.janitor import expire_uploads
@@ -182,6 +182,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
             stored = await files.record(
                 session, await blobs.put(data), owner_id=who.user_id, filename=filename,
                 content_type=detected, size_bytes=len(data), sealed_here=True,
+                project_id=policy.scope(),
             )  # fmt: skip
             await session.commit()
             return files_pb2.UploadFileResponse(file=file_info(stored))
@@ -284,7 +285,7 @@ class FileService(files_pb2_grpc.FileServiceServicer):
             stored = await files.record(
                 session, await blobs.put(data), owner_id=upload.owner_id,
                 filename=upload.filename, content_type=upload.content_type,
-                size_bytes=len(data), sealed_here=True,
+                size_bytes=len(data), sealed_here=True, project_id=policy.scope(),
             )  # fmt: skip
             await session.execute(
                 update(Upload).where(Upload.id == upload.id).values(file_id=stored.id)
@@ -299,8 +300,9 @@ class FileService(files_pb2_grpc.FileServiceServicer):
         file_id = required_uuid(request.file_id, "file_id")
         async with self.app.sessions() as session:
             stored = await session.get(File, file_id)
-        if stored is None:
-            raise NotFound(f"no file with id {file_id}", field="file_id")
+            if stored is None:
+                raise NotFound(f"no file with id {file_id}", field="file_id")
+            await policy.require_file_in_scope(session, stored)
         return files_pb2.GetFileResponse(file=file_info(stored))
 
     async def DownloadFile(
@@ -309,8 +311,9 @@ class FileService(files_pb2_grpc.FileServiceServicer):
         file_id = required_uuid(request.file_id, "file_id")
         async with self.app.sessions() as session:
             stored = await session.get(File, file_id)
-        if stored is None:
-            raise NotFound(f"no file with id {file_id}", field="file_id")
+            if stored is None:
+                raise NotFound(f"no file with id {file_id}", field="file_id")
+            await policy.require_file_in_scope(session, stored)
         try:
             data = await self._blobs().get(stored.sha256, files.key_of(stored))
         except FileNotFoundError:

@@ -1,6 +1,7 @@
 """Ownership rules, checked by servicers on top of the per-RPC role rule.
 
-An API key scoped to a project acts only there: every other project and its jobs are refused.
+An API key scoped to a project acts only there: every other project and its jobs are refused,
+and of files it reads and uses only its project's (require_file_in_scope).
 Otherwise everyone signed in may read every project and job (viewers are read-only, not blind). Changing
 a project takes its owner or an admin; changing a job takes its creator, the owner of its
 project, or an admin; creating a job in a project takes the project's owner or an admin.
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control import files
 from control.auth import principal as principal_ctx
 from control.auth.principal import Principal
-from control.db.models import Job, Project
+from control.db.models import File, Job, Project
 from voxmesh.errors import PermissionDenied
 
 
@@ -28,6 +32,19 @@ def require_in_scope(project_id: uuid.UUID) -> None:
     only = scope()
     if only is not None and project_id != only:
         raise PermissionDenied(f"this API key acts only in project {only}")
+
+
+async def require_file_in_scope(session: AsyncSession, row: File, field: str = "file_id") -> None:
+    """A project-scoped API key reads and uses only its project's files: those uploaded through
+    a key of that project or produced by its jobs, and those its jobs and saved voices use.
+    Anything else (another project's files, the owner's other uploads) is refused."""
+    only = scope()
+    if only is None or row.project_id == only or await files.used_in_project(session, row.id, only):
+        return
+    raise PermissionDenied(
+        f"this API key acts only in project {only}; file {row.id} is not one of its files",
+        field=field,
+    )
 
 
 def require_project_owner(who: Principal, project: Project, action: str) -> None:

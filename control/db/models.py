@@ -238,6 +238,11 @@ class File(Base):
     blob_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     """The key that opens the sealed blob (voxmesh.blobs); NULL for one stored before
     sealing, until the same bytes are stored again."""
+    project_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("projects.id", ondelete="SET NULL"), index=True
+    )
+    """The project it came from: the one of the API key that uploaded it, or of the job that
+    produced it; NULL for an upload made outside any project scope."""
     created_at: Mapped[datetime] = _created_at()
 
 

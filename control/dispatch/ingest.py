@@ -56,7 +56,8 @@ async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.Worke
             session, BlobRef(stored.sha256, stored.key), owner_id=job.created_by,
             filename=stored.filename[:255] or "output",
             content_type=stored.content_type[:127] or "application/octet-stream",
-            size_bytes=stored.size_bytes, sealed_here=False, flush=False,
+            size_bytes=stored.size_bytes, sealed_here=False, project_id=job.project_id,
+            flush=False,
         )  # fmt: skip
         files.append({"file_id": str(row.id), "name": row.filename, "role": stored.role[:32],
                       "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
@@ -78,7 +79,7 @@ async def _part(
         lifecycle.session, BlobRef(stored.sha256, stored.key), owner_id=job.created_by,
         filename=stored.filename[:255] or "part",
         content_type=stored.content_type[:127] or "application/octet-stream",
-        size_bytes=stored.size_bytes, sealed_here=False,
+        size_bytes=stored.size_bytes, sealed_here=False, project_id=job.project_id,
     )  # fmt: skip
     return jobs_pb2.ResultFile(
         file_id=str(row.id), name=row.filename, content_type=row.content_type,

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control.auth import policy
 from control.auth.principal import Principal
 from control.db.models import File, Job, JobType, SavedVoice
 from control.validate import VOICE_RE, enum_field, text_field, uuid_field
@@ -60,7 +61,8 @@ def stored_file(row: File, role: str = "") -> worker_pb2.StoredFile:
 
 
 async def owned_file(req: Request, raw_id: str, field: str) -> uuid.UUID | None:
-    """The id of a file the caller may use (their own; any for admins), or None if empty."""
+    """The id of a file the caller may use (their own, any for admins; a project-scoped key:
+    only its project's), or None if empty."""
     file_id = uuid_field(raw_id, field, required=False)
     if file_id is None:
         return None
@@ -69,6 +71,7 @@ async def owned_file(req: Request, raw_id: str, field: str) -> uuid.UUID | None:
         raise NotFound(f"no file with id {file_id}; upload it first", field=field)
     if stored.owner_id != req.who.user_id and not req.who.is_admin:
         raise PermissionDenied(f"file {file_id} belongs to another user", field=field)
+    await policy.require_file_in_scope(req.session, stored, field)
     return file_id
 
 
