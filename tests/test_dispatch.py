@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from control.convert import job_to_pb
 from control.db.models import File, Job, JobEvent, JobResult, JobStatus, OutboxEntry, UserRole
+from control.dispatch import dispatcher
 from control.dispatch.dispatcher import build_dispatch
 from tests.harness import Caller, Harness, eventually, rpc_error, run_workers
 from tests.workers import behave, spawn
@@ -451,6 +452,33 @@ async def test_admission_caps_running_jobs_per_user(harness: Harness) -> None:
                 break
             await asyncio.sleep(0.02)
     assert done == 6 and peak == 2
+
+
+async def test_one_creators_backlog_does_not_hold_back_anothers_jobs(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A creator at their cap with more waiting jobs than a dispatch round looks at must not
+    keep other people's jobs waiting: each round looks only at the jobs that may start."""
+    monkeypatch.setattr(dispatcher, "BATCH", 4)  # a backlog longer than a round, made small
+    busy, busy_project = await setup(harness)
+    other, other_project = await setup(harness)
+    await harness.setting("max_concurrent_jobs", 1, busy.user_id)
+    backlog = [await create(busy, busy_project, "steps:1") for _ in range(9)]
+
+    async def state(who: Caller, job: jobs_pb2.Job) -> int:
+        got = await who.client.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+        return int(got.job.pending_state)
+
+    async def queued(who: Caller, job: jobs_pb2.Job) -> bool:
+        return await state(who, job) == jobs_pb2.PENDING_STATE_QUEUED
+
+    await eventually(lambda: queued(busy, backlog[0]), "the busy creator's one job queued")
+    mine = await create(other, other_project, "steps:1")
+    await eventually(lambda: queued(other, mine), "another creator's job queued", timeout=15)
+    # No worker runs: the busy creator's slot stays taken and the rest of its jobs wait.
+    assert [await state(busy, job) for job in backlog[1:]] == [
+        jobs_pb2.PENDING_STATE_WAITING_FOR_SLOT
+    ] * 8
 
 
 async def test_auto_start_false_waits_for_start_job(harness: Harness) -> None:

@@ -16,15 +16,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import ColumnElement, func, or_, select, text
+from sqlalchemy import Integer, Select, String, bindparam, cast, column, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control import settings_catalog
 from control.convert import job_type_to_pb
-from control.db.models import File, Job, JobStatus, OutboxEntry
+from control.db.models import File, Job, OutboxEntry
 from control.kinds import kind_of
 from control.kinds.base import stored_file
-from control.lifecycle.states import State, state_of
+from control.lifecycle.states import State, holding_slot_sql, state_of, waiting_for_slot_sql
 from control.lifecycle.transitions import Lifecycle, Mesh
 from voxmesh import mesh
 from voxmesh.v1 import worker_pb2
@@ -32,10 +33,72 @@ from voxmesh.v1 import worker_pb2
 log = logging.getLogger(__name__)
 BATCH = 200
 ADMISSION_LOCKS = 0x766F7803
-_LOCK_CREATORS = text(
-    "SELECT count(pg_advisory_xact_lock(:ns, h)) FROM"
-    " (SELECT DISTINCT hashtext(u) AS h FROM unnest(CAST(:users AS text[])) AS u ORDER BY h) s"
-)  # in one order on every replica: no deadlock
+ALL_PARTITIONS = list(range(mesh.PARTITIONS))
+
+
+def _round_statements() -> tuple[
+    Select[Any, Any], Select[uuid.UUID, int], Select[OutboxEntry, Job, File]
+]:
+    """A dispatch round's statements, built once: what varies (the partitions, the creators,
+    their free slots, the batch size) goes in as parameters."""
+    unpublished = OutboxEntry.published_at.is_(None) & OutboxEntry.partition.in_(
+        bindparam("parts", expanding=True)
+    )
+    hashed = (
+        select(Job.created_by.label("user"), func.hashtext(cast(Job.created_by, String)).label("h"))
+        .join(OutboxEntry, OutboxEntry.job_id == Job.id)
+        .where(unpublished)
+        .distinct()
+        .order_by("h")
+        .subquery()
+    )  # each creator with runs waiting here, locked in one order on every replica: no deadlock
+    lock = select(hashed.c.user, func.pg_advisory_xact_lock(ADMISSION_LOCKS, hashed.c.h))
+    held = (
+        select(Job.created_by, func.count())
+        .where(Job.created_by.in_(bindparam("users", expanding=True)), holding_slot_sql())
+        .group_by(Job.created_by)
+    )
+    room = (
+        func.unnest(
+            bindparam("room_users", type_=ARRAY(UUID(as_uuid=True))),
+            bindparam("room_free", type_=ARRAY(Integer)),
+        )
+        .table_valued(column("user_id", UUID(as_uuid=True)), column("free", Integer))
+        .render_derived(name="room")
+    )
+    waiting = waiting_for_slot_sql() & (Job.run == OutboxEntry.run)
+    rows_here = (
+        select(
+            OutboxEntry.id,
+            Job.created_by,
+            waiting.label("waiting"),
+            func.row_number()
+            .over(partition_by=(Job.created_by, waiting), order_by=OutboxEntry.id)
+            .label("nth"),
+        )
+        .join(Job, Job.id == OutboxEntry.job_id)
+        .where(unpublished)
+        .subquery()
+    )  # a creator's waiting runs numbered oldest first: as many go as they have free slots
+    may_go = (
+        select(OutboxEntry, Job, File)
+        .join(Job, Job.id == OutboxEntry.job_id)
+        .outerjoin(File, File.id == Job.input_file_id)
+        .where(
+            OutboxEntry.id.in_(
+                select(rows_here.c.id)
+                .join(room, room.c.user_id == rows_here.c.created_by)
+                .where(~rows_here.c.waiting | (rows_here.c.nth <= room.c.free))
+            )
+        )
+        .order_by(OutboxEntry.id)
+        .limit(bindparam("batch"))
+        .with_for_update(of=[OutboxEntry, Job], skip_locked=True)
+    )
+    return lock, held, may_go
+
+
+_LOCK_WAITING_CREATORS, _SLOTS_HELD, _MAY_GO = _round_statements()
 
 
 async def build_dispatch(
@@ -113,25 +176,31 @@ class Dispatcher:
     async def dispatch_once(self) -> int:
         """Publish what may start now; return how many were published."""
         published = 0
-        unpublished: ColumnElement[bool] = OutboxEntry.published_at.is_(None)
-        if self._partitions is not None:
-            if not self._partitions:
-                return 0
-            unpublished = unpublished & OutboxEntry.partition.in_(sorted(self._partitions))
+        parts = sorted(self._partitions) if self._partitions is not None else ALL_PARTITIONS
+        if not parts:
+            return 0
         async with self._sessions() as session:
-            # The runs to publish with their jobs, both locked, and the jobs' input files, in
-            # one statement. A job another transaction holds is skipped with its rows, never
+            # Whose runs wait here, their caps first: a round then reads only runs that may
+            # start now (and rows of cancelled or retried runs, to set aside). Read in order
+            # of arrival instead, one creator's backlog past BATCH kept everyone else's jobs
+            # waiting behind it.
+            users = [u for u, _ in await session.execute(_LOCK_WAITING_CREATORS, {"parts": parts})]
+            if not users:
+                self._full = False
+                return 0
+            active: dict[uuid.UUID, int] = defaultdict(int)
+            for user, count in await session.execute(_SLOTS_HELD, {"users": users}):
+                active[user] = count
+            settings = {user: await settings_catalog.resolve(session, user) for user in users}
+            free = [int(settings[u]["max_concurrent_jobs"][0]) - active[u] for u in users]
+            # Those runs with their jobs, both locked, and the jobs' input files, in one
+            # statement. A job another transaction holds is skipped with its rows, never
             # waited for (a delete cascading to its outbox rows would then wait for us: a
             # deadlock); it goes next round.
             found = (
                 await session.execute(
-                    select(OutboxEntry, Job, File)
-                    .join(Job, Job.id == OutboxEntry.job_id)
-                    .outerjoin(File, File.id == Job.input_file_id)
-                    .where(unpublished)
-                    .order_by(OutboxEntry.id)
-                    .limit(BATCH)
-                    .with_for_update(of=[OutboxEntry, Job], skip_locked=True)
+                    _MAY_GO,
+                    {"parts": parts, "room_users": users, "room_free": free, "batch": BATCH},
                 )
             ).all()
             self._full = len(found) >= BATCH
@@ -139,22 +208,6 @@ class Dispatcher:
                 return 0
             rows = [row for row, _, _ in found]
             jobs = {job.id: job for _, job, _ in found}  # build_dispatch finds the files loaded
-            creators = sorted({str(job.created_by) for job in jobs.values()})
-            await session.execute(_LOCK_CREATORS, {"ns": ADMISSION_LOCKS, "users": creators})
-            active: dict[uuid.UUID, int] = defaultdict(int)
-            for user, count in await session.execute(
-                select(Job.created_by, func.count())
-                .where(
-                    Job.created_by.in_({job.created_by for job in jobs.values()}),
-                    or_(
-                        Job.status == JobStatus.RUNNING,
-                        (Job.status == JobStatus.PENDING) & Job.queued_at.is_not(None),
-                    ),
-                )
-                .group_by(Job.created_by)
-            ):
-                active[user] = count
-            settings: dict[uuid.UUID, dict[str, Any]] = {}  # each creator's, resolved once
             now = datetime.now(UTC)
             ready: list[tuple[OutboxEntry, Job, worker_pb2.JobDispatch]] = []
             for row in rows:
@@ -165,8 +218,6 @@ class Dispatcher:
                     row.published_at = now  # superseded (cancelled or retried)
                     continue
                 user = job.created_by
-                if user not in settings:
-                    settings[user] = await settings_catalog.resolve(session, user)
                 if active[user] >= int(settings[user]["max_concurrent_jobs"][0]):
                     continue  # waits for a slot
                 dispatch = await build_dispatch(session, job, self._run_secret, settings[user])

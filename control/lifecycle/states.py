@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import enum
 
+from sqlalchemy import ColumnElement
+
 from control.db.models import Job, JobStatus
 from voxmesh.errors import FailedPrecondition
 
@@ -26,6 +28,18 @@ def state_of(job: Job) -> State:
             return State.AWAITING_START
         return State.WAITING_FOR_SLOT if job.queued_at is None else State.QUEUED
     return State[job.status.name]
+
+
+def waiting_for_slot_sql() -> ColumnElement[bool]:
+    """state_of(job) is WAITING_FOR_SLOT, in SQL."""
+    return (Job.status == JobStatus.PENDING) & ~Job.awaiting_start & Job.queued_at.is_(None)
+
+
+def holding_slot_sql() -> ColumnElement[bool]:
+    """state_of(job) is QUEUED or RUNNING (what counts against max_concurrent_jobs), in SQL."""
+    return (Job.status == JobStatus.RUNNING) | (
+        (Job.status == JobStatus.PENDING) & Job.queued_at.is_not(None)
+    )
 
 
 PENDING = frozenset({State.AWAITING_START, State.WAITING_FOR_SLOT, State.QUEUED})
