@@ -3,6 +3,7 @@ what it does. SetSetting accepts only these keys, checked against these rules.""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -169,19 +170,63 @@ class Source(StrEnum):
     USER = "USER"
 
 
-async def resolve(session: Any, user_id: Any) -> dict[str, tuple[Any, Source]]:
-    """Every known key's value for a user: theirs over the global one over the default."""
-    from sqlalchemy import or_, select
-
-    from control.db.models import Setting
-
+def values_of(rows: Any) -> dict[str, tuple[Any, Source]]:
+    """Every known key's value from stored (key, value, is_user) rows: a user's over the global
+    one over the default."""
     values: dict[str, tuple[Any, Source]] = {
         key: (d.default, Source.DEFAULT) for key, d in CATALOG.items()
     }
-    rows = await session.scalars(
-        select(Setting).where(or_(Setting.user_id.is_(None), Setting.user_id == user_id))
-    )
-    for row in sorted(rows, key=lambda r: r.user_id is not None):  # globals first, then user's
-        if row.key in values:
-            values[row.key] = (row.value, Source.GLOBAL if row.user_id is None else Source.USER)
+    for key, value, mine in sorted(rows, key=lambda r: bool(r[2])):  # globals, then the user's
+        if key in values:
+            values[key] = (value, Source.USER if mine else Source.GLOBAL)
     return values
+
+
+@functools.cache
+def _statements() -> tuple[Any, Any]:
+    """Built once (what varies is bound): one user's rows and the globals; several users'."""
+    from sqlalchemy import bindparam, or_, select
+
+    from control.db.models import Setting
+
+    one = select(Setting.key, Setting.value, Setting.user_id.is_not(None)).where(
+        or_(Setting.user_id.is_(None), Setting.user_id == bindparam("user"))
+    )
+    many = select(Setting.key, Setting.value, Setting.user_id).where(
+        or_(Setting.user_id.is_(None), Setting.user_id.in_(bindparam("users", expanding=True)))
+    )
+    return one, many
+
+
+def stored_rows(user: Any) -> Any:
+    """A scalar subquery of the rows `values_of` takes, as one JSON array, for `user` (a column
+    or a bound parameter): for reading a user's settings in the statement that needs them."""
+    from sqlalchemy import func, literal, or_, select
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    from control.db.models import Setting
+
+    row = func.jsonb_build_array(Setting.key, Setting.value, Setting.user_id.is_not(None))
+    return (
+        select(func.coalesce(func.jsonb_agg(row), literal([], JSONB)))
+        .where(or_(Setting.user_id.is_(None), Setting.user_id == user))
+        .scalar_subquery()
+    )
+
+
+async def resolve(session: Any, user_id: Any) -> dict[str, tuple[Any, Source]]:
+    """Every known key's value for a user: theirs over the global one over the default."""
+    one, _ = _statements()
+    return values_of(await session.execute(one, {"user": user_id}))
+
+
+async def resolve_many(
+    session: Any, user_ids: list[Any]
+) -> dict[Any, dict[str, tuple[Any, Source]]]:
+    """`resolve` for several users in one query."""
+    _, many = _statements()
+    rows = (await session.execute(many, {"users": user_ids})).all()
+    return {
+        user: values_of((k, v, owner is not None) for k, v, owner in rows if owner in (None, user))
+        for user in user_ids
+    }

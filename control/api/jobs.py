@@ -7,12 +7,14 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
-from sqlalchemy import String, cast, select
+from sqlalchemy import Select, String, bindparam, cast, func, null, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
 
 from control import settings_catalog, webhooks
 from control.api import pagination
@@ -50,18 +52,31 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fals
     return job
 
 
-async def _defaults(
-    session: AsyncSession, user_id: uuid.UUID, project_id: uuid.UUID, app: ControlApp,
-    kind: JobKind[Any],
-) -> tuple[UserDefaults, bool]:  # fmt: skip
-    """The creator's defaults for job parameters (and the voices the project saved, for a kind
-    whose params name them), and whether their jobs start at once."""
-    values = await settings_catalog.resolve(session, user_id)
-    saved = (
-        await session.scalars(select(SavedVoice.name).where(SavedVoice.project_id == project_id))
-        if kind.names_saved_voices()
-        else ()
+def _creation_statements() -> dict[bool, Select[Any]]:
+    """What CreateJob reads, in one round trip: the project (without its owner, which creating
+    a job never needs), the creator's stored settings and, for a kind whose params name them,
+    the project's saved voices. Built once; keyed by whether the voices are read."""
+    voices = (
+        select(func.coalesce(func.array_agg(SavedVoice.name), cast([], ARRAY(String))))
+        .where(SavedVoice.project_id == Project.id)
+        .scalar_subquery()
     )
+    stored = settings_catalog.stored_rows(bindparam("user"))
+    base = select(Project, stored).where(Project.id == bindparam("project"))
+    return {
+        False: base.add_columns(null()).options(raiseload(Project.owner)),
+        True: base.add_columns(voices).options(raiseload(Project.owner)),
+    }
+
+
+_CREATION = _creation_statements()
+
+
+def _user_defaults(
+    values: dict[str, tuple[Any, Any]], saved: Iterable[str], app: ControlApp
+) -> tuple[UserDefaults, bool]:
+    """The creator's defaults for job parameters (their settings, the voices the project saved),
+    and whether their jobs start at once."""
     defaults = UserDefaults(
         preferred_voice=str(values["preferred_voice"][0]),
         default_language=str(values["default_language"][0]),
@@ -70,6 +85,38 @@ async def _defaults(
         stt_models=app.mesh.presence.stt_models() if app.mesh is not None else SHIPPED_STT,
     )
     return defaults, bool(values["auto_start_jobs"][0])
+
+
+async def _defaults(
+    session: AsyncSession, user_id: uuid.UUID, project_id: uuid.UUID, app: ControlApp,
+    kind: JobKind[Any],
+) -> tuple[UserDefaults, bool]:  # fmt: skip
+    """`_user_defaults`, read on their own (for a job that exists)."""
+    values = await settings_catalog.resolve(session, user_id)
+    saved = (
+        await session.scalars(select(SavedVoice.name).where(SavedVoice.project_id == project_id))
+        if kind.names_saved_voices()
+        else ()
+    )
+    return _user_defaults(values, saved, app)
+
+
+async def _creation_context(
+    session: AsyncSession, project_id: uuid.UUID, user_id: uuid.UUID, app: ControlApp,
+    kind: JobKind[Any],
+) -> tuple[Project, UserDefaults, bool]:  # fmt: skip
+    """The project a job is created in (NOT_FOUND, or out of the caller's scope) and the
+    creator's defaults: one query."""
+    found = (
+        await session.execute(
+            _CREATION[kind.names_saved_voices()], {"project": project_id, "user": user_id}
+        )
+    ).one_or_none()
+    if found is None:
+        raise NotFound(f"no project with id {project_id}", field="project_id")
+    project, stored, saved = found
+    policy.require_in_scope(project.id)
+    return project, *_user_defaults(settings_catalog.values_of(stored), saved or (), app)
 
 
 class JobService(jobs_pb2_grpc.JobServiceServicer):
@@ -94,9 +141,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         kind = kind_for_field(which)
         title = text_field(request.title, "title", max_len=200)
         async with self.app.sessions() as session:
-            project = await get_project(session, project_id)
+            project, defaults, auto_start = await _creation_context(
+                session, project_id, who.user_id, self.app, kind
+            )
             policy.require_project_owner(who, project, "create jobs in it")
-            defaults, auto_start = await _defaults(session, who.user_id, project.id, self.app, kind)
             req = Request(session, who, project.id, defaults)
             params = kind.normalize(getattr(request, kind.field), defaults)
             input_file = await kind.input_file(req, params, request.input_file_id)

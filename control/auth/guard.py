@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control.auth import keys
@@ -26,6 +26,20 @@ from voxmesh.errors import PermissionDenied, Unauthenticated
 from voxmesh.v1 import access_pb2
 
 BEARER = "bearer "
+
+_CALLER = (
+    select(
+        User.username,
+        User.is_active,
+        Profile.role,
+        exists()
+        .where(RefreshToken.family_id == bindparam("family"), RefreshToken.revoked_at.is_not(None))
+        .correlate(None),
+    )
+    .join(Profile, Profile.user_id == User.id)
+    .where(User.id == bindparam("user"))
+)
+"""Who a token's user is now, and whether its sign-in was revoked (built once; bound per call)."""
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -76,18 +90,10 @@ class AuthGuard:
             raise Unauthenticated(str(e)) from e
         # One round trip, outside any transaction: is the user active, what is their role now,
         # and has this sign-in been revoked.
-        revoked = (
-            exists()
-            .where(RefreshToken.family_id == claims.family_id, RefreshToken.revoked_at.is_not(None))
-            .correlate(None)
-        )
-        stmt = (
-            select(User.username, User.is_active, Profile.role, revoked)
-            .join(Profile, Profile.user_id == User.id)
-            .where(User.id == claims.user_id)
-        )
         async with self._engine.connect() as conn:
-            row = (await conn.execute(stmt)).one_or_none()
+            row = (
+                await conn.execute(_CALLER, {"user": claims.user_id, "family": claims.family_id})
+            ).one_or_none()
         if row is None or not row.is_active:
             raise Unauthenticated(DEACTIVATED)
         username, _, role, signed_out = row

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control.auth.rules import ROLE_LEVEL
@@ -57,27 +57,30 @@ class KeyHolder:
     expires_at: datetime | None
 
 
+_HOLDER = (
+    select(
+        ApiKey.id,
+        ApiKey.owner_id,
+        ApiKey.role.label("key_role"),
+        ApiKey.project_id,
+        ApiKey.expires_at,
+        ApiKey.last_used_at,
+        ApiKey.revoked_at,
+        User.username,
+        User.is_active,
+        Profile.role,
+    )
+    .join(User, User.id == ApiKey.owner_id)
+    .join(Profile, Profile.user_id == User.id)
+    .where(ApiKey.secret_sha256 == bindparam("digest"))
+)
+"""A key's holder by the key's digest (built once; bound per call)."""
+
+
 async def resolve(engine: AsyncEngine, secret: str) -> KeyHolder:
     """Who acts with this key now; UNAUTHENTICATED if nobody may."""
-    stmt = (
-        select(
-            ApiKey.id,
-            ApiKey.owner_id,
-            ApiKey.role.label("key_role"),
-            ApiKey.project_id,
-            ApiKey.expires_at,
-            ApiKey.last_used_at,
-            ApiKey.revoked_at,
-            User.username,
-            User.is_active,
-            Profile.role,
-        )
-        .join(User, User.id == ApiKey.owner_id)
-        .join(Profile, Profile.user_id == User.id)
-        .where(ApiKey.secret_sha256 == digest(secret))
-    )
     async with engine.connect() as conn:
-        row = (await conn.execute(stmt)).one_or_none()
+        row = (await conn.execute(_HOLDER, {"digest": digest(secret)})).one_or_none()
         if row is None:
             raise Unauthenticated(KEY_UNKNOWN)
         key = row

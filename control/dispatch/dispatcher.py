@@ -191,7 +191,7 @@ class Dispatcher:
             active: dict[uuid.UUID, int] = defaultdict(int)
             for user, count in await session.execute(_SLOTS_HELD, {"users": users}):
                 active[user] = count
-            settings = {user: await settings_catalog.resolve(session, user) for user in users}
+            settings = await settings_catalog.resolve_many(session, users)
             free = [int(settings[u]["max_concurrent_jobs"][0]) - active[u] for u in users]
             # Those runs with their jobs, both locked, and the jobs' input files, in one
             # statement. A job another transaction holds is skipped with its rows, never

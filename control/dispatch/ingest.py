@@ -36,6 +36,8 @@ BATCH = 256
 BATCH_LINGER_SECONDS = 0.005
 """How long the ingester waits for the events said to be pending, to apply them together."""
 OUTAGE_RETRY_SECONDS = 2.0
+FINISHING = frozenset({"completed", "failed", "cancelled"})
+"""The worker events that may end a run (and store its result with the job's log)."""
 
 
 def _job_id(event: worker_pb2.WorkerEvent) -> uuid.UUID | None:
@@ -174,6 +176,12 @@ class EventIngester:
                     select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
                 )
             }
+            # The logs of the jobs these events may finish, in one query (a result keeps them).
+            await lifecycle.read_logs(
+                job_id
+                for _, event in pairs
+                if event.WhichOneof("event") in FINISHING and (job_id := _job_id(event)) in jobs
+            )
             with session.no_autoflush:  # inserts go out together at commit
                 for _, event in pairs:
                     job_id = _job_id(event)

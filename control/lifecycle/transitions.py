@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import webhooks
@@ -45,6 +45,11 @@ class Mesh(Protocol):
     kv: KeyValue
 
     def wake(self) -> None: ...
+
+
+_STORED_LOGS = select(JobEvent.job_id, JobEvent.seq, JobEvent.payload).where(
+    JobEvent.job_id.in_(bindparam("jobs", expanding=True))
+)
 
 
 def jobstate_subject(project_id: uuid.UUID | str, job_id: uuid.UUID | str) -> str:
@@ -76,6 +81,22 @@ class Lifecycle:
         self.webhooks = False
         """Webhook deliveries were added: the sender is poked after commit."""
         self._metrics: list[Callable[[], None]] = []
+        self._stored_logs: dict[uuid.UUID, dict[int, bytes]] = {}
+        """Event logs read ahead (`read_logs`) for the jobs this transaction may finish."""
+
+    async def read_logs(self, job_ids: Iterable[uuid.UUID]) -> None:
+        """Read the stored event logs of jobs this transaction may finish, in one query rather
+        than one per finished job. The caller holds the jobs' rows locked, so nothing else adds
+        to those logs; what this transaction adds, `_result` takes from `self.events`."""
+        ids = [i for i in job_ids if i not in self._stored_logs]
+        if not ids:
+            return
+        for i in ids:
+            self._stored_logs[i] = {}
+        with self.session.no_autoflush:
+            rows = await self.session.execute(_STORED_LOGS, {"jobs": ids})
+        for job_id, seq, payload in rows:
+            self._stored_logs[job_id][seq] = payload
 
     # --- events -----------------------------------------------------------------------------
     def record(self, job: Job, **event: Any) -> jobs_pb2.WatchJobResponse:
@@ -253,11 +274,9 @@ class Lifecycle:
         if status is JobStatus.COMPLETED:
             job.progress = 100
         self._status(job, status, error)
-        with self.session.no_autoflush:  # the log: what is stored, plus what this holds
-            rows = await self.session.execute(
-                select(JobEvent.seq, JobEvent.payload).where(JobEvent.job_id == job.id)
-            )
-        messages = {seq: jobs_pb2.WatchJobResponse.FromString(p) for seq, p in rows}
+        await self.read_logs([job.id])  # the log: what is stored, plus what this holds
+        stored = self._stored_logs[job.id]
+        messages = {seq: jobs_pb2.WatchJobResponse.FromString(p) for seq, p in stored.items()}
         messages.update({m.seq: m for j, m in self.events if j is job})
         lines = [_log_line(messages[seq]) for seq in sorted(messages)]
         result = JobResult(
