@@ -183,19 +183,15 @@ def values_of(rows: Any) -> dict[str, tuple[Any, Source]]:
 
 
 @functools.cache
-def _statements() -> tuple[Any, Any]:
-    """Built once (what varies is bound): one user's rows and the globals; several users'."""
+def _one_user() -> Any:
+    """One user's rows and the globals (built once; the user is bound)."""
     from sqlalchemy import bindparam, or_, select
 
     from control.db.models import Setting
 
-    one = select(Setting.key, Setting.value, Setting.user_id.is_not(None)).where(
+    return select(Setting.key, Setting.value, Setting.user_id.is_not(None)).where(
         or_(Setting.user_id.is_(None), Setting.user_id == bindparam("user"))
     )
-    many = select(Setting.key, Setting.value, Setting.user_id).where(
-        or_(Setting.user_id.is_(None), Setting.user_id.in_(bindparam("users", expanding=True)))
-    )
-    return one, many
 
 
 def stored_rows(user: Any) -> Any:
@@ -216,17 +212,4 @@ def stored_rows(user: Any) -> Any:
 
 async def resolve(session: Any, user_id: Any) -> dict[str, tuple[Any, Source]]:
     """Every known key's value for a user: theirs over the global one over the default."""
-    one, _ = _statements()
-    return values_of(await session.execute(one, {"user": user_id}))
-
-
-async def resolve_many(
-    session: Any, user_ids: list[Any]
-) -> dict[Any, dict[str, tuple[Any, Source]]]:
-    """`resolve` for several users in one query."""
-    _, many = _statements()
-    rows = (await session.execute(many, {"users": user_ids})).all()
-    return {
-        user: values_of((k, v, owner is not None) for k, v, owner in rows if owner in (None, user))
-        for user in user_ids
-    }
+    return values_of(await session.execute(_one_user(), {"user": user_id}))

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +36,7 @@ ALL_PARTITIONS = list(range(mesh.PARTITIONS))
 
 
 def _round_statements() -> tuple[
-    Select[Any, Any], Select[uuid.UUID, int], Select[OutboxEntry, Job, File]
+    Select[Any, Any], Select[*tuple[Any, ...]], Select[OutboxEntry, Job, File]
 ]:
     """A dispatch round's statements, built once: what varies (the partitions, the creators,
     their free slots, the batch size) goes in as parameters."""
@@ -53,11 +52,18 @@ def _round_statements() -> tuple[
         .subquery()
     )  # each creator with runs waiting here, locked in one order on every replica: no deadlock
     lock = select(hashed.c.user, func.pg_advisory_xact_lock(ADMISSION_LOCKS, hashed.c.h))
-    held = (
-        select(Job.created_by, func.count())
-        .where(Job.created_by.in_(bindparam("users", expanding=True)), holding_slot_sql())
-        .group_by(Job.created_by)
+    creators = (
+        func.unnest(bindparam("users", type_=ARRAY(UUID(as_uuid=True))))
+        .table_valued(column("user_id", UUID(as_uuid=True)))
+        .render_derived(name="creators")
     )
+    held = select(
+        creators.c.user_id,
+        select(func.count())
+        .where(Job.created_by == creators.c.user_id, holding_slot_sql())
+        .scalar_subquery(),
+        settings_catalog.stored_rows(creators.c.user_id),
+    )  # each creator's slots in use and settings, in one round trip
     room = (
         func.unnest(
             bindparam("room_users", type_=ARRAY(UUID(as_uuid=True))),
@@ -188,10 +194,10 @@ class Dispatcher:
             if not users:
                 self._full = False
                 return 0
-            active: dict[uuid.UUID, int] = defaultdict(int)
-            for user, count in await session.execute(_SLOTS_HELD, {"users": users}):
-                active[user] = count
-            settings = await settings_catalog.resolve_many(session, users)
+            active: dict[uuid.UUID, int] = {}
+            settings: dict[uuid.UUID, dict[str, Any]] = {}
+            for user, count, stored in await session.execute(_SLOTS_HELD, {"users": users}):
+                active[user], settings[user] = count, settings_catalog.values_of(stored)
             free = [int(settings[u]["max_concurrent_jobs"][0]) - active[u] for u in users]
             # Those runs with their jobs, both locked, and the jobs' input files, in one
             # statement. A job another transaction holds is skipped with its rows, never
