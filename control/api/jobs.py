@@ -157,9 +157,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 type=kind.job_type, title=title, params=params_to_json(params),
                 input_file_id=input_file, webhooks=hooks or list(project.webhooks),
             )  # fmt: skip
-            session.add(job)
             lifecycle = Lifecycle(session)
-            lifecycle.create(job, auto_start=auto_start)
+            await lifecycle.create(job, auto_start=auto_start)
             await session.commit()
         await lifecycle.after_commit(self.app.mesh)
         return jobs_pb2.CreateJobResponse(job=job_to_pb(job))
