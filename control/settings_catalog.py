@@ -182,22 +182,32 @@ def values_of(rows: Any) -> dict[str, tuple[Any, Source]]:
     return values
 
 
+def _global_or_users(user: Any) -> Any:
+    """The stored rows that count for `user` (a column or a bound parameter): the globals and
+    theirs."""
+    from sqlalchemy import or_
+
+    from control.db.models import Setting
+
+    return or_(Setting.user_id.is_(None), Setting.user_id == user)
+
+
 @functools.cache
 def _one_user() -> Any:
     """One user's rows and the globals (built once; the user is bound)."""
-    from sqlalchemy import bindparam, or_, select
+    from sqlalchemy import bindparam, select
 
     from control.db.models import Setting
 
     return select(Setting.key, Setting.value, Setting.user_id.is_not(None)).where(
-        or_(Setting.user_id.is_(None), Setting.user_id == bindparam("user"))
+        _global_or_users(bindparam("user"))
     )
 
 
 def stored_rows(user: Any) -> Any:
     """A scalar subquery of the rows `values_of` takes, as one JSON array, for `user` (a column
     or a bound parameter): for reading a user's settings in the statement that needs them."""
-    from sqlalchemy import func, literal, or_, select
+    from sqlalchemy import func, literal, select
     from sqlalchemy.dialects.postgresql import JSONB
 
     from control.db.models import Setting
@@ -205,7 +215,7 @@ def stored_rows(user: Any) -> Any:
     row = func.jsonb_build_array(Setting.key, Setting.value, Setting.user_id.is_not(None))
     return (
         select(func.coalesce(func.jsonb_agg(row), literal([], JSONB)))
-        .where(or_(Setting.user_id.is_(None), Setting.user_id == user))
+        .where(_global_or_users(user))
         .scalar_subquery()
     )
 

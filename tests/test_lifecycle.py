@@ -122,3 +122,60 @@ async def test_a_delivered_run_whose_publish_ack_was_lost_is_taken_up(harness: H
         await apply_event(Lifecycle(session), started, row)
         assert row.status is JobStatus.RUNNING and row.queued_at is not None
         await session.rollback()
+
+
+async def test_jobs_finished_in_one_batch_each_keep_their_own_log(harness: Harness) -> None:
+    """An ingest batch reads the stored logs of every job it finishes in one query
+    (Lifecycle.read_logs): each result must hold its own job's lines, those stored before the
+    batch and those the batch adds, and none of another job's."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from control.db.models import Job, JobResult
+    from control.dispatch.ingest import apply_event
+    from control.lifecycle.transitions import Lifecycle
+    from voxmesh.v1 import worker_pb2
+
+    editor, project = await setup(harness)
+    await harness.setting("auto_start_jobs", False, editor.user_id)
+    jobs = [uuid.UUID((await create(editor, project, f"job {n}")).id) for n in "ab"]
+
+    def event(job: Job, worker: str, **kind: object) -> worker_pb2.WorkerEvent:
+        return worker_pb2.WorkerEvent(
+            job_id=str(job.id), attempt=job.run, worker_id=worker, delivery=1, **kind
+        )  # type: ignore[arg-type]
+
+    async with harness.app.sessions() as session:  # each started by its own worker, stored
+        rows = list(await session.scalars(select(Job).where(Job.id.in_(jobs)).order_by(Job.id)))
+        lifecycle = Lifecycle(session)
+        for row, worker in zip(rows, ("worker-a", "worker-b"), strict=True):
+            row.awaiting_start = False  # as StartJob leaves it, with no dispatcher ack yet
+            await apply_event(
+                lifecycle, event(row, worker, started=worker_pb2.WorkerStarted()), row
+            )
+        await session.commit()
+    async with harness.app.sessions() as session:  # one batch: a log line and the end of each
+        rows = list(
+            await session.scalars(
+                select(Job).where(Job.id.in_(jobs)).order_by(Job.id).with_for_update()
+            )
+        )
+        lifecycle = Lifecycle(session)
+        await lifecycle.read_logs(jobs)
+        for row, worker in zip(rows, ("worker-a", "worker-b"), strict=True):
+            line = jobs_pb2.JobLogLine(line=f"{worker} says goodbye")
+            await apply_event(lifecycle, event(row, worker, log=line), row)
+            done = worker_pb2.WorkerCompleted()
+            await apply_event(lifecycle, event(row, worker, completed=done), row)
+        await session.commit()
+        logs = {
+            result.job_id: result.logs
+            for result in await session.scalars(select(JobResult).where(JobResult.job_id.in_(jobs)))
+        }
+    for row, (mine, theirs) in zip(
+        rows, (("worker-a", "worker-b"), ("worker-b", "worker-a")), strict=True
+    ):
+        log = logs[row.id]
+        assert f"worker {mine} started run" in log and f"{mine} says goodbye" in log, log
+        assert "COMPLETED" in log and theirs not in log, log

@@ -62,11 +62,12 @@ def _creation_statements() -> dict[bool, Select[Any]]:
         .scalar_subquery()
     )
     stored = settings_catalog.stored_rows(bindparam("user"))
-    base = select(Project, stored).where(Project.id == bindparam("project"))
-    return {
-        False: base.add_columns(null()).options(raiseload(Project.owner)),
-        True: base.add_columns(voices).options(raiseload(Project.owner)),
-    }
+    base = (
+        select(Project, stored)
+        .where(Project.id == bindparam("project"))
+        .options(raiseload(Project.owner))
+    )
+    return {False: base.add_columns(null()), True: base.add_columns(voices)}
 
 
 _CREATION = _creation_statements()

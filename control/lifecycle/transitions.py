@@ -166,8 +166,8 @@ class Lifecycle:
             ),
         )
 
-    def _new_run(self, job: Job) -> None:
-        """A new run of `job`, waiting for a slot: an outbox entry for the dispatcher."""
+    def _next_run(self, job: Job) -> None:
+        """`job`'s fields for a new run, waiting for a slot (its outbox entry is the caller's)."""
         job.run += 1
         job.status = JobStatus.PENDING
         job.awaiting_start = False
@@ -176,9 +176,13 @@ class Lifecycle:
         job.stage = ""
         job.error = ""
         job.finished_at = None
-        self.session.add(OutboxEntry(job_id=job.id, run=job.run, traceparent=current_traceparent()))
         self.changed[job.id] = job
         self.queued = True
+
+    def _new_run(self, job: Job) -> None:
+        """A new run of `job`, waiting for a slot: an outbox entry for the dispatcher."""
+        self._next_run(job)
+        self.session.add(OutboxEntry(job_id=job.id, run=job.run, traceparent=current_traceparent()))
 
     # --- caller transitions -----------------------------------------------------------------
     async def create(self, job: Job, *, auto_start: bool) -> None:
@@ -189,11 +193,10 @@ class Lifecycle:
         job.status, job.run, job.attempts, job.progress, job.last_event_seq = (
             JobStatus.PENDING, 0, 0, 0, 0,
         )  # fmt: skip
-        job.awaiting_start, job.queued_at, job.stage, job.error = not auto_start, None, "", ""
+        job.awaiting_start, job.queued_at, job.stage, job.error = True, None, "", ""
         job.started_at = job.finished_at = None
         if auto_start:
-            job.run = 1
-            self.queued = True
+            self._next_run(job)
         values = {column: getattr(job, column) for column in _NEW_JOB_COLUMNS}
         values |= {
             "partition": mesh.partition_of(str(job.id)),
