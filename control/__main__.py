@@ -17,6 +17,7 @@ from control.config import ControlSettings
 from control.db.models import UserRole
 from control.kinds import FIELDS
 from control.server import ConfigurationError, prepare_database, serve
+from voxmesh import eventloop
 from voxmesh.errors import ApiError
 from voxmesh.observability import setup_logging
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                 settings.port = args.port
             if args.host:
                 settings.host = args.host
-            asyncio.run(serve(settings))
+            eventloop.run(serve(settings))
             return
         url, _pg = prepare_database(settings)
         if args.command == "sample-data":

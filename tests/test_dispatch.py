@@ -24,7 +24,8 @@ from control.dispatch.dispatcher import build_dispatch
 from tests.harness import Caller, Harness, eventually, rpc_error, run_workers
 from tests.workers import behave, spawn
 from voxmesh import mesh
-from voxmesh.v1 import jobs_pb2, results_pb2, worker_pb2
+from voxmesh.v1 import files_pb2, jobs_pb2, results_pb2, worker_pb2
+from voxmesh.worker import LIVE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL_PB = {
@@ -278,6 +279,55 @@ async def test_result_files_are_in_the_shared_store(harness: Harness) -> None:
     assert harness.app.mesh is not None
     data = await harness.app.mesh.blobs.get(row.sha256, row.blob_key or b"")
     assert data.startswith(f"job {job.id} run 1".encode())
+
+
+async def download(editor: Caller, file_id: str) -> bytes:
+    request = files_pb2.DownloadFileRequest(file_id=file_id)
+    return b"".join([m.data async for m in editor.client.files.DownloadFile(request)])
+
+
+async def live_end(editor: Caller, job: jobs_pb2.Job) -> jobs_pb2.WatchJobResponse:
+    """Start a job awaiting StartJob once a watcher has its snapshot; the watcher's last event
+    (so the result reaches it live, never replayed)."""
+    call = editor.client.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id))
+    events = aiter(call)
+    snapshot = await asyncio.wait_for(anext(events), 30)
+    assert snapshot.WhichOneof("event") == "snapshot"
+    await editor.client.jobs.StartJob(jobs_pb2.StartJobRequest(job_id=job.id))
+    rest = await asyncio.wait_for(collect_all(events), 30)
+    return rest[-1]
+
+
+async def collect_all(events: AsyncIterator[jobs_pb2.WatchJobResponse]) -> list[Any]:
+    return [event async for event in events]
+
+
+async def test_a_live_result_carries_small_outputs_and_stored_copies_do_not(
+    harness: Harness,
+) -> None:
+    """A watcher waiting for a job gets a small output's bytes with the result (no download);
+    the stored result (GetJobResult, a replay) has none, and big outputs are only in the store."""
+    editor, project = await setup(harness)
+    await harness.setting("auto_start_jobs", False, editor.user_id)
+    async with workers(harness):
+        small = await create(editor, project, "steps:1")
+        big = await create(editor, project, f"big:{LIVE_BYTES + 1}")
+        end_small, end_big = await asyncio.gather(live_end(editor, small), live_end(editor, big))
+    assert end_small.WhichOneof("event") == "result"
+    (carried,) = end_small.result.files
+    assert carried.data == await download(editor, carried.file_id)
+    assert carried.data.startswith(f"job {small.id} run 1".encode())
+    (not_carried,) = end_big.result.files
+    assert not not_carried.data and not_carried.size_bytes == LIVE_BYTES + 1
+    assert len(await download(editor, not_carried.file_id)) == LIVE_BYTES + 1
+    replayed = await watch(editor, small.id)
+    assert replayed[-1].result.files[0].file_id == carried.file_id
+    assert not replayed[-1].result.files[0].data
+    stored = await editor.client.results.GetJobResult(
+        results_pb2.GetJobResultRequest(job_id=small.id)
+    )
+    assert [f.file_id for f in stored.result.files] == [carried.file_id]
+    assert not stored.result.files[0].data
 
 
 async def test_reconnecting_watcher_misses_nothing_and_sees_nothing_twice(harness: Harness) -> None:
@@ -701,6 +751,8 @@ async def test_a_watcher_that_coalesces_progress_gets_only_the_latest_when_behin
         async for event in editor.client.jobs.WatchJob(request):
             coalesced.append(event)
     coalesced = coalesced[1:]  # from the log: all six progress events wait at once
+    for file in full[-1].result.files:  # what only a live result carries
+        file.ClearField("data")
     assert [e.seq for e in full] == list(range(1, len(full) + 1))
     progress = [e for e in full if e.WhichOneof("event") == "progress"]
     assert [e.progress.percent for e in progress] == [16, 33, 50, 66, 83, 100]

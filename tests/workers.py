@@ -8,6 +8,7 @@ chooses. No model: these tests are about the mesh, not speech.
     "fail-then-sleep:S"  fails on run 1; later runs as "sleep:S"
     "flaky"          a transient error on the first delivery, success on the next
     "always-broken"  a transient error on every delivery
+    "big:N"          a result file of N bytes (after the usual line)
 
 Run as a process (for kill -9 and stop tests), the way services run (voxmesh.service):
 python -m tests.workers NATS_URL [WORKER_ID] (ack_wait comes from the consumer)
@@ -46,12 +47,14 @@ async def behave(ctx: JobContext) -> Outcome:
         for i in range(steps):
             await asyncio.sleep(seconds / steps)
             await ctx.progress(100 * (i + 1) / steps, "sleeping", f"step {i + 1} of {steps}")
-    else:
+    elif kind != "big":
         steps = int(arg or 3)
         for i in range(steps):
             await ctx.progress(100 * (i + 1) / steps, f"step {i + 1}/{steps}")
             await ctx.log(f"did step {i + 1}")
     body = f"job {ctx.job_id} run {ctx.run} delivery {ctx.delivery}\n".encode()
+    if kind == "big":
+        body += bytes(i % 251 for i in range(int(arg) - len(body)))
     return Outcome(
         files=[Output("result.txt", body, "text/plain")],
         meta={"steps": text, "delivery": ctx.delivery},

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from voxmesh import heap
+from voxmesh import eventloop, heap
 from voxmesh.grpc_server import add_operator_services
 from voxmesh.observability import WORKER_MODEL_LOAD, serve_metrics, setup_logging
 from voxmesh.worker import Worker
@@ -134,4 +134,4 @@ def main(service: str, make: Callable[[], tuple[Worker, Loader]]) -> None:
 
         await run_service(worker, load_and_settle)
 
-    asyncio.run(go())
+    eventloop.run(go())

@@ -55,6 +55,10 @@ UNCONFIRMED_MAX = 64
 """Reports queued behind the one being sent at most (then the handler waits for them)."""
 OUTCOMES = ("completed", "failed", "cancelled")
 PROGRESS_INTERVAL = 0.25
+LIVE_BYTES = 64 * 1024
+"""Outputs this small in all go with the completion too (StoredFile.data): the control plane
+hands them to the job's live watchers, so a caller waiting for a short job's transcript needs
+no download (one round trip less to the store). Bigger ones are only in the store."""
 
 
 class JobFailed(Exception):
@@ -591,11 +595,13 @@ class Worker:
             outcome = await self.handler(ctx)
             # The outputs go to the store side by side (a transcript is four files).
             blobs = await asyncio.gather(*(self.blobs.put(o.data) for o in outcome.files))
+            live = sum(len(o.data) for o in outcome.files) <= LIVE_BYTES
             stored = []
             for output, blob in zip(outcome.files, blobs, strict=True):
                 stored.append(worker_pb2.StoredFile(
                     sha256=blob.sha256, key=blob.key, size_bytes=len(output.data),
                     content_type=output.content_type, filename=output.name, role=output.role,
+                    data=output.data if live else b"",
                 ))  # fmt: skip
             meta = struct_pb2.Struct()
             meta.update(outcome.meta)

@@ -27,7 +27,7 @@ from control.kinds import kind_of
 from control.lifecycle.states import Transition, allowed
 from control.lifecycle.transitions import Lifecycle, Mesh
 from voxmesh import mesh
-from voxmesh.blobs import BlobRef
+from voxmesh.blobs import BlobRef, CorruptBlobError, verified
 from voxmesh.observability import REJECTED_EVENTS
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
@@ -53,6 +53,7 @@ async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.Worke
         return
     session = lifecycle.session
     files = []
+    live: dict[str, bytes] = {}
     for stored in completed.files:  # not flushed one by one: all go in one INSERT at commit
         row = await file_rows.record(
             session, BlobRef(stored.sha256, stored.key), owner_id=job.created_by,
@@ -63,13 +64,27 @@ async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.Worke
         )  # fmt: skip
         files.append({"file_id": str(row.id), "name": row.filename, "role": stored.role[:32],
                       "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
+        if stored.data and _same(stored):
+            live[str(row.id)] = stored.data
     meta = json_format.MessageToDict(completed.meta)
     kind = kind_of(job.type)
     await kind.on_completed(
         session, job, kind.parse(job.params), completed, meta, lambda line: lifecycle.log(job, line)
     )
     result_url = completed.result_url or (f"voxmesh://files/{files[0]['file_id']}" if files else "")
-    await lifecycle.complete(job, files=files, meta=meta, result_url=result_url)
+    await lifecycle.complete(job, files=files, meta=meta, result_url=result_url, live=live)
+
+
+def _same(stored: worker_pb2.StoredFile) -> bool:
+    """Whether the bytes a completion carries are those of the blob it names (the watchers are
+    handed only what a download would give them)."""
+    try:
+        return len(stored.data) == stored.size_bytes and bool(verified(stored.sha256, stored.data))
+    except CorruptBlobError:
+        pass
+    log.warning("a completion's copy of %s is not the stored blob's bytes; not handed on",
+                stored.sha256[:64])  # fmt: skip
+    return False
 
 
 async def _part(

@@ -286,10 +286,19 @@ class Lifecycle:
         return True
 
     async def complete(
-        self, job: Job, *, files: list[dict[str, Any]], meta: dict[str, Any], result_url: str
+        self,
+        job: Job,
+        *,
+        files: list[dict[str, Any]],
+        meta: dict[str, Any],
+        result_url: str,
+        live: dict[str, bytes] | None = None,
     ) -> None:
+        """`live`: the bytes of small outputs by file id, for the live watchers' result only."""
         require(job, Transition.COMPLETE)
-        await self._result(job, JobStatus.COMPLETED, files=files, meta=meta, result_url=result_url)
+        await self._result(
+            job, JobStatus.COMPLETED, files=files, meta=meta, result_url=result_url, live=live
+        )
 
     async def fail(self, job: Job, *, error: str, failure: str) -> None:
         require(job, Transition.FAIL)
@@ -315,9 +324,11 @@ class Lifecycle:
         meta: dict[str, Any] | None = None,
         result_url: str = "",
         failure: str = "",
+        live: dict[str, bytes] | None = None,
     ) -> None:
         """End the run: final status, a JobResult whose logs are the job's event log, and the
-        status and result events (the result is always a finished job's last event)."""
+        status and result events (the result is always a finished job's last event). `live`
+        bytes go only to the watchers of this commit's result (the stored event has none)."""
         now = datetime.now(UTC)
         job.finished_at = now
         job.queued_at = None
@@ -340,7 +351,9 @@ class Lifecycle:
         )
         result.job = job
         self.session.add(result)
-        self.record(job, result=result_to_pb(result))
+        message = self.record(job, result=result_to_pb(result))  # stored as it is now
+        for file in message.result.files:
+            file.data = (live or {}).get(file.file_id, b"")
         self.webhooks |= webhooks.enqueue(self.session, job, webhooks.TERMINAL_EVENT[status])
         self.run_marks[mesh.run_key(str(job.id), job.run)] = (
             mesh.CANCEL if status is JobStatus.CANCELLED else mesh.DONE

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from importlib.util import find_spec
 
 import uvicorn
 
 from gateway.http.app import create_app
-from voxmesh import heap
+from voxmesh import eventloop, heap
 
 
 def main() -> None:
@@ -25,6 +26,8 @@ def main() -> None:
     uvicorn.run(
         app, host=args.host, port=args.port, log_level="warning",
         proxy_headers=True, forwarded_allow_ips="127.0.0.1",
+        # the loop and the HTTP parser the peers run (uvicorn[standard]): uvloop and httptools
+        loop=eventloop.name(), http="httptools" if find_spec("httptools") else "h11",
     )  # fmt: skip
 
 

@@ -229,12 +229,10 @@ def create_app(control_target: str) -> FastAPI:
             )
         done = _succeeded(await c.wait(job))
         if response_format in ("srt", "vtt"):
-            data = await c.download(done.file(name=f"transcript.{response_format}").file_id)
+            data = await c.content(done.file(name=f"transcript.{response_format}"))
             media = "text/vtt" if response_format == "vtt" else "text/plain"
             return Response(data, media_type=f"{media}; charset=utf-8", headers=headers)
-        document = compat.parse_transcript(
-            await c.download(done.file(name="transcript.json").file_id)
-        )
+        document = compat.parse_transcript(await c.content(done.file(name="transcript.json")))
         body, media = compat.transcription(
             document, response_format,
             task="translate" if task == jobs_pb2.STT_TASK_TRANSLATE else "transcribe",
@@ -257,9 +255,7 @@ def create_app(control_target: str) -> FastAPI:
                     yield _sse({"type": "transcript.text.delta", "delta": event.progress.text})
             done = await c.wait(job)
             _succeeded(done)
-            document = compat.parse_transcript(
-                await c.download(done.file(name="transcript.json").file_id)
-            )
+            document = compat.parse_transcript(await c.content(done.file(name="transcript.json")))
             text = compat.full_text(document)
             if not parts and text:  # a sharded job reports no live text: all at once
                 yield _sse({"type": "transcript.text.delta", "delta": text})
@@ -398,7 +394,7 @@ def create_app(control_target: str) -> FastAPI:
         job, _ = await c.get(job.id)
         done = _succeeded(Finished(job, job.status, result))
         if not seen:
-            whole = await c.download(done.file(role="audio").file_id)
+            whole = await c.content(done.file(role="audio"))
             yield await asyncio.to_thread(_encoded, encoder, whole)
         yield encoder.close()
 

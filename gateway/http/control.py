@@ -241,6 +241,13 @@ class Control:
     async def download(self, file_id: str) -> bytes:
         return b"".join([chunk async for chunk in self.stream_file(file_id)])
 
+    async def content(self, file: jobs_pb2.ResultFile) -> bytes:
+        """A result file's bytes: those the live result carried (a short job's transcripts),
+        else downloaded."""
+        if file.data or not file.size_bytes:
+            return bytes(file.data)
+        return await self.download(file.file_id)
+
     async def stream_file(self, file_id: str) -> AsyncIterator[bytes]:
         stream = self.files.DownloadFile(
             files_pb2.DownloadFileRequest(file_id=file_id), metadata=self.metadata

@@ -29,6 +29,7 @@ from control.db.embedded import EmbeddedPostgres
 from control.db.models import UserRole
 from control.server import build_app, create_server
 from tests.harness import Harness
+from voxmesh import eventloop
 from voxmesh.v1 import auth_pb2, jobs_pb2, pagination_pb2
 
 SEQUENTIAL = 400
@@ -141,4 +142,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    eventloop.run(main())  # the loop the platform runs on

@@ -6,7 +6,6 @@ Goal: the HTTP layer adds under 5 % over gRPC."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
 import subprocess
@@ -23,7 +22,7 @@ from gateway.http import compat
 from tests.bench.platform import running_platform
 from tests.test_files import download
 from tests.test_http_api import front_door
-from voxmesh import audio
+from voxmesh import audio, eventloop
 from voxmesh.speech import voices
 from voxmesh.speech.text import split
 from voxmesh.speech.tts import load
@@ -136,4 +135,4 @@ def _add(
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    eventloop.run(main())  # the loop the platform runs on

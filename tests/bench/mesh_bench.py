@@ -27,7 +27,7 @@ from control.db.models import Job, JobResult, JobStatus, UserRole
 from tests.bench.control_bench import pct
 from tests.bench.platform import running_platform
 from tests.harness import Harness
-from voxmesh import mesh
+from voxmesh import eventloop, mesh
 from voxmesh.v1 import jobs_pb2
 from voxmesh.worker import JobContext, Outcome, Worker
 
@@ -204,8 +204,8 @@ async def clients(target: str, token: str, project: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "worker":
-        asyncio.run(Worker("tts", noop, nats_url=sys.argv[2]).run())
+        eventloop.run(Worker("tts", noop, nats_url=sys.argv[2]).run())
     elif len(sys.argv) > 4 and sys.argv[1] == "clients":
-        asyncio.run(clients(sys.argv[2], sys.argv[3], sys.argv[4]))
+        eventloop.run(clients(sys.argv[2], sys.argv[3], sys.argv[4]))
     else:
-        asyncio.run(main())
+        eventloop.run(main())

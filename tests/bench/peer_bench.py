@@ -35,6 +35,7 @@ from tests.bench.platform import running_platform
 from tests.conftest import free_port
 from tests.speech import RATE, clips, wav_bytes
 from tests.test_http_api import front_door
+from voxmesh import eventloop
 from voxmesh.audio import decode
 from voxmesh.speech.stt import PACKAGED, Options, load
 
@@ -194,4 +195,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    eventloop.run(main())  # the loop the platform runs on

@@ -39,7 +39,7 @@ from control.dispatch.leases import PARTITION_LOCKS
 from control.kinds import FIELDS
 from tests.bench.control_bench import pct
 from tests.conftest import free_port
-from voxmesh import mesh
+from voxmesh import eventloop, mesh
 from voxmesh.nats_auth import CONTROL, worker_user
 from voxmesh.nats_embedded import EmbeddedNats
 from voxmesh.v1 import (
@@ -401,7 +401,7 @@ async def clients(targets: str, tokens: str, project: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 4 and sys.argv[1] == "clients":
-        asyncio.run(clients(sys.argv[2], sys.argv[3], sys.argv[4]))
+        eventloop.run(clients(sys.argv[2], sys.argv[3], sys.argv[4]))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            asyncio.run(run(Path(tmp)))
+            eventloop.run(run(Path(tmp)))

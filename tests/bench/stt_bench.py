@@ -28,6 +28,7 @@ from tests.harness import Harness
 from tests.speech import RATE, normalize, passage, wav_bytes
 from tests.test_dispatch import wait_for
 from tests.test_files import download, upload
+from voxmesh import eventloop
 from voxmesh.audio import decode
 from voxmesh.speech.stt import Options, load
 from voxmesh.v1 import jobs_pb2
@@ -251,4 +252,4 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["hour-probe"]:
         hour_probe(sys.argv[2])
     else:
-        asyncio.run(main())
+        eventloop.run(main())

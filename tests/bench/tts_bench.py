@@ -3,7 +3,6 @@ directly, in one run; characters per second. The worker is a separate process.""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
 import subprocess
@@ -15,7 +14,7 @@ from control.db.models import UserRole
 from tests.bench.platform import running_platform
 from tests.test_dispatch import wait_for
 from tests.test_tts import HARVARD, speak
-from voxmesh import audio
+from voxmesh import audio, eventloop
 from voxmesh.speech import voices
 from voxmesh.speech.text import split
 from voxmesh.speech.tts import load
@@ -91,4 +90,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    eventloop.run(main())  # the loop the platform runs on

@@ -35,7 +35,7 @@ from tests.bench.control_bench import pct
 from tests.bench.mesh_bench import FANOUT_EVENTS
 from tests.bench.platform import running_platform
 from tests.harness import Harness
-from voxmesh import mesh
+from voxmesh import eventloop, mesh
 from voxmesh.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -325,11 +325,11 @@ async def watchers(target: str, token: str, job_id: str, coalesce: bool, count: 
 
 if __name__ == "__main__":
     if len(sys.argv) > 6 and sys.argv[1] == "watchers":
-        asyncio.run(watchers(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1",
+        eventloop.run(watchers(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1",
                              int(sys.argv[6])))  # fmt: skip
     elif len(sys.argv) > 2 and sys.argv[1] == "grpc-floor":
-        asyncio.run(grpc_floor_server(int(sys.argv[2])))
+        eventloop.run(grpc_floor_server(int(sys.argv[2])))
     elif len(sys.argv) > 3 and sys.argv[1] == "subscribers":
-        asyncio.run(subscribers(sys.argv[2], int(sys.argv[3])))
+        eventloop.run(subscribers(sys.argv[2], int(sys.argv[3])))
     else:
-        asyncio.run(main())
+        eventloop.run(main())
