@@ -28,20 +28,24 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.js import JetStreamContext
-from nats.js.api import ObjectInfo, ObjectMeta, ObjectMetaOptions
+from nats.js.api import Header, ObjectInfo, ObjectMeta, ObjectMetaOptions
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import (
+    MSG_ROLLUP_SUBJECT,
     OBJ_CHUNKS_PRE_TEMPLATE,
+    OBJ_DIGEST_TEMPLATE,
     OBJ_META_PRE_TEMPLATE,
     OBJ_STREAM_TEMPLATE,
     ObjectStore,
 )
+from nats.nuid import NUID
 
 SEALED = "voxmesh-sealed-v1"
 """The object description that marks a sealed blob (one stored before sealing lacks it)."""
@@ -151,6 +155,9 @@ class LocalBlobStore:
         return self.path(sha256).exists()
 
 
+INLINE_SEAL_BYTES = 256 * 1024
+"""Blobs up to this size are sealed on the event loop (well under a millisecond), bigger ones
+in a thread."""
 CHUNK_BYTES = 512 * 1024
 """Blobs go into the object store in chunks of this size (nats-py's default is 128 KiB, NATS's
 largest message 1 MiB): a clip of up to half a MiB is one message, read in one direct get."""
@@ -172,6 +179,7 @@ class NatsBlobStore:
         self._js = js
         self._bucket = bucket
         self._stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
+        self._nuid = NUID()  # names a new object's chunks, as nats-py's own put does
 
     @classmethod
     async def open(
@@ -192,16 +200,48 @@ class NatsBlobStore:
         return None if info.deleted else info
 
     async def put(self, data: bytes) -> BlobRef:
-        ref, sealed = await asyncio.to_thread(seal, data)
+        # Sealing a short job's transcript takes microseconds: a thread hop would cost more.
+        ref, sealed = (
+            seal(data) if len(data) <= INLINE_SEAL_BYTES else await asyncio.to_thread(seal, data)
+        )
         info = await self._info(ref.sha256)
-        if info is not None and info.description != SEALED and not self._reseal:
-            return BlobRef(ref.sha256, b"")
-        if info is None or info.description != SEALED:
+        if info is None:
+            await self._put_new(ref.sha256, sealed)
+        elif info.description != SEALED:  # stored before sealing: replaced, or left as it is
+            if not self._reseal:
+                return BlobRef(ref.sha256, b"")
             meta = ObjectMeta(
                 description=SEALED, options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES)
             )
-            await self._store.put(ref.sha256, sealed, meta=meta)
+            await self._store.put(ref.sha256, sealed, meta=meta)  # purges the old chunks
         return ref
+
+    async def _put_new(self, name: str, sealed: bytes) -> None:
+        """Store an object not stored before as nats-py's ObjectStore.put would (its chunks,
+        then its meta, which makes it visible), without the meta lookup that put makes first:
+        `put` has just made it. A put that fails leaves no meta, so nothing reads the chunks."""
+        nuid = self._nuid.next().decode()
+        chunks = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self._bucket, obj=nuid)
+        count = 0
+        for start in range(0, len(sealed), CHUNK_BYTES):
+            await self._js.publish(chunks, sealed[start : start + CHUNK_BYTES])
+            count += 1
+        info = ObjectInfo(
+            name=name, description=SEALED, bucket=self._bucket, nuid=nuid, size=len(sealed),
+            chunks=count, mtime=datetime.now(UTC).isoformat(),
+            options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+            digest=OBJ_DIGEST_TEMPLATE.format(
+                digest=base64.urlsafe_b64encode(hashlib.sha256(sealed).digest()).decode()
+            ),
+        )  # fmt: skip
+        subject = OBJ_META_PRE_TEMPLATE.format(
+            bucket=self._bucket, obj=base64.urlsafe_b64encode(name.encode()).decode()
+        )
+        await self._js.publish(
+            subject,
+            json.dumps(info.as_dict()).encode(),
+            headers={Header.ROLLUP: MSG_ROLLUP_SUBJECT},
+        )
 
     async def get(self, sha256: str, key: bytes) -> bytes:
         info = await self._info(check_digest(sha256))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
 from voxmesh import mesh
-from voxmesh.blobs import CorruptBlobError, NatsBlobStore
+from voxmesh.blobs import BlobRef, CorruptBlobError, NatsBlobStore
 from voxmesh.observability import (
     WORKER_BUSY,
     WORKER_ERRORS,
@@ -56,9 +57,10 @@ UNCONFIRMED_MAX = 64
 OUTCOMES = ("completed", "failed", "cancelled")
 PROGRESS_INTERVAL = 0.25
 LIVE_BYTES = 64 * 1024
-"""Outputs this small in all go with the completion too (StoredFile.data): the control plane
-hands them to the job's live watchers, so a caller waiting for a short job's transcript needs
-no download (one round trip less to the store). Bigger ones are only in the store."""
+"""Outputs this small in all go with the completion instead of to the store (StoredFile.data):
+the control plane stores them as it records the result, side by side with its SQL, and hands
+them to the job's live watchers, so a short job's end waits for no puts here and its waiting
+caller for no download. Bigger ones are stored here, and the completion names them."""
 
 
 class JobFailed(Exception):
@@ -593,15 +595,18 @@ class Worker:
         try:
             await self.emit(ctx, started=worker_pb2.WorkerStarted())
             outcome = await self.handler(ctx)
-            # The outputs go to the store side by side (a transcript is four files).
-            blobs = await asyncio.gather(*(self.blobs.put(o.data) for o in outcome.files))
-            live = sum(len(o.data) for o in outcome.files) <= LIVE_BYTES
+            # Small outputs go with the completion; others to the store, side by side (a
+            # transcript is four files).
+            carried = sum(len(o.data) for o in outcome.files) <= LIVE_BYTES
+            blobs = [BlobRef(hashlib.sha256(o.data).hexdigest(), b"") for o in outcome.files]
+            if not carried:
+                blobs = await asyncio.gather(*(self.blobs.put(o.data) for o in outcome.files))
             stored = []
             for output, blob in zip(outcome.files, blobs, strict=True):
                 stored.append(worker_pb2.StoredFile(
                     sha256=blob.sha256, key=blob.key, size_bytes=len(output.data),
                     content_type=output.content_type, filename=output.name, role=output.role,
-                    data=output.data if live else b"",
+                    data=output.data if carried else b"",
                 ))  # fmt: skip
             meta = struct_pb2.Struct()
             meta.update(outcome.meta)

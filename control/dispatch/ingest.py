@@ -11,7 +11,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 from google.protobuf import json_format
 from nats.aio.msg import Msg
@@ -27,7 +28,7 @@ from control.kinds import kind_of
 from control.lifecycle.states import Transition, allowed
 from control.lifecycle.transitions import Lifecycle, Mesh
 from voxmesh import mesh
-from voxmesh.blobs import BlobRef, CorruptBlobError, verified
+from voxmesh.blobs import BlobRef, BlobStore, CorruptBlobError, verified
 from voxmesh.observability import REJECTED_EVENTS
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
@@ -47,7 +48,52 @@ def _job_id(event: worker_pb2.WorkerEvent) -> uuid.UUID | None:
         return None
 
 
-async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.WorkerCompleted) -> None:
+class IngestMesh(Mesh, Protocol):
+    """What ingesting needs of the mesh: the after-commit effects' parts, and the blob store
+    the outputs a completion carries go to."""
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+
+class CarriedOutputs:
+    """The small outputs a batch's completions carry instead of storing them (StoredFile.data
+    without a key): put in the store as the batch begins, side by side with its SQL, so a short
+    job's end waits for neither a worker's puts nor ours in turn. A completion's file rows wait
+    for their blobs before the commit; one that is a repeat leaves its blobs unreferenced, as a
+    refused upload does (they are named by their bytes: a later store of them is a no-op)."""
+
+    def __init__(self, blobs: BlobStore | None, events: Iterable[worker_pb2.WorkerEvent]) -> None:
+        self._puts: dict[bytes, asyncio.Future[BlobRef]] = {}
+        for event in events:
+            if event.WhichOneof("event") != "completed" or blobs is None:
+                continue
+            for stored in event.completed.files:
+                if stored.data and not stored.key and stored.data not in self._puts:
+                    self._puts[stored.data] = asyncio.ensure_future(blobs.put(stored.data))
+
+    async def ref(self, stored: worker_pb2.StoredFile) -> BlobRef:
+        """Where the output is stored: the worker's blob, or the one put from its bytes here."""
+        if stored.key or not stored.data:
+            return BlobRef(stored.sha256, stored.key)
+        put = self._puts.get(stored.data)
+        if put is None:
+            raise RuntimeError("a completion carries an output but no blob store is open")
+        return await put
+
+    def close(self) -> None:
+        for put in self._puts.values():
+            if put.done():
+                if not put.cancelled():
+                    put.exception()  # retrieved: a failed put failed its batch already
+            else:
+                put.cancel()
+
+
+async def _completed(
+    lifecycle: Lifecycle, job: Job, completed: worker_pb2.WorkerCompleted,
+    carried: CarriedOutputs | None,
+) -> None:  # fmt: skip
     """Store the outputs as the creator's files, let the job's kind do its part, complete."""
     if not allowed(job, Transition.COMPLETE):
         return
@@ -55,16 +101,17 @@ async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.Worke
     files = []
     live: dict[str, bytes] = {}
     for stored in completed.files:  # not flushed one by one: all go in one INSERT at commit
+        blob = await (carried or CarriedOutputs(None, ())).ref(stored)
         row = await file_rows.record(
-            session, BlobRef(stored.sha256, stored.key), owner_id=job.created_by,
+            session, blob, owner_id=job.created_by,
             filename=stored.filename[:255] or "output",
             content_type=stored.content_type[:127] or "application/octet-stream",
-            size_bytes=stored.size_bytes, sealed_here=False, project_id=job.project_id,
-            flush=False,
+            size_bytes=len(stored.data) if stored.data else stored.size_bytes,
+            sealed_here=False, project_id=job.project_id, flush=False,
         )  # fmt: skip
         files.append({"file_id": str(row.id), "name": row.filename, "role": stored.role[:32],
                       "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
-        if stored.data and _same(stored):
+        if stored.data and (not stored.key or _same(stored)):
             live[str(row.id)] = stored.data
     meta = json_format.MessageToDict(completed.meta)
     kind = kind_of(job.type)
@@ -76,8 +123,8 @@ async def _completed(lifecycle: Lifecycle, job: Job, completed: worker_pb2.Worke
 
 
 def _same(stored: worker_pb2.StoredFile) -> bool:
-    """Whether the bytes a completion carries are those of the blob it names (the watchers are
-    handed only what a download would give them)."""
+    """Whether the bytes a completion carries beside a blob the worker stored are that blob's
+    (the watchers are handed only what a download would give them)."""
     try:
         return len(stored.data) == stored.size_bytes and bool(verified(stored.sha256, stored.data))
     except CorruptBlobError:
@@ -104,8 +151,12 @@ async def _part(
     )  # fmt: skip
 
 
-async def apply_event(lifecycle: Lifecycle, event: worker_pb2.WorkerEvent, job: Job | None) -> None:
-    """Apply one worker event to its job (locked by the caller), if its state allows it."""
+async def apply_event(
+    lifecycle: Lifecycle, event: worker_pb2.WorkerEvent, job: Job | None,
+    carried: CarriedOutputs | None = None,
+) -> None:  # fmt: skip
+    """Apply one worker event to its job (locked by the caller), if its state allows it.
+    `carried`: the batch's outputs sent with completions, being stored."""
     if job is None or event.attempt != job.run:
         return
     kind = event.WhichOneof("event")
@@ -122,7 +173,7 @@ async def apply_event(lifecycle: Lifecycle, event: worker_pb2.WorkerEvent, job: 
     elif kind == "log":
         lifecycle.worker_log(job, event.log.line)
     elif kind == "completed":
-        await _completed(lifecycle, job, event.completed)
+        await _completed(lifecycle, job, event.completed, carried)
     elif kind == "failed" and allowed(job, Transition.FAIL):
         category = event.failed.category
         await lifecycle.fail(
@@ -138,7 +189,7 @@ class EventIngester:
         self,
         sessions: async_sessionmaker[AsyncSession],
         js: JetStreamContext,
-        mesh_: Mesh,
+        mesh_: IngestMesh,
         run_secret: bytes,
         durable: str = mesh.EVENTS_CONSUMER,
         apply: Callable[[list[Msg]], Awaitable[None]] | None = None,
@@ -182,26 +233,32 @@ class EventIngester:
     async def _apply(self, pairs: list[tuple[Msg, worker_pb2.WorkerEvent]]) -> None:
         """Apply events in order in one transaction, then the after-commit effects, then ack."""
         ids = {i for _, event in pairs if (i := _job_id(event)) is not None}
-        async with self._sessions() as session:
-            lifecycle = Lifecycle(session)
-            # Lock every job of the batch at once, in a fixed order (no deadlocks).
-            jobs = {
-                job.id: job
-                for job in await session.scalars(
-                    select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
+        # The outputs completions carry go to the store while the jobs are locked and read.
+        carried = CarriedOutputs(self._mesh.blobs, (event for _, event in pairs))
+        try:
+            async with self._sessions() as session:
+                lifecycle = Lifecycle(session)
+                # Lock every job of the batch at once, in a fixed order (no deadlocks).
+                jobs = {
+                    job.id: job
+                    for job in await session.scalars(
+                        select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
+                    )
+                }
+                # The logs of the jobs these events may finish, in one query (a result keeps them).
+                await lifecycle.read_logs(
+                    job_id
+                    for _, event in pairs
+                    if event.WhichOneof("event") in FINISHING and (job_id := _job_id(event)) in jobs
                 )
-            }
-            # The logs of the jobs these events may finish, in one query (a result keeps them).
-            await lifecycle.read_logs(
-                job_id
-                for _, event in pairs
-                if event.WhichOneof("event") in FINISHING and (job_id := _job_id(event)) in jobs
-            )
-            with session.no_autoflush:  # inserts go out together at commit
-                for _, event in pairs:
-                    job_id = _job_id(event)
-                    await apply_event(lifecycle, event, jobs.get(job_id) if job_id else None)
-            await session.commit()
+                with session.no_autoflush:  # inserts go out together at commit
+                    for _, event in pairs:
+                        job_id = _job_id(event)
+                        job = jobs.get(job_id) if job_id else None
+                        await apply_event(lifecycle, event, job, carried)
+                await session.commit()
+        finally:
+            carried.close()
         await lifecycle.after_commit(self._mesh)
         for msg, _ in pairs:
             await msg.ack()
