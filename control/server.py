@@ -250,11 +250,12 @@ async def serve(settings: ControlSettings) -> None:
     serve_metrics()
     heap.freeze_startup_objects()
     log.info(
-        "Voxmesh control plane listening on %s:%d (%s database, NATS at %s)",
+        "Voxmesh control plane listening on %s:%d (%s database, NATS at %s, %s event loop)",
         settings.host,
         port,
         "embedded" if settings.embedded else "external",
         redacted(nats_url),
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
