@@ -202,6 +202,12 @@ async def test_openai_client_transcribes_in_every_format(harness: Harness, tmp_p
                 response_format="docx",  # type: ignore[arg-type]
             )
         assert e400.value.body["param"] == "response_format"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as not_audio:
+            await client.audio.transcriptions.create(
+                model="whisper-1", file=("notes.wav", b"these are not sounds", "audio/wav")
+            )
+        assert not_audio.value.body["param"] == "file", not_audio.value.body  # type: ignore[index]
+        assert "not an audio or video file" in not_audio.value.body["message"]  # type: ignore[index]
         await harness.setting("max_file_size_mb", 1, editor.user_id)
         big = audio * (2 * 1024 * 1024 // len(audio) + 1)
         with pytest.raises(openai.APIStatusError) as e413:

@@ -55,6 +55,8 @@ def _field(err: grpc.aio.AioRpcError) -> str | None:
 _PARAMS = {
     "tts.text": "input", "stt.initial_prompt": "prompt", "input_file_id": "file",
     "dubbing.target_language": "target_lang", "dubbing.source_language": "source_lang",
+    # the upload of the request's file (UploadFile's own fields): the client sent `file`
+    "data": "file", "filename": "file", "content_type": "file", "sha256": "file",
 }  # fmt: skip
 
 
