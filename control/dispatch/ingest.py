@@ -28,7 +28,7 @@ from control.kinds import kind_of
 from control.lifecycle.states import Transition, allowed
 from control.lifecycle.transitions import Lifecycle, Mesh
 from voxmesh import mesh
-from voxmesh.blobs import BlobRef, BlobStore, CorruptBlobError, verified
+from voxmesh.blobs import BlobRef, BlobStore
 from voxmesh.observability import REJECTED_EVENTS
 from voxmesh.v1 import jobs_pb2, worker_pb2
 
@@ -100,8 +100,9 @@ async def _completed(
     session = lifecycle.session
     files = []
     live: dict[str, bytes] = {}
+    carried = carried or CarriedOutputs(None, ())
     for stored in completed.files:  # not flushed one by one: all go in one INSERT at commit
-        blob = await (carried or CarriedOutputs(None, ())).ref(stored)
+        blob = await carried.ref(stored)
         row = await file_rows.record(
             session, blob, owner_id=job.created_by,
             filename=stored.filename[:255] or "output",
@@ -111,7 +112,7 @@ async def _completed(
         )  # fmt: skip
         files.append({"file_id": str(row.id), "name": row.filename, "role": stored.role[:32],
                       "content_type": row.content_type, "size_bytes": row.size_bytes})  # fmt: skip
-        if stored.data and (not stored.key or _same(stored)):
+        if stored.data and not stored.key:  # carried, not stored by the worker
             live[str(row.id)] = stored.data
     meta = json_format.MessageToDict(completed.meta)
     kind = kind_of(job.type)
@@ -120,18 +121,6 @@ async def _completed(
     )
     result_url = completed.result_url or (f"voxmesh://files/{files[0]['file_id']}" if files else "")
     await lifecycle.complete(job, files=files, meta=meta, result_url=result_url, live=live)
-
-
-def _same(stored: worker_pb2.StoredFile) -> bool:
-    """Whether the bytes a completion carries beside a blob the worker stored are that blob's
-    (the watchers are handed only what a download would give them)."""
-    try:
-        return len(stored.data) == stored.size_bytes and bool(verified(stored.sha256, stored.data))
-    except CorruptBlobError:
-        pass
-    log.warning("a completion's copy of %s is not the stored blob's bytes; not handed on",
-                stored.sha256[:64])  # fmt: skip
-    return False
 
 
 async def _part(

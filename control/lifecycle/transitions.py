@@ -352,8 +352,9 @@ class Lifecycle:
         result.job = job
         self.session.add(result)
         message = self.record(job, result=result_to_pb(result))  # stored as it is now
-        for file in message.result.files:
-            file.data = (live or {}).get(file.file_id, b"")
+        if live:
+            for file in message.result.files:
+                file.data = live.get(file.file_id, b"")
         self.webhooks |= webhooks.enqueue(self.session, job, webhooks.TERMINAL_EVENT[status])
         self.run_marks[mesh.run_key(str(job.id), job.run)] = (
             mesh.CANCEL if status is JobStatus.CANCELLED else mesh.DONE

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from importlib.util import find_spec
 
 import uvicorn
 
@@ -27,7 +26,7 @@ def main() -> None:
         app, host=args.host, port=args.port, log_level="warning",
         proxy_headers=True, forwarded_allow_ips="127.0.0.1",
         # the loop and the HTTP parser the peers run (uvicorn[standard]): uvloop and httptools
-        loop=eventloop.name(), http="httptools" if find_spec("httptools") else "h11",
+        loop=eventloop.name(), http="httptools",
     )  # fmt: skip
 
 
